@@ -1,0 +1,54 @@
+# gpu-watchdog: `make up` brings the suite up on this machine, `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Debian packages: real Slurm + munge, Prometheus/promtool, Alertmanager/amtool, shellcheck.
+APT_PACKAGES := munge slurm-wlm slurm-client prometheus prometheus-alertmanager shellcheck procps curl
+PYTEST_ARGS ?=
+
+.PHONY: help up down status test lint system-deps venv bench clean
+
+help:
+	@echo "make up      install what is needed and start the suite on loopback (simulated GPUs)"
+	@echo "make down    stop everything 'make up' started"
+	@echo "make status  show what is running"
+	@echo "make test    install test dependencies and run the whole suite (lint included)"
+	@echo "make lint    ruff + mypy only"
+	@echo "make bench   run the benchmarks under bench/"
+
+system-deps:
+	@scripts/install-system-deps.sh $(APT_PACKAGES)
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[test,bench]'
+	@touch $@
+
+venv: $(BIN)/.installed
+
+up: system-deps venv
+	@$(BIN)/python scripts/devstack.py up
+
+down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/devstack.py down; else echo "nothing to stop"; fi
+
+status: venv
+	@$(BIN)/python scripts/devstack.py status
+
+test: system-deps venv
+	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	@$(BIN)/python -m ruff check .
+	@$(BIN)/python -m ruff format --check .
+	@$(BIN)/python -m mypy --config-file setup.cfg
+
+bench: venv
+	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean: down
+	rm -rf $(VENV) .run build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Prometheus exporters of gpu-watchdog: GPU (NVML), Slurm and RunPod."""

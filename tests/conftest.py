@@ -1,0 +1,95 @@
+"""Shared fixtures: process management with logs in failure reports, Prometheus, Alertmanager."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness.processes import ProcessManager
+from tests.harness.promstack import (
+    AlertmanagerServer,
+    MissingBinary,
+    PrometheusServer,
+    start_alertmanager,
+    start_prometheus,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_PROCS_KEY = pytest.StashKey[list[ProcessManager]]()
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture
+def procs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProcessManager]:
+    """Start daemons for one test; all are stopped (by pid) afterwards, logs go to the report."""
+    manager = ProcessManager(tmp_path / "logs")
+    request.node.stash.setdefault(_PROCS_KEY, []).append(manager)
+    try:
+        yield manager
+    finally:
+        manager.stop_all()
+
+
+@pytest.fixture(scope="session")
+def session_procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessManager]:
+    """Like `procs`, for daemons shared by a whole test session (a Slurm cluster, say)."""
+    manager = ProcessManager(tmp_path_factory.mktemp("session-logs"))
+    _session_managers.append(manager)
+    try:
+        yield manager
+    finally:
+        manager.stop_all()
+
+
+_session_managers: list[ProcessManager] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report: pytest.TestReport = yield
+    if report.failed:
+        for manager in item.stash.get(_PROCS_KEY, []) + _session_managers:
+            for title, text in manager.log_sections():
+                if text:
+                    report.sections.append((title, text))
+    return report  # type: ignore[return-value]
+
+
+def _fail_if_missing(exc: MissingBinary) -> None:
+    # CI must never skip these silently: `make test` installs the packages.
+    pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def prometheus_factory(procs: ProcessManager, tmp_path: Path) -> Callable[..., PrometheusServer]:
+    """`prometheus_factory(scrape_targets={...}, rule_files=[...], alertmanager_urls=[...])`."""
+
+    def make(**kwargs: Any) -> PrometheusServer:
+        try:
+            return start_prometheus(procs, tmp_path, **kwargs)
+        except MissingBinary as exc:
+            _fail_if_missing(exc)
+            raise
+
+    return make
+
+
+@pytest.fixture
+def alertmanager_factory(procs: ProcessManager, tmp_path: Path) -> Callable[..., AlertmanagerServer]:
+    """`alertmanager_factory(config_dict_or_yaml)`."""
+
+    def make(config: dict[str, Any] | str) -> AlertmanagerServer:
+        try:
+            return start_alertmanager(procs, tmp_path, config)
+        except MissingBinary as exc:
+            _fail_if_missing(exc)
+            raise
+
+    return make

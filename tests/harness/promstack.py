@@ -1,0 +1,221 @@
+"""Real Prometheus and Alertmanager (Debian's packages) on loopback ports, for tests.
+
+prom = start_prometheus(procs, tmp_path, scrape_targets={"gpu": ["127.0.0.1:9400"]},
+                        rule_files=[Path("alert_rules/gpu.rules.yml")])
+prom.wait_for("up == 1")
+am = start_alertmanager(procs, tmp_path, config={...})
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.harness.processes import LOOPBACK, ManagedProcess, ProcessManager, free_port, http_get, wait_until
+
+PROMETHEUS_BINARIES = ("prometheus",)
+ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")
+
+
+class MissingBinary(RuntimeError):
+    pass
+
+
+def find_binary(candidates: Sequence[str], package: str) -> str:
+    for name in candidates:
+        path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+        if path:
+            return path
+    raise MissingBinary(f"none of {', '.join(candidates)} found; install Debian's {package} (make test does)")
+
+
+def _api_get(base: str, path: str, params: Mapping[str, str] | None = None, timeout: float = 10.0) -> Any:
+    url = f"{base}{path}"
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    status, body = http_get(url, timeout=timeout)
+    if status != 200:
+        raise RuntimeError(f"GET {url} -> {status}: {body[:300]!r}")
+    return json.loads(body)
+
+
+@dataclass
+class PrometheusServer:
+    url: str
+    port: int
+    process: ManagedProcess
+    config_path: Path
+    data_dir: Path
+
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = str(at)
+        data = _api_get(self.url, "/api/v1/query", params)
+        return list(data["data"]["result"])
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        data = _api_get(
+            self.url, "/api/v1/query_range", {"query": expr, "start": str(start), "end": str(end), "step": str(step)}
+        )
+        return list(data["data"]["result"])
+
+    def wait_for(
+        self, expr: str, timeout: float = 30.0, predicate: Callable[[list[dict[str, Any]]], bool] | None = None
+    ) -> list[dict[str, Any]]:
+        """Wait until `expr` returns a non-empty result (or one that satisfies predicate)."""
+        check = predicate or bool
+        result: list[dict[str, Any]] = []
+
+        def probe() -> bool:
+            nonlocal result
+            result = self.query(expr)
+            return check(result)
+
+        wait_until(probe, timeout, interval=0.25, what=f"Prometheus query {expr!r}")
+        return result
+
+    def targets(self) -> list[dict[str, Any]]:
+        return list(_api_get(self.url, "/api/v1/targets")["data"]["activeTargets"])
+
+    def rules(self) -> list[dict[str, Any]]:
+        return list(_api_get(self.url, "/api/v1/rules")["data"]["groups"])
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return list(_api_get(self.url, "/api/v1/alerts")["data"]["alerts"])
+
+    def reload(self) -> None:
+        req = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+
+
+@dataclass
+class AlertmanagerServer:
+    url: str
+    port: int
+    process: ManagedProcess
+    config_path: Path
+
+    def alerts(self, active_only: bool = True) -> list[dict[str, Any]]:
+        params = {"active": "true"} if active_only else None
+        return list(_api_get(self.url, "/api/v2/alerts", params))
+
+    def post_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        req = urllib.request.Request(
+            f"{self.url}/api/v2/alerts",
+            data=json.dumps(alerts).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+
+
+def prometheus_config(
+    scrape_targets: Mapping[str, Sequence[str]] | None = None,
+    rule_files: Sequence[Path] = (),
+    alertmanager_urls: Sequence[str] = (),
+    scrape_interval: str = "1s",
+    evaluation_interval: str = "1s",
+    extra_scrape_configs: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    scrape_configs: list[dict[str, Any]] = [
+        {"job_name": job, "static_configs": [{"targets": list(targets)}]}
+        for job, targets in (scrape_targets or {}).items()
+    ]
+    scrape_configs.extend(dict(c) for c in extra_scrape_configs)
+    config: dict[str, Any] = {
+        "global": {
+            "scrape_interval": scrape_interval,
+            "evaluation_interval": evaluation_interval,
+            "scrape_timeout": scrape_interval,
+        },
+        "rule_files": [str(Path(p).resolve()) for p in rule_files],
+        "scrape_configs": scrape_configs,
+    }
+    if alertmanager_urls:
+        config["alerting"] = {
+            "alertmanagers": [
+                {"static_configs": [{"targets": [urllib.parse.urlparse(u).netloc for u in alertmanager_urls]}]}
+            ]
+        }
+    return config
+
+
+def start_prometheus(
+    procs: ProcessManager,
+    workdir: Path,
+    *,
+    config: Mapping[str, Any] | None = None,
+    timeout: float = 30.0,
+    extra_args: Sequence[str] = (),
+    **config_kwargs: Any,
+) -> PrometheusServer:
+    """Start Prometheus with `config` (or one built by :func:`prometheus_config` from kwargs)."""
+    binary = find_binary(PROMETHEUS_BINARIES, "prometheus")
+    port = free_port()
+    root = workdir / f"prometheus-{port}"
+    data_dir = root / "data"
+    data_dir.mkdir(parents=True)
+    config_path = root / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(dict(config) if config is not None else prometheus_config(**config_kwargs)))
+    proc = procs.start(
+        "prometheus",
+        [
+            binary,
+            f"--config.file={config_path}",
+            f"--storage.tsdb.path={data_dir}",
+            f"--web.listen-address={LOOPBACK}:{port}",
+            "--web.enable-lifecycle",
+            "--storage.tsdb.retention.time=1h",
+            # Alerts evaluated before the Alertmanager is discovered are dropped and only re-sent
+            # after the resend delay (1m by default): keep tests fast.
+            "--rules.alert.resend-delay=1s",
+            "--log.level=info",
+            *extra_args,
+        ],
+    )
+    url = f"http://{LOOPBACK}:{port}"
+    proc.wait_http(f"{url}/-/ready", timeout=timeout)
+    return PrometheusServer(url=url, port=port, process=proc, config_path=config_path, data_dir=data_dir)
+
+
+def start_alertmanager(
+    procs: ProcessManager, workdir: Path, config: Mapping[str, Any] | str, timeout: float = 30.0
+) -> AlertmanagerServer:
+    """Start a single, non-clustered Alertmanager with `config` (a dict or YAML text)."""
+    binary = find_binary(ALERTMANAGER_BINARIES, "prometheus-alertmanager")
+    port = free_port()
+    root = workdir / f"alertmanager-{port}"
+    (root / "data").mkdir(parents=True)
+    config_path = root / "alertmanager.yml"
+    config_path.write_text(config if isinstance(config, str) else yaml.safe_dump(dict(config)))
+    proc = procs.start(
+        "alertmanager",
+        [
+            binary,
+            f"--config.file={config_path}",
+            f"--storage.path={root / 'data'}",
+            f"--web.listen-address={LOOPBACK}:{port}",
+            "--cluster.listen-address=",  # no gossip: a private, single instance
+            "--log.level=info",
+        ],
+    )
+    url = f"http://{LOOPBACK}:{port}"
+    proc.wait_http(f"{url}/-/ready", timeout=timeout)
+    return AlertmanagerServer(url=url, port=port, process=proc, config_path=config_path)
+
+
+def wait_seconds(seconds: float) -> None:
+    """Named sleep for tests that must let a `for:` duration or a scrape interval pass."""
+    time.sleep(seconds)

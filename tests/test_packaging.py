@@ -1,0 +1,73 @@
+"""The package installs as declared: metadata, dependencies, extras and console scripts."""
+
+from __future__ import annotations
+
+import configparser
+import importlib
+from importlib.metadata import distribution
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = {"gpu-exporter", "slurm-exporter", "runpod-exporter", "agent-webhook", "gpu-watchdog"}
+REQUIRED_DEPS = {
+    "prometheus-client",
+    "nvidia-ml-py",
+    "aiohttp",
+    "pyyaml",
+    "runpod",
+    "ansible-core",
+    "ansible-runner",
+    "openai",
+    "click",
+}
+
+
+def _setup_cfg() -> configparser.ConfigParser:
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    return cfg
+
+
+def test_pyproject_only_names_the_build_backend() -> None:
+    text = (REPO / "pyproject.toml").read_text()
+    assert "setuptools.build_meta" in text
+    assert "[project]" not in text  # metadata lives in setup.cfg
+
+
+def test_setup_cfg_declares_python_and_pinned_dependencies() -> None:
+    cfg = _setup_cfg()
+    assert cfg["options"]["python_requires"].strip() == ">=3.11"
+    deps = [line.strip() for line in cfg["options"]["install_requires"].splitlines() if line.strip()]
+    names = {d.split("~")[0].split(">")[0].split("<")[0].split("=")[0].strip().lower() for d in deps}
+    assert REQUIRED_DEPS <= names
+    for dep in deps:  # every dependency bounded, so a major release cannot break an install
+        assert any(op in dep for op in ("~=", "<", "==")), dep
+    extras = cfg["options.extras_require"]
+    assert {"slurm", "test", "bench"} <= set(extras)
+    assert "pyslurm" in extras["slurm"]
+
+
+def test_console_scripts_are_installed_and_import() -> None:
+    eps = {ep.name: ep for ep in distribution("gpu-watchdog").entry_points if ep.group == "console_scripts"}
+    assert SCRIPTS <= set(eps)
+    for name in SCRIPTS:
+        module, _, attr = eps[name].value.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), name
+
+
+def test_layout_has_every_component_home() -> None:
+    for part in (
+        "exporters/gpu",
+        "exporters/slurm",
+        "exporters/runpod",
+        "exporters/common",
+        "alert_rules",
+        "ansible",
+        "grafana",
+        "agent_webhook",
+        "pod-image",
+        "tests",
+        "bench",
+        "docs",
+    ):
+        assert (REPO / part).is_dir(), part
