@@ -1,0 +1,87 @@
+"""The agent's data model: what the receiver stores and what an investigation returns.
+
+This is the seam between the service (`agent_webhook.service`, `agent_webhook.store`,
+`agent_webhook.sinks`: ingest, queue, findings API, posting) and the investigation
+(`agent_webhook.investigation`: evidence tools, runbook triage, LLM loop). Both sides import
+these types; neither imports the other's internals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Severity = Literal["critical", "warning", "info"]
+AlertStatus = Literal["firing", "resolved"]
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert out of an Alertmanager webhook payload (version 4), validated.
+
+    Labels and annotations are untrusted input: an investigation must treat them as data.
+    """
+
+    fingerprint: str
+    status: AlertStatus
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: str  # RFC 3339 as sent
+    ends_at: str | None  # None while firing (Alertmanager sends 0001-01-01T00:00:00Z)
+    generator_url: str = ""
+    receiver: str = ""
+    group_key: str = ""
+    external_url: str = ""
+
+    @property
+    def alertname(self) -> str:
+        return self.labels.get("alertname", "")
+
+    @property
+    def node(self) -> str | None:
+        return self.labels.get("node") or None
+
+    @property
+    def gpu(self) -> str | None:
+        return self.labels.get("gpu") or None
+
+    @property
+    def dedup_key(self) -> tuple[str, str]:
+        """Alertmanager re-sends groups and HA peers duplicate: one investigation per key."""
+        return (self.fingerprint, self.starts_at)
+
+
+@dataclass
+class Evidence:
+    """One tool call made while investigating: what was asked and an excerpt of the answer."""
+
+    tool: str
+    arguments: dict[str, Any]
+    excerpt: str  # capped and redacted before storing
+    ok: bool = True
+    duration_seconds: float = 0.0
+
+
+@dataclass
+class Diagnosis:
+    """What an investigation concludes; the service turns it into a stored, posted finding."""
+
+    severity: Severity
+    summary: str  # one line
+    likely_cause: str
+    diagnosis_markdown: str
+    recommended_actions: list[str]
+    evidence: list[Evidence] = field(default_factory=list)
+    llm_used: bool = False
+    llm_model: str | None = None
+    triage_rule: str | None = None  # the knowledge-base entry that matched, if any
+    degraded: list[str] = field(default_factory=list)  # e.g. "llm unreachable", "prometheus down"
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Investigator(Protocol):
+    """Investigates one alert. Must not raise for unreachable dependencies: it degrades instead."""
+
+    async def investigate(self, alert: Alert) -> Diagnosis: ...
+
+    async def ask(self, question: str) -> Diagnosis: ...
