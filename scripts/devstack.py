@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,8 @@ RUN = Path(os.environ.get("DEVSTACK_RUN_DIR", REPO / ".run"))
 PORT_OFFSET = int(os.environ.get("DEVSTACK_PORT_OFFSET", "0"))
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
+# Slurm's NodeName for this machine: GPU series get it as the `node` target label.
+NODE = socket.gethostname().split(".")[0]
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Service:
     ready_path: str
     argv: Callable[[], list[str] | None]  # None: not available on this machine, skip
     scrape_job: str | None = None
+    labels: dict[str, str] | None = None  # target labels Prometheus adds to every scraped series
 
     def __post_init__(self) -> None:
         self.port += PORT_OFFSET
@@ -67,7 +71,10 @@ def prometheus_argv() -> list[str] | None:
     if not binary:
         return None
     scrape = [
-        {"job_name": s.scrape_job, "static_configs": [{"targets": [f"{HOST}:{s.port}"]}]}
+        {
+            "job_name": s.scrape_job,
+            "static_configs": [{"targets": [f"{HOST}:{s.port}"], **({"labels": s.labels} if s.labels else {})}],
+        }
         for s in SERVICES
         if s.scrape_job and s.name != "prometheus"
     ]
@@ -106,7 +113,22 @@ def alertmanager_argv() -> list[str] | None:
     ]
 
 
+def gpu_exporter_argv() -> list[str] | None:
+    binary = _binary("gpu-exporter")
+    if not binary:
+        return None
+    return [
+        binary,
+        "--backend=sim",
+        "--sim-gpus=8",
+        f"--sim-faults={RUN / 'sim-faults.yml'}",
+        "--interval=2",
+        f"--listen={HOST}:{9400 + PORT_OFFSET}",
+    ]
+
+
 SERVICES: list[Service] = [
+    Service("gpu-exporter", 9400, "/healthz", gpu_exporter_argv, scrape_job="gpu", labels={"node": NODE}),
     Service("alertmanager", 9093, "/-/ready", alertmanager_argv, scrape_job="alertmanager"),
     Service("prometheus", 9090, "/-/ready", prometheus_argv),
 ]

@@ -1,23 +1,204 @@
-"""`gpu-exporter`: NVIDIA GPU health and attribution metrics (issue #3 builds the collectors)."""
+"""`gpu-exporter`: NVIDIA GPU health and attribution metrics from a background NVML poll."""
 
 from __future__ import annotations
 
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import click
 
-from exporters.common.cli import common_options, fail
+from exporters.common.cli import (
+    check_listen_or_exit,
+    common_options,
+    fail,
+    load_web_config_or_exit,
+    select_or_exit,
+    serve_exporter,
+)
+from exporters.common.logs import setup_logging
+from exporters.common.poller import Collector
+from exporters.gpu.attribution import JobResolver
+from exporters.gpu.backend import BackendUnavailable, FieldKey, NvmlBackend
+from exporters.gpu.collectors import COLLECTOR_CLASSES, GpuCollector, GpuContext
+from exporters.gpu.collectors.device import DeviceCollector
+from exporters.gpu.sampler import GpuSampler
+from exporters.gpu.xid import XidWatcher
+
+log = logging.getLogger("exporters.gpu")
+
+DEFAULT_SIM_FAULTS = ".run/sim-faults.yml"
+
+
+def default_faults_path() -> str:
+    """Where `gpu-watchdog sim` and `gpu-exporter --backend sim` meet when no path is given."""
+    return os.environ.get("GPU_WATCHDOG_SIM_FAULTS") or DEFAULT_SIM_FAULTS
+
+
+@dataclass
+class _Name:
+    name: str
+
+    def collect(self) -> list[Any]:
+        return []
+
+
+def choose_collectors(wanted: tuple[str, ...]) -> list[type[GpuCollector]]:
+    """Collectors by name; `device` always runs (it takes the cycle's sample and reports up)."""
+    by_name = {cls.name: cls for cls in COLLECTOR_CLASSES}
+    chosen = [by_name[c.name] for c in select_or_exit([_Name(n) for n in by_name], wanted)]
+    if DeviceCollector not in chosen:
+        chosen.insert(0, DeviceCollector)
+    return chosen
+
+
+def build(
+    backend: NvmlBackend,
+    classes: list[type[GpuCollector]],
+    *,
+    timeout: float,
+    proc_roots: list[str | Path],
+    xid: bool = True,
+) -> tuple[GpuContext, list[GpuCollector]]:
+    """Wire a sampler for exactly what the chosen collectors read, the XID watcher and collectors."""
+    reads: set[str] = set()
+    fields: set[FieldKey] = set()
+    for cls in classes:
+        reads |= cls.reads
+        fields |= set(cls.fields)
+    sampler = GpuSampler(backend, reads, fields, timeout=timeout)
+    watcher = None
+    if xid and any(cls.name == "xid" for cls in classes):
+        watcher = XidWatcher(backend)
+        watcher.register()  # before the first cycle: NVML drops events from before registration
+    ctx = GpuContext(sampler=sampler, xid=watcher, jobs=JobResolver(proc_roots))
+    return ctx, [cls(ctx) for cls in classes]
+
+
+def open_backend(backend_name: str, sim_gpus: int, sim_faults: str | None) -> tuple[NvmlBackend, list[str | Path]]:
+    proc_roots: list[str | Path] = ["/proc"]
+    if backend_name == "sim":
+        from exporters.gpu.sim import SimNvml
+
+        sim = SimNvml(gpus=sim_gpus, faults_path=sim_faults or default_faults_path())
+        # Simulated processes given a job id get a cgroup file there; real pids resolve in /proc.
+        proc_roots.insert(0, sim.proc_root)
+        nvml: Any = sim
+    else:
+        import pynvml
+
+        nvml = pynvml
+    backend = NvmlBackend(nvml)
+    try:
+        backend.open()
+    except BackendUnavailable as exc:
+        hint = " (no NVIDIA driver on this machine?)" if backend_name == "nvml" else ""
+        fail(f"{exc}{hint}; run with --backend sim for simulated GPUs")
+    return backend, proc_roots
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @common_options(default_listen="0.0.0.0:9400", envvar_prefix="GPU_EXPORTER")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, help="Seconds between collections.")
-@click.option("--backend", type=click.Choice(["nvml", "sim"]), default="nvml", help="Where GPU data comes from.")
 @click.option(
-    "--sim-gpus", type=click.IntRange(min=1, max=1024), default=8, help="GPUs the sim backend pretends to have."
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    envvar="GPU_EXPORTER_INTERVAL",
+    help="Seconds between collections.",
 )
 @click.option(
-    "--sim-faults", type=click.Path(dir_okay=False), default=None, help="Fault file re-read every cycle (sim backend)."
+    "--backend",
+    type=click.Choice(["nvml", "sim"]),
+    default="nvml",
+    envvar="GPU_EXPORTER_BACKEND",
+    help="Where GPU data comes from: the NVIDIA driver, or simulated H100s.",
 )
-@click.option("--collectors", multiple=True, help="Collectors to enable (comma-separated or repeated); default all.")
-def main(**options: object) -> None:
+@click.option(
+    "--sim-gpus",
+    type=click.IntRange(min=1, max=1024),
+    default=8,
+    envvar="GPU_EXPORTER_SIM_GPUS",
+    help="GPUs the sim backend pretends to have.",
+)
+@click.option(
+    "--sim-faults",
+    type=click.Path(dir_okay=False),
+    default=None,
+    envvar="GPU_EXPORTER_SIM_FAULTS",
+    help=f"Fault file re-read every cycle (sim backend). [default: $GPU_WATCHDOG_SIM_FAULTS or {DEFAULT_SIM_FAULTS}]",
+)
+@click.option(
+    "--collectors",
+    multiple=True,
+    envvar="GPU_EXPORTER_COLLECTORS",
+    help="Collectors to enable (comma-separated or repeated); default all. "
+    "One of: " + ", ".join(c.name for c in COLLECTOR_CLASSES) + ". device always runs.",
+)
+@click.option(
+    "--nvml-timeout",
+    type=click.FloatRange(min=0.01),
+    default=None,
+    envvar="GPU_EXPORTER_NVML_TIMEOUT",
+    help="Seconds a GPU's NVML reads may take per cycle before it is reported down. [default: interval/2]",
+)
+def main(  # noqa: PLR0917 - click passes every flag
+    listen: str,
+    web_config_path: str | None,
+    log_level: str,
+    log_format: str,
+    interval: float,
+    backend: str,
+    sim_gpus: int,
+    sim_faults: str | None,
+    collectors: tuple[str, ...],
+    nvml_timeout: float | None,
+) -> None:
     """Export NVIDIA GPU metrics for Prometheus from a background NVML poll."""
-    fail("gpu-exporter collectors are not built yet (issue #3)", code=1)
+    setup_logging(log_level, log_format)
+    # Cheap checks first: a typo should not wait for NVML to initialise.
+    check_listen_or_exit(listen)
+    load_web_config_or_exit(web_config_path)
+    classes = choose_collectors(collectors)
+    gpu_backend, proc_roots = open_backend(backend, sim_gpus, sim_faults)
+    timeout = nvml_timeout if nvml_timeout is not None else interval / 2
+    ctx, chosen = build(gpu_backend, classes, timeout=timeout, proc_roots=proc_roots)
+    log.info(
+        "GPUs found",
+        extra={
+            "backend": backend,
+            "gpus": gpu_backend.count,
+            "driver": gpu_backend.driver_version,
+            "collectors": ",".join(c.name for c in chosen),
+        },
+    )
+    if ctx.xid is not None:
+        ctx.xid.start()
+
+    def health() -> tuple[bool, str]:
+        down = [str(s.index) for s in ctx.sampler.samples if not s.up]
+        total = gpu_backend.count
+        if not down:
+            return True, f"ok; {total}/{total} GPUs up"
+        return True, f"ok; {total - len(down)}/{total} GPUs up (down: {', '.join(down)})"
+
+    def shutdown() -> None:
+        if ctx.xid is not None:
+            ctx.xid.stop()
+        ctx.sampler.close()
+        gpu_backend.close()
+
+    exported: list[Collector] = list(chosen)
+    serve_exporter(
+        prefix="gpu_exporter",
+        title="gpu-exporter",
+        collectors=exported,
+        interval=interval,
+        listen=listen,
+        web_config_path=web_config_path,
+        log_level=log_level,
+        log_format=log_format,
+        extra_health=health,
+        on_shutdown=shutdown,
+    )

@@ -1,0 +1,300 @@
+"""NVML access for the GPU exporter, written against pynvml's function surface.
+
+`NvmlBackend` takes the NVML surface as an object: the real `pynvml` module (`--backend nvml`)
+or the simulated library in :mod:`exporters.gpu.sim` (`--backend sim`). Both raise pynvml's own
+`NVMLError` subclasses and return pynvml's own structs, so everything above this module runs
+the same code whichever library sits underneath.
+
+Per GPU per cycle the backend makes one batched `nvmlDeviceGetFieldValues` call for every value
+NVML offers as a field (ECC, retired pages, row remapping, power, energy, PCIe replays, NVLink
+errors, throttle time) plus one call per value that has no field id.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pynvml
+
+log = logging.getLogger(__name__)
+
+FieldKey = tuple[int, int]  # (field id, scope id): scope is the NVLink link for per-link fields
+
+# Reads that have no field id, by the name collectors ask for them.
+READ_UTILIZATION = "utilization"
+READ_MEMORY = "memory"
+READ_TEMPERATURE = "temperature"
+READ_CLOCKS = "clocks"
+READ_CLOCK_REASONS = "clock_reasons"
+READ_PROCESSES = "processes"
+READ_MIG = "mig"
+
+# Field ids that older drivers lack, and the function that reads the same value.
+FIELD_FALLBACKS: dict[int, str] = {
+    pynvml.NVML_FI_DEV_POWER_INSTANT: "nvmlDeviceGetPowerUsage",
+    pynvml.NVML_FI_DEV_POWER_CURRENT_LIMIT: "nvmlDeviceGetEnforcedPowerLimit",
+    pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION: "nvmlDeviceGetTotalEnergyConsumption",
+}
+
+
+class BackendUnavailable(RuntimeError):
+    """NVML cannot be loaded or initialised (no driver, no library, no permission)."""
+
+
+class GpuLost(RuntimeError):
+    """NVML says the GPU fell off the bus (NVML_ERROR_GPU_IS_LOST)."""
+
+
+@dataclass(frozen=True)
+class GpuStatic:
+    """What does not change while the driver is loaded: read once at start-up."""
+
+    index: int
+    uuid: str
+    name: str
+    pci_bus_id: str
+    nvlink_count: int
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    pid: int
+    used_memory_bytes: float | None
+    gpu_instance_id: int | None
+    compute_instance_id: int | None
+
+
+@dataclass
+class GpuSample:
+    """One GPU's readings from one cycle. None means not supported or not readable this time."""
+
+    index: int
+    up: bool = True
+    error: str | None = None
+    utilization_gpu: float | None = None  # percent
+    utilization_memory: float | None = None
+    memory_used_bytes: float | None = None
+    memory_total_bytes: float | None = None
+    temperature_celsius: float | None = None
+    sm_clock_mhz: float | None = None
+    memory_clock_mhz: float | None = None
+    clocks_event_reasons: int | None = None
+    mig_mode: int | None = None
+    processes: list[ProcessSample] = field(default_factory=list)
+    fields: dict[FieldKey, float] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # NVML error class -> count this cycle
+    calls: int = 0
+
+    def field(self, field_id: int, scope: int = 0) -> float | None:
+        return self.fields.get((field_id, scope))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)
+
+
+def _error_name(exc: pynvml.NVMLError) -> str:
+    return type(exc).__name__.removeprefix("NVMLError_") or "NVMLError"
+
+
+def handle_key(handle: Any) -> int:
+    """A stable integer for an NVML device handle (its address), to map event data to GPUs."""
+    return int(ctypes.cast(handle, ctypes.c_void_p).value or 0)
+
+
+def field_value(entry: Any) -> float | None:
+    """The numeric value of one c_nvmlFieldValue_t, or None when NVML returned an error for it."""
+    if entry.nvmlReturn != pynvml.NVML_SUCCESS:
+        return None
+    kind = entry.valueType
+    value = entry.value
+    if kind == pynvml.NVML_VALUE_TYPE_DOUBLE:
+        return float(value.dVal)
+    if kind == pynvml.NVML_VALUE_TYPE_UNSIGNED_INT:
+        return float(value.uiVal)
+    if kind == pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG:
+        return float(value.ulVal)
+    if kind == pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG:
+        return float(value.ullVal)
+    if kind == pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG:
+        return float(value.sllVal)
+    if kind == pynvml.NVML_VALUE_TYPE_SIGNED_INT:
+        return float(value.siVal)
+    if kind == pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT:
+        return float(value.usVal)
+    return None
+
+
+class NvmlBackend:
+    """Reads GPUs through an NVML surface (`pynvml` or the simulated library)."""
+
+    def __init__(self, nvml: Any) -> None:
+        self.nvml = nvml
+        self.static: list[GpuStatic] = []
+        self.handles: list[Any] = []
+        self.driver_version = ""
+        self.cuda_version = ""
+        self._opened = False
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """nvmlInit and read what does not change; BackendUnavailable if NVML cannot start."""
+        try:
+            self.nvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            raise BackendUnavailable(f"cannot initialise NVML: {exc}") from None
+        except OSError as exc:  # a broken libnvidia-ml can fail to load before NVML answers
+            raise BackendUnavailable(f"cannot load NVML: {exc}") from None
+        self._opened = True
+        try:
+            count = int(self.nvml.nvmlDeviceGetCount())
+            self.driver_version = _text(self.nvml.nvmlSystemGetDriverVersion())
+        except pynvml.NVMLError as exc:
+            raise BackendUnavailable(f"NVML initialised but cannot list GPUs: {exc}") from None
+        self.cuda_version = self._cuda_version()
+        for index in range(count):
+            handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
+            self.handles.append(handle)
+            self.static.append(self._read_static(index, handle))
+
+    def _cuda_version(self) -> str:
+        try:
+            version = int(self.nvml.nvmlSystemGetCudaDriverVersion())
+        except pynvml.NVMLError:
+            return ""
+        return f"{version // 1000}.{(version % 1000) // 10}"
+
+    def _read_static(self, index: int, handle: Any) -> GpuStatic:
+        def read(name: str, fallback: str) -> str:
+            try:
+                return _text(getattr(self.nvml, name)(handle))
+            except pynvml.NVMLError as exc:
+                log.warning("cannot read GPU property", extra={"gpu": index, "call": name, "error": str(exc)})
+                return fallback
+
+        uuid = read("nvmlDeviceGetUUID", f"unknown-{index}")
+        name = read("nvmlDeviceGetName", "unknown")
+        try:
+            pci = _text(self.nvml.nvmlDeviceGetPciInfo(handle).busId)
+        except pynvml.NVMLError:
+            pci = ""
+        nvlinks = 0
+        try:
+            values = self.nvml.nvmlDeviceGetFieldValues(handle, [pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT])
+            nvlinks = int(field_value(values[0]) or 0)
+        except pynvml.NVMLError:
+            pass
+        return GpuStatic(index=index, uuid=uuid, name=name, pci_bus_id=pci, nvlink_count=nvlinks)
+
+    def close(self) -> None:
+        if self._opened:
+            self._opened = False
+            try:
+                self.nvml.nvmlShutdown()
+            except pynvml.NVMLError as exc:
+                log.debug("nvmlShutdown failed", extra={"error": str(exc)})
+
+    @property
+    def count(self) -> int:
+        return len(self.handles)
+
+    # -- one cycle, one GPU -------------------------------------------------------------------
+
+    def sample(self, index: int, reads: frozenset[str], fields: Iterable[FieldKey]) -> GpuSample:
+        """Everything the enabled collectors need from one GPU. Never raises for NVML errors."""
+        sample = GpuSample(index=index)
+        handle = self.handles[index]
+        try:
+            self._sample(sample, handle, reads, list(fields))
+        except GpuLost:
+            sample.up = False
+            sample.error = "GPU is lost"
+        # Readable means at least one call answered: a GPU whose every call fails is as good as gone.
+        if sample.up and sample.calls and sum(sample.errors.values()) >= sample.calls:
+            sample.up = False
+            sample.error = "every NVML call failed: " + ", ".join(sorted(sample.errors))
+        return sample
+
+    def _call(self, sample: GpuSample, name: str, *args: Any) -> Any:
+        """One NVML call: GpuIsLost aborts the GPU's sample, other errors return None."""
+        sample.calls += 1
+        try:
+            return getattr(self.nvml, name)(*args)
+        except pynvml.NVMLError_GpuIsLost:
+            sample.errors["GpuIsLost"] = sample.errors.get("GpuIsLost", 0) + 1
+            raise GpuLost() from None
+        except pynvml.NVMLError_NotSupported:
+            return None  # normal: not every GPU has every counter; the series is left out
+        except pynvml.NVMLError as exc:
+            err = _error_name(exc)
+            sample.errors[err] = sample.errors.get(err, 0) + 1
+            return None
+
+    def _sample(self, sample: GpuSample, handle: Any, reads: frozenset[str], fields: list[FieldKey]) -> None:
+        call: Callable[..., Any] = self._call
+        if fields:
+            values = call(sample, "nvmlDeviceGetFieldValues", handle, fields)
+            failed: list[int] = []
+            if values is not None:
+                for key, entry in zip(fields, values, strict=False):
+                    if entry.nvmlReturn == pynvml.NVML_ERROR_GPU_IS_LOST:
+                        raise GpuLost()
+                    value = field_value(entry)
+                    if value is None:
+                        failed.append(key[0])
+                    else:
+                        sample.fields[key] = value
+            else:
+                failed = [key[0] for key in fields]
+            for field_id in failed:
+                fallback = FIELD_FALLBACKS.get(field_id)
+                if fallback:
+                    value = call(sample, fallback, handle)
+                    if value is not None:
+                        sample.fields[(field_id, 0)] = float(value)
+        if READ_UTILIZATION in reads:
+            util = call(sample, "nvmlDeviceGetUtilizationRates", handle)
+            if util is not None:
+                sample.utilization_gpu = float(util.gpu)
+                sample.utilization_memory = float(util.memory)
+        if READ_TEMPERATURE in reads:
+            temp = call(sample, "nvmlDeviceGetTemperature", handle, pynvml.NVML_TEMPERATURE_GPU)
+            sample.temperature_celsius = None if temp is None else float(temp)
+        if READ_MEMORY in reads:
+            mem = call(sample, "nvmlDeviceGetMemoryInfo", handle)
+            if mem is not None:
+                sample.memory_used_bytes = float(mem.used)
+                sample.memory_total_bytes = float(mem.total)
+        if READ_CLOCKS in reads:
+            sm = call(sample, "nvmlDeviceGetClockInfo", handle, pynvml.NVML_CLOCK_SM)
+            sample.sm_clock_mhz = None if sm is None else float(sm)
+            mem_clock = call(sample, "nvmlDeviceGetClockInfo", handle, pynvml.NVML_CLOCK_MEM)
+            sample.memory_clock_mhz = None if mem_clock is None else float(mem_clock)
+        if READ_CLOCK_REASONS in reads:
+            reasons = call(sample, "nvmlDeviceGetCurrentClocksEventReasons", handle)
+            sample.clocks_event_reasons = None if reasons is None else int(reasons)
+        if READ_MIG in reads:
+            mig = call(sample, "nvmlDeviceGetMigMode", handle)
+            sample.mig_mode = None if mig is None else int(mig[0])
+        if READ_PROCESSES in reads:
+            procs = call(sample, "nvmlDeviceGetComputeRunningProcesses", handle)
+            for proc in procs or ():
+                used = getattr(proc, "usedGpuMemory", None)
+                gi = getattr(proc, "gpuInstanceId", None)
+                ci = getattr(proc, "computeInstanceId", None)
+                sample.processes.append(
+                    ProcessSample(
+                        pid=int(proc.pid),
+                        used_memory_bytes=None if used is None else float(used),
+                        # 0xFFFFFFFF: not a MIG process
+                        gpu_instance_id=None if gi is None or gi == 0xFFFFFFFF else int(gi),
+                        compute_instance_id=None if ci is None or ci == 0xFFFFFFFF else int(ci),
+                    )
+                )

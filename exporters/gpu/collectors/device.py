@@ -1,0 +1,97 @@
+"""`device`: identity, up/down, utilization and temperature; it also takes the cycle's sample."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from exporters.gpu.backend import READ_MIG, READ_TEMPERATURE, READ_UTILIZATION
+from exporters.gpu.collectors.base import GPU_LABELS, GpuCollector, GpuContext
+
+_MIG_MODES = {0: "disabled", 1: "enabled"}
+
+
+class DeviceCollector(GpuCollector):
+    name = "device"
+    reads = frozenset({READ_UTILIZATION, READ_TEMPERATURE, READ_MIG})
+
+    def __init__(self, ctx: GpuContext) -> None:
+        super().__init__(ctx)
+        self._mig: dict[int, str] = {}
+        self._errors: dict[tuple[int, str], int] = {}
+
+    def collect(self) -> Iterable[Metric]:
+        sampler = self.ctx.sampler
+        samples = sampler.refresh()
+        backend = sampler.backend
+        info = GaugeMetricFamily(
+            "nvidia_gpu_info",
+            "GPU identity; always 1.",
+            labels=[*GPU_LABELS, "name", "pci_bus_id", "driver_version", "cuda_version", "mig_mode"],
+        )
+        up = GaugeMetricFamily(
+            "nvidia_gpu_up", "1 when the GPU answered NVML this cycle, 0 when lost or unreadable.", labels=GPU_LABELS
+        )
+        calls = GaugeMetricFamily(
+            "gpu_exporter_nvml_calls", "NVML calls made for this GPU in the last cycle.", labels=["gpu"]
+        )
+        for static, sample in zip(sampler.static, samples, strict=True):
+            labels = [str(static.index), static.uuid]
+            if sample.mig_mode is not None:
+                self._mig[static.index] = _MIG_MODES.get(sample.mig_mode, str(sample.mig_mode))
+            info.add_metric(
+                [
+                    *labels,
+                    static.name,
+                    static.pci_bus_id,
+                    backend.driver_version,
+                    backend.cuda_version,
+                    self._mig.get(static.index, ""),
+                ],
+                1.0,
+            )
+            up.add_metric(labels, 1.0 if sample.up else 0.0)
+            calls.add_metric([str(static.index)], float(sample.calls))
+            for error, count in sample.errors.items():
+                key = (static.index, error)
+                self._errors[key] = self._errors.get(key, 0) + count
+        errors = CounterMetricFamily(
+            "gpu_exporter_nvml_errors",
+            "NVML calls that failed (other than not supported), by GPU and NVML error.",
+            labels=["gpu", "error"],
+        )
+        for (index, error), count in sorted(self._errors.items()):
+            errors.add_metric([str(index), error], float(count))
+        timeouts = CounterMetricFamily(
+            "gpu_exporter_nvml_timeouts",
+            "Cycles in which a GPU's NVML calls did not return within the watchdog timeout.",
+            labels=["gpu"],
+        )
+        for index, count in enumerate(sampler.timeouts_total):
+            timeouts.add_metric([str(index)], float(count))
+        sample_time = GaugeMetricFamily(
+            "gpu_exporter_sample_duration_seconds", "Wall time of the last cycle's NVML reads, all GPUs in parallel."
+        )
+        sample_time.add_metric([], sampler.last_duration)
+
+        util = GaugeMetricFamily(
+            "nvidia_gpu_utilization_ratio",
+            "Fraction of the last sample period during which a kernel ran on the GPU (0-1).",
+            labels=GPU_LABELS,
+        )
+        mem_util = GaugeMetricFamily(
+            "nvidia_gpu_memory_utilization_ratio",
+            "Fraction of the last sample period during which device memory was read or written (0-1).",
+            labels=GPU_LABELS,
+        )
+        temp = GaugeMetricFamily("nvidia_gpu_temperature_celsius", "GPU core temperature.", labels=GPU_LABELS)
+        for _static, sample, labels in self.ctx.readable():
+            if sample.utilization_gpu is not None:
+                util.add_metric(labels, sample.utilization_gpu / 100.0)
+            if sample.utilization_memory is not None:
+                mem_util.add_metric(labels, sample.utilization_memory / 100.0)
+            if sample.temperature_celsius is not None:
+                temp.add_metric(labels, sample.temperature_celsius)
+        return [info, up, util, mem_util, temp, calls, errors, timeouts, sample_time]

@@ -1,0 +1,91 @@
+"""`memory`: framebuffer use, ECC error counters, row remapping and retired pages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pynvml
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from exporters.gpu.backend import READ_MEMORY
+from exporters.gpu.collectors.base import GPU_LABELS, GpuCollector
+
+# (type, counter) -> field id
+ECC_FIELDS: dict[tuple[str, str], int] = {
+    ("correctable", "volatile"): pynvml.NVML_FI_DEV_ECC_SBE_VOL_TOTAL,
+    ("uncorrectable", "volatile"): pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL,
+    ("correctable", "aggregate"): pynvml.NVML_FI_DEV_ECC_SBE_AGG_TOTAL,
+    ("uncorrectable", "aggregate"): pynvml.NVML_FI_DEV_ECC_DBE_AGG_TOTAL,
+}
+REMAP_FIELDS: dict[str, int] = {
+    "correctable": pynvml.NVML_FI_DEV_REMAPPED_COR,
+    "uncorrectable": pynvml.NVML_FI_DEV_REMAPPED_UNC,
+    "pending": pynvml.NVML_FI_DEV_REMAPPED_PENDING,
+    "failure": pynvml.NVML_FI_DEV_REMAPPED_FAILURE,
+}
+RETIRED_FIELDS: dict[str, int] = {
+    "single_bit_ecc": pynvml.NVML_FI_DEV_RETIRED_SBE,
+    "double_bit_ecc": pynvml.NVML_FI_DEV_RETIRED_DBE,
+}
+
+
+class MemoryCollector(GpuCollector):
+    name = "memory"
+    reads = frozenset({READ_MEMORY})
+    fields = tuple(
+        (f, 0)
+        for f in [
+            *ECC_FIELDS.values(),
+            *REMAP_FIELDS.values(),
+            *RETIRED_FIELDS.values(),
+            pynvml.NVML_FI_DEV_RETIRED_PENDING,
+        ]
+    )
+
+    def collect(self) -> Iterable[Metric]:
+        used = GaugeMetricFamily("nvidia_gpu_memory_used_bytes", "Device memory in use.", labels=GPU_LABELS)
+        total = GaugeMetricFamily("nvidia_gpu_memory_total_bytes", "Device memory installed.", labels=GPU_LABELS)
+        ecc = CounterMetricFamily(
+            "nvidia_gpu_ecc_errors",
+            "ECC errors: type correctable (single-bit) or uncorrectable (double-bit); counter volatile "
+            "(since the last driver load or reset) or aggregate (lifetime).",
+            labels=[*GPU_LABELS, "type", "counter"],
+        )
+        remap = GaugeMetricFamily(
+            "nvidia_gpu_remapped_rows",
+            "Row remapping (Ampere and newer): rows remapped for correctable/uncorrectable errors; "
+            "pending 1 = a remap waits for a GPU reset; failure 1 = a row could not be remapped (replace the GPU).",
+            labels=[*GPU_LABELS, "state"],
+        )
+        retired = GaugeMetricFamily(
+            "nvidia_gpu_retired_pages",
+            "Pages retired (pre-Ampere dynamic page retirement), by cause.",
+            labels=[*GPU_LABELS, "cause"],
+        )
+        pending = GaugeMetricFamily(
+            "nvidia_gpu_retired_pages_pending",
+            "1 when a page waits for retirement at the next reset.",
+            labels=GPU_LABELS,
+        )
+        for _static, sample, labels in self.ctx.readable():
+            if sample.memory_used_bytes is not None:
+                used.add_metric(labels, sample.memory_used_bytes)
+            if sample.memory_total_bytes is not None:
+                total.add_metric(labels, sample.memory_total_bytes)
+            for (kind, counter), field_id in ECC_FIELDS.items():
+                value = sample.field(field_id)
+                if value is not None:
+                    ecc.add_metric([*labels, kind, counter], value)
+            for state, field_id in REMAP_FIELDS.items():
+                value = sample.field(field_id)
+                if value is not None:
+                    remap.add_metric([*labels, state], value)
+            for cause, field_id in RETIRED_FIELDS.items():
+                value = sample.field(field_id)
+                if value is not None:
+                    retired.add_metric([*labels, cause], value)
+            value = sample.field(pynvml.NVML_FI_DEV_RETIRED_PENDING)
+            if value is not None:
+                pending.add_metric(labels, value)
+        return [used, total, ecc, remap, retired, pending]

@@ -1,0 +1,40 @@
+"""`xid`: XID errors counted by the event thread (see exporters/gpu/xid.py), not by polling."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from exporters.gpu.collectors.base import GPU_LABELS, GpuCollector
+
+
+class XidCollector(GpuCollector):
+    name = "xid"
+
+    def collect(self) -> Iterable[Metric]:
+        if self.ctx.xid is None:
+            return []
+        state = self.ctx.xid.snapshot()
+        uuids = {s.index: s.uuid for s in self.ctx.sampler.static}
+        errors = CounterMetricFamily(
+            "nvidia_gpu_xid_errors", "XID errors reported by the driver, by XID code.", labels=[*GPU_LABELS, "xid"]
+        )
+        last = GaugeMetricFamily(
+            "nvidia_gpu_last_xid",
+            "Code of the latest XID error since the exporter started, 0 if none.",
+            labels=GPU_LABELS,
+        )
+        registered = GaugeMetricFamily(
+            "gpu_exporter_xid_events_registered",
+            "1 when the exporter receives this GPU's XID events from NVML, 0 when it cannot.",
+            labels=GPU_LABELS,
+        )
+        # XID series stay for a lost GPU: the XID that took it down (79) is the evidence.
+        for (index, code), count in sorted(state.counts.items()):
+            errors.add_metric([str(index), uuids.get(index, ""), str(code)], float(count))
+        for index, uuid in sorted(uuids.items()):
+            last.add_metric([str(index), uuid], float(state.last.get(index, 0)))
+            registered.add_metric([str(index), uuid], 1.0 if state.registered.get(index) else 0.0)
+        return [errors, last, registered]
