@@ -1,0 +1,127 @@
+"""Collectors over the sim through the shared poller: names, labels, lost GPUs, attribution."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from exporters.common.poller import SnapshotPoller
+from exporters.gpu.backend import NvmlBackend
+from exporters.gpu.cli import build, choose_collectors
+from exporters.gpu.sim import SimNvml
+from exporters.gpu.sim.faults import make_fault, save_faults
+from tests.gpu.conftest import samples, value
+from tests.harness.processes import ManagedProcess
+
+ISSUE_METRICS = [
+    "nvidia_gpu_info",
+    "nvidia_gpu_up",
+    "nvidia_gpu_utilization_ratio",
+    "nvidia_gpu_memory_utilization_ratio",
+    "nvidia_gpu_memory_used_bytes",
+    "nvidia_gpu_memory_total_bytes",
+    "nvidia_gpu_temperature_celsius",
+    "nvidia_gpu_power_watts",
+    "nvidia_gpu_power_limit_watts",
+    "nvidia_gpu_energy_joules_total",
+    "nvidia_gpu_sm_clock_hertz",
+    "nvidia_gpu_memory_clock_hertz",
+    "nvidia_gpu_clocks_event_reasons",
+    "nvidia_gpu_ecc_errors_total",
+    "nvidia_gpu_remapped_rows",
+    "nvidia_gpu_last_xid",
+    "nvidia_gpu_pcie_replay_errors_total",
+    "nvidia_gpu_nvlink_errors_total",
+    "gpu_exporter_collect_duration_seconds",
+    "gpu_exporter_collect_errors_total",
+    "gpu_exporter_last_collect_timestamp_seconds",
+]
+
+
+def _poller(sim: SimNvml, proc_roots: list[str | Path], wanted: tuple[str, ...] = ()) -> SnapshotPoller:
+    be = NvmlBackend(sim)
+    be.open()
+    _ctx, collectors = build(be, choose_collectors(wanted), timeout=2.0, proc_roots=proc_roots)
+    return SnapshotPoller("gpu_exporter", list(collectors), interval=60)
+
+
+def test_every_issue_metric_is_exported(sim: SimNvml) -> None:
+    text = _poller(sim, ["/proc"]).collect_once().text().decode()
+    names = {name for name, _ in samples(text)}
+    missing = [m for m in ISSUE_METRICS if m not in names]
+    assert not missing
+    assert value(text, "nvidia_gpu_info", gpu="0", mig_mode="disabled", driver_version="550.90.07") == 1
+    assert value(text, "nvidia_gpu_collector_success") is None
+    assert value(text, "gpu_exporter_collector_success", collector="xid") == 1
+    assert value(text, "gpu_exporter_nvml_calls", gpu="3") == 9
+    assert value(text, "nvidia_gpu_nvlink_errors_total", gpu="1", link="17", type="crc") == 0
+
+
+def test_faults_show_in_metrics(sim: SimNvml, faults_path: Path) -> None:
+    poller = _poller(sim, ["/proc"])
+    save_faults(
+        faults_path,
+        [
+            make_fault(0, "temperature", ["93"]),
+            make_fault(0, "throttle", ["thermal"]),
+            make_fault(1, "ecc_dbe", ["2"]),
+            make_fault(1, "row_remap_failure"),
+            make_fault(2, "utilization", ["7"]),
+        ],
+    )
+    sim._reload_faults(force=True)
+    text = poller.collect_once().text().decode()
+    assert value(text, "nvidia_gpu_temperature_celsius", gpu="0") == 93
+    assert value(text, "nvidia_gpu_clocks_event_reasons", gpu="0", reason="thermal") == 1
+    assert value(text, "nvidia_gpu_clocks_event_reasons", gpu="1", reason="thermal") == 0
+    assert value(text, "nvidia_gpu_sm_clock_hertz", gpu="0") == 1305e6
+    assert value(text, "nvidia_gpu_ecc_errors_total", gpu="1", type="uncorrectable", counter="volatile") == 2
+    assert value(text, "nvidia_gpu_remapped_rows", gpu="1", state="pending") == 1
+    assert value(text, "nvidia_gpu_remapped_rows", gpu="1", state="failure") == 1
+    assert value(text, "nvidia_gpu_utilization_ratio", gpu="2") == 0.07
+
+
+def test_lost_gpu_drops_its_value_series(sim: SimNvml, faults_path: Path) -> None:
+    poller = _poller(sim, ["/proc"])
+    poller.collect_once()
+    save_faults(faults_path, [make_fault(1, "lost")])
+    sim._reload_faults(force=True)
+    text = poller.collect_once().text().decode()
+    assert value(text, "nvidia_gpu_up", gpu="1") == 0
+    assert value(text, "nvidia_gpu_up", gpu="0") == 1
+    assert value(text, "nvidia_gpu_info", gpu="1") == 1  # identity stays for the join
+    for name in ("nvidia_gpu_temperature_celsius", "nvidia_gpu_power_watts", "nvidia_gpu_ecc_errors_total"):
+        assert value(text, name, gpu="1") is None, name
+        assert value(text, name, gpu="0") is not None, name
+    assert value(text, "gpu_exporter_nvml_errors_total", gpu="1", error="GpuIsLost") == 1
+
+
+def test_processes_attributed_from_real_proc(sim: SimNvml, faults_path: Path, sleeper: ManagedProcess) -> None:
+    poller = _poller(sim, [sim.proc_root, "/proc"])
+    save_faults(
+        faults_path,
+        [make_fault(0, "process", [str(sleeper.pid)]), make_fault(2, "process", ["3999998", "777"])],
+    )
+    sim._reload_faults(force=True)
+    text = poller.collect_once().text().decode()
+    assert value(text, "nvidia_gpu_process_info", gpu="0", pid=str(sleeper.pid), slurm_job_id="4242") == 1
+    assert value(text, "nvidia_gpu_process_memory_used_bytes", gpu="0", slurm_job_id="4242") == 8 * 1024**3
+    assert value(text, "nvidia_gpu_process_info", gpu="2", pid="3999998", slurm_job_id="777") == 1
+
+
+def test_collector_selection_always_keeps_device(sim: SimNvml, tmp_path: Path) -> None:
+    poller = _poller(sim, ["/proc"], ("power",))
+    text = poller.collect_once().text().decode()
+    assert value(text, "nvidia_gpu_power_watts", gpu="0") is not None
+    assert value(text, "nvidia_gpu_up", gpu="0") == 1
+    assert value(text, "nvidia_gpu_sm_clock_hertz", gpu="0") is None
+    # power needs only the batched field call plus the device reads
+    assert value(text, "gpu_exporter_nvml_calls", gpu="0") == 4
+
+
+def test_promtool_accepts_output(sim: SimNvml, tmp_path: Path) -> None:
+    text = _poller(sim, ["/proc"]).collect_once().text()
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=60)
+    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), (
+        result.stdout + result.stderr
+    ).decode()
