@@ -135,3 +135,18 @@ def test_nvml_backend_without_driver_exits_2() -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "NVML" in lines[0] and "--backend sim" in lines[0]
+
+
+def test_hung_gpu_marked_down_others_keep_reporting(start_exporter: StartExporter) -> None:
+    exp = start_exporter("--nvml-timeout=0.3", interval=1.0)
+    assert sim_cli(exp.faults, "inject", "--gpu", "0", "hang", "5").returncode == 0
+    text, _ = exp.wait_for(lambda t: value(t, "nvidia_gpu_up", gpu="0") == 0, 5, "hung GPU 0 down")
+    assert value(text, "gpu_exporter_nvml_timeouts_total", gpu="0") == 1
+    assert all(value(text, "nvidia_gpu_up", gpu=g) == 1 for g in ("1", "2", "3"))
+    # The next cycle still completes on time for the others: the snapshot keeps moving.
+    first = value(text, "gpu_exporter_last_collect_timestamp_seconds")
+    text, _ = exp.wait_for(
+        lambda t: (value(t, "gpu_exporter_last_collect_timestamp_seconds") or 0) > (first or 0), 3, "next cycle"
+    )
+    assert value(text, "gpu_exporter_collect_duration_seconds") < 0.9
+    assert value(text, "nvidia_gpu_temperature_celsius", gpu="1") is not None

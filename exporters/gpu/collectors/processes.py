@@ -32,12 +32,21 @@ class ProcessesCollector(GpuCollector):
             labels=[*GPU_LABELS, "pid", "gpu_instance_id", "compute_instance_id"],
         )
         for static, sample, labels in self.ctx.readable():
+            # A pid with contexts in several MIG instances is listed once per instance: one series each.
+            used: dict[int, float | None] = {}
             for proc in sample.processes:
-                pid = str(proc.pid)
-                job = self.ctx.jobs.job_id(proc.pid)
+                if proc.used_memory_bytes is None:
+                    used.setdefault(proc.pid, None)
+                else:
+                    used[proc.pid] = (used.get(proc.pid) or 0.0) + proc.used_memory_bytes
+            for pid_number, used_bytes in used.items():
+                pid = str(pid_number)
+                job = self.ctx.jobs.job_id(pid_number)
                 info.add_metric([*labels, pid, job], 1.0)
-                if proc.used_memory_bytes is not None:
-                    memory.add_metric([str(static.index), pid, job], proc.used_memory_bytes)
+                if used_bytes is not None:
+                    memory.add_metric([str(static.index), pid, job], used_bytes)
+            for proc in sample.processes:
                 if proc.gpu_instance_id is not None:
+                    pid = str(proc.pid)
                     mig.add_metric([*labels, pid, str(proc.gpu_instance_id), str(proc.compute_instance_id or 0)], 1.0)
         return [info, memory, mig]
