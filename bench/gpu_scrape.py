@@ -5,8 +5,8 @@ For 8 and 64 simulated H100s:
 - gpu-exporter (`--backend sim`, the real console script): p50/p99 latency of 1,000 scrapes over
   one keep-alive HTTP connection, the exporter's CPU time per scrape, and (in-process, same
   code) the collection cycle's cost: wall time and NVML calls per GPU per cycle.
-- the nvidia_gpu_exporter model (bench/nvidia_smi_model.py): one `nvidia-smi --query-gpu`
-  subprocess per scrape, with bench/fake-nvidia-smi printing the same CSV.
+- the nvidia_gpu_exporter model (bench/support/nvidia_smi_model.py): one `nvidia-smi --query-gpu`
+  subprocess per scrape, with bench/support/fake-nvidia-smi printing the same CSV.
 
 Floor (issue #3): p99 scrape <= 5 ms at 64 GPUs. Exit 1 if missed.
 With `--backend nvml` on a GPU machine, the gpu-exporter rows use the real driver instead.
@@ -158,7 +158,7 @@ def main() -> int:
         cost = collection_cost(gpus, args.backend)
         port = free_port()
         smi = serve_and_scrape(
-            [sys.executable, str(REPO / "bench" / "nvidia_smi_model.py"), str(port)],
+            [sys.executable, str(REPO / "bench" / "support" / "nvidia_smi_model.py"), str(port)],
             port,
             dict(env, FAKE_NVIDIA_SMI_GPUS=str(gpus)),
             args.scrapes,

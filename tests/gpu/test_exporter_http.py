@@ -15,6 +15,7 @@ import trustme
 from tests.gpu.conftest import Exporter, script, sim_cli, value
 from tests.gpu.test_backend import NO_DRIVER
 from tests.harness.processes import LOOPBACK, ManagedProcess, free_port, http_get
+from tests.harness.promstack import PrometheusServer
 
 pytestmark = pytest.mark.slow
 
@@ -150,3 +151,20 @@ def test_hung_gpu_marked_down_others_keep_reporting(start_exporter: StartExporte
     )
     assert value(text, "gpu_exporter_collect_duration_seconds") < 0.9
     assert value(text, "nvidia_gpu_temperature_celsius", gpu="1") is not None
+
+
+def test_real_prometheus_scrapes_with_node_label(
+    start_exporter: StartExporter, prometheus_factory: Callable[..., PrometheusServer]
+) -> None:
+    exp = start_exporter(interval=1.0)
+    target = exp.url.removeprefix("http://")
+    prom = prometheus_factory(
+        extra_scrape_configs=[
+            {"job_name": "gpu", "static_configs": [{"targets": [target], "labels": {"node": "gpu-node-1"}}]}
+        ]
+    )
+    result = prom.wait_for('count(nvidia_gpu_up{job="gpu",node="gpu-node-1"} == 1) == 4', timeout=30)
+    assert result
+    assert prom.wait_for('up{job="gpu"} == 1')
+    # Prometheus parsed every family (no scrape-time rejects): a counter reads as a counter.
+    assert prom.wait_for('rate(nvidia_gpu_energy_joules_total{node="gpu-node-1"}[10s]) > 0', timeout=30)
