@@ -51,6 +51,8 @@ def test_values_move_over_time(faults_path: Path) -> None:
     first = be.sample(0, reads, [energy])
     now[0] += 75  # a quarter of the sim's load period
     second = be.sample(0, reads, [energy])
+    be.close()  # nvmlShutdown: the sim removes its proc directory
+    assert not sim.proc_root.exists()
     assert first.utilization_gpu != second.utilization_gpu
     assert (second.field(energy[0]) or 0) > (first.field(energy[0]) or 0)
 
@@ -92,6 +94,7 @@ def test_field_not_supported_falls_back_to_function(faults_path: Path) -> None:
     be = NvmlBackend(_OldDriverSim(gpus=1, faults_path=faults_path))
     be.open()
     sample = be.sample(0, frozenset(), [(pynvml.NVML_FI_DEV_POWER_INSTANT, 0)])
+    be.close()
     assert sample.calls == 2  # the batched call, then nvmlDeviceGetPowerUsage
     assert (sample.field(pynvml.NVML_FI_DEV_POWER_INSTANT) or 0) >= 70_000
 
