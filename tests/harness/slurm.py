@@ -14,6 +14,7 @@ then DOWN after a short ``SlurmdTimeout``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -125,6 +126,15 @@ class SlurmCluster:
         self.slurmd.wait_ready(node_up, timeout, what=f"node {self.hostname} to register")
 
     def stop(self) -> None:
+        # Job scripts run in sessions of their own: cancel them while slurmd can still do it.
+        if self.slurmctld is not None and self.slurmctld.alive():
+            with contextlib.suppress(Exception):
+                self.cancel_all()
+                wait_until(
+                    lambda: not self.run(["squeue", "-h", "-t", "running,completing"], timeout=10).stdout.strip(),
+                    15,
+                    interval=0.5,
+                )
         for proc in (self.slurmd, self.slurmctld, self.munged):
             if proc is not None:
                 proc.stop()
@@ -144,6 +154,7 @@ def write_config(
     slurmd_port: int,
     munge_socket: Path,
     fake_nodes: int,
+    fake_port: int,
     slurmd_timeout: int,
     extra_conf: Mapping[str, str],
 ) -> tuple[Path, list[str]]:
@@ -199,10 +210,13 @@ def write_config(
     lines.append(f"NodeName={hostname} NodeAddr=127.0.0.1 CPUs=8 RealMemory=16000 Gres=gpu:h100:4 State=UNKNOWN")
     if fakes:
         lines.append(
-            f"NodeName={_hostlist(fakes)} NodeAddr=127.0.0.2 CPUs=8 RealMemory=16000 Gres=gpu:h100:4 State=UNKNOWN"
+            # All of 127/8 reaches our slurmd (it listens on every address): a port where
+            # nothing listens makes these nodes honestly unreachable.
+            f"NodeName={_hostlist(fakes)} NodeAddr=127.0.0.2 Port={fake_port} CPUs=8 RealMemory=16000"
+            " Gres=gpu:h100:4 State=UNKNOWN"
         )
     lines.append("PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
-    lines.append(f"PartitionName=cpu Nodes={hostname} MaxTime=INFINITE State=UP")
+    lines.append(f"PartitionName=debug Nodes={hostname} MaxTime=INFINITE State=UP")
     conf = root / "slurm.conf"
     conf.write_text("\n".join(lines) + "\n")
     (root / "gres.conf").write_text(f"NodeName={hostname} Name=gpu Type=h100 File={root}/dev/nvidia[0-3]\n")
@@ -250,7 +264,7 @@ def start_cluster(
     while slurmd_port == ctld_port:
         slurmd_port = free_port()
     conf, fakes = write_config(
-        root, hostname, ctld_port, slurmd_port, munge_socket, fake_nodes, slurmd_timeout, extra_conf or {}
+        root, hostname, ctld_port, slurmd_port, munge_socket, fake_nodes, free_port(), slurmd_timeout, extra_conf or {}
     )
     env = dict(os.environ)
     env["SLURM_CONF"] = str(conf)
@@ -271,10 +285,11 @@ def start_cluster(
         cluster.munged = procs.start(
             f"munged-{ctld_port}",
             [
-                _which("runuser"),
-                "-u",
-                "munge",
-                "--",
+                # setpriv execs (runuser forks and lingers), so the pid we stop is munged's.
+                _which("setpriv"),
+                "--reuid=munge",
+                "--regid=munge",
+                "--init-groups",
                 _which("munged"),
                 "-F",
                 f"--socket={munge_socket}",
