@@ -82,20 +82,22 @@ class PyslurmBackend:
     def _nodes(self) -> Parsed[sinfo.Node]:
         result: Parsed[sinfo.Node] = Parsed()
         for name, node in self.pyslurm.Nodes.load().items():
-            state, flags = sinfo.split_state(str(node.state).lower(), "+".join(node.state_flags or ()))
+            state, flags = sinfo.split_state(
+                str(_attr(node, "state")).lower(), "+".join(_attr(node, "state_flags") or ())
+            )
             result.items.append(
                 sinfo.Node(
                     name=str(name),
                     state=state,
-                    flags=flags | frozenset(f.lower() for f in (node.state_flags or ())),
-                    cpus_total=int(node.total_cpus or 0),
-                    cpus_allocated=int(node.allocated_cpus or 0),
-                    memory_mb=float(node.real_memory or 0),
-                    memory_allocated_mb=float(node.allocated_memory or 0),
-                    gpus_total=gpus_by_type(_gres_text(node.configured_gres)) or {},
-                    gpus_allocated=gpus_by_type(_gres_text(node.allocated_gres)) or {},
-                    reason=nullable(str(node.reason or "")),
-                    partitions=list(node.partitions or []),
+                    flags=flags | frozenset(f.lower() for f in (_attr(node, "state_flags") or ())),
+                    cpus_total=int(_attr(node, "total_cpus") or 0),
+                    cpus_allocated=int(_attr(node, "allocated_cpus") or 0),
+                    memory_mb=float(_attr(node, "real_memory") or 0),
+                    memory_allocated_mb=float(_attr(node, "allocated_memory") or 0),
+                    gpus_total=gpus_by_type(_gres_text(_attr(node, "configured_gres"))) or {},
+                    gpus_allocated=gpus_by_type(_gres_text(_attr(node, "allocated_gres"))) or {},
+                    reason=nullable(str(_attr(node, "reason") or "")),
+                    partitions=list(_attr(node, "partitions") or []),
                 )
             )
         return result
@@ -104,33 +106,40 @@ class PyslurmBackend:
         result: Parsed[squeue.Job] = Parsed()
         for job in self.pyslurm.Jobs.load().values():
             gpus, gtype = squeue.job_gpus(
-                _tres_text(job.allocated_tres or ""),
-                _tres_text(job.gres_per_node or ""),
-                _tres_text(job.gpus or ""),
-                _tres_text(job.gpus_per_task or ""),
-                nodes=int(job.num_nodes or 0),
-                tasks=int(job.num_tasks or 1),
+                _tres_text(_attr(job, "allocated_tres") or ""),
+                _tres_text(_attr(job, "gres_per_node") or ""),
+                _tres_text(_attr(job, "gpus") or ""),
+                _tres_text(_attr(job, "gpus_per_task") or ""),
+                nodes=int(_attr(job, "num_nodes") or 0),
+                tasks=int(_attr(job, "num_tasks") or 1),
             )
-            array_task = job.array_task_id
+            array_task = _attr(job, "array_task_id")
             result.items.append(
                 squeue.Job(
-                    job_id=str(job.id),
-                    display_id=f"{job.array_id}_{array_task}" if array_task is not None else str(job.id),
-                    partition=nullable(str(job.partition or "")).split(",")[0],
-                    user=str(job.user_name or ""),
-                    account=str(job.account or ""),
-                    state=str(job.state).lower(),
-                    reason=nullable(str(job.state_reason or "")),
-                    submit_time=job.submit_time or None,
-                    start_time=job.start_time or None,
-                    end_time=job.end_time or None,
-                    nodes=str(job.nodes or ""),
-                    num_nodes=int(job.num_nodes or 0),
+                    job_id=str(_attr(job, "id")),
+                    display_id=f"{_attr(job, 'array_id')}_{array_task}"
+                    if array_task is not None
+                    else str(_attr(job, "id")),
+                    partition=nullable(str(_attr(job, "partition") or "")).split(",")[0],
+                    user=str(_attr(job, "user_name") or ""),
+                    account=str(_attr(job, "account") or ""),
+                    state=str(_attr(job, "state")).lower(),
+                    reason=nullable(str(_attr(job, "state_reason") or "")),
+                    submit_time=_attr(job, "submit_time") or None,
+                    start_time=_attr(job, "start_time") or None,
+                    end_time=_attr(job, "end_time") or None,
+                    nodes=str(_attr(job, "nodes") or ""),
+                    num_nodes=int(_attr(job, "num_nodes") or 0),
                     gpus=gpus,
                     gpu_type=gtype,
                 )
             )
         return result
+
+
+def _attr(obj: Any, name: str) -> Any:
+    """pyslurm's attribute names move between releases: a missing one reads as unset."""
+    return getattr(obj, name, None)
 
 
 def _gres_text(value: Any) -> str:

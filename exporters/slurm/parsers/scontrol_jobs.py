@@ -42,6 +42,8 @@ def parse(text: str) -> Parsed[JobGpu]:
             if line.strip() and not line.startswith("No jobs"):
                 result.skip(line, "not a job line")
             continue
+        if " JobState=RUNNING " not in line:  # most of a big queue is pending: skip it cheaply
+            continue
         pairs = _pairs(line)
         fields = dict(pairs)
         if fields.get("JobState") != "RUNNING":
