@@ -138,15 +138,29 @@ class Scrapers:
             thread.join(120)
 
 
-def rpc_phase(cluster: SlurmCluster, scrapers: int, interval: float, duration: float, action: object) -> float:
-    """Read RPCs per minute slurmctld served during `duration` s with `scrapers` scrapers."""
+def rpc_phase(cluster: SlurmCluster, scrapers: int, interval: float, periods: int, action: object) -> float:
+    """Read RPCs per minute slurmctld served over `periods` whole intervals with `scrapers` scrapers.
+
+    Whole intervals, so each window holds exactly `periods` polls of the exporter (the caller
+    starts it half an interval after a poll) and `periods` scrapes per scraper.
+    """
     before = read_rpcs(cluster)
-    t0 = time.monotonic()
     with Scrapers(scrapers, interval, action):
-        time.sleep(duration)
-    elapsed = time.monotonic() - t0
-    # Our own two sdiag calls are REQUEST_STATS_INFO too; leave them out.
-    return (read_rpcs(cluster) - before - 1) * 60.0 / elapsed
+        time.sleep(periods * interval)
+    # Our own two sdiag calls are REQUEST_STATS_INFO too; leave the first one out (the second
+    # is counted after the read).
+    return (read_rpcs(cluster) - before - 1) * 60.0 / (periods * interval)
+
+
+def align_to_poll(url: str, interval: float) -> None:
+    """Return half an interval after the exporter's next poll."""
+    first = metric(url, "slurm_exporter_last_collect_timestamp_seconds")[0][1]
+    deadline = time.monotonic() + 3 * interval
+    while time.monotonic() < deadline:
+        if metric(url, "slurm_exporter_last_collect_timestamp_seconds")[0][1] != first:
+            break
+        time.sleep(0.05)
+    time.sleep(interval / 2)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -242,23 +256,30 @@ def main() -> int:
                 cluster.run(argv, timeout=120)
             return time.perf_counter() - t0
 
-        ours_2 = rpc_phase(cluster, 2, args.scrape_interval, args.duration, lambda: scrape_once(url))
-        ours_4 = rpc_phase(cluster, 4, args.scrape_interval, args.duration, lambda: scrape_once(url))
+        periods = max(1, round(args.duration / args.scrape_interval))
+        align_to_poll(url, args.scrape_interval)
+        ours_2 = rpc_phase(cluster, 2, args.scrape_interval, periods, lambda: scrape_once(url))
+        align_to_poll(url, args.scrape_interval)
+        ours_4 = rpc_phase(cluster, 4, args.scrape_interval, periods, lambda: scrape_once(url))
         exporter.stop()
-        idle = rpc_phase(cluster, 0, args.scrape_interval, args.duration, lambda: 0.0)
+        idle = rpc_phase(cluster, 0, args.scrape_interval, periods, lambda: 0.0)
         vpenso = Scrapers(2, args.scrape_interval, vpenso_scrape)
         before = read_rpcs(cluster)
-        t0 = time.monotonic()
         with vpenso:
-            time.sleep(args.duration)
-        vpenso_rpm = (read_rpcs(cluster) - before - 1) * 60.0 / (time.monotonic() - t0)
+            time.sleep(periods * args.scrape_interval)
+        vpenso_rpm = (read_rpcs(cluster) - before - 1) * 60.0 / (periods * args.scrape_interval)
         vpenso_scrape_s = statistics.median(vpenso.latencies) if vpenso.latencies else float("nan")
+        polls_per_min = 60.0 / args.scrape_interval
 
         print()
-        print(f"slurmctld read RPCs per minute, {args.duration:g}s windows, scrapes every {args.scrape_interval:g}s:")
+        window = periods * args.scrape_interval
+        print(f"slurmctld read RPCs per minute, {window:g}s windows, scrapes every {args.scrape_interval:g}s:")
         print(f"  {'':38s} {'RPC/min':>9s} {'scrape time':>12s}")
         print(f"  {'no exporter (background)':38s} {idle:9.1f}")
-        print(f"  {'slurm-exporter, 2 scrapers':38s} {ours_2:9.1f} {p99 * 1000:10.1f}ms (p99)")
+        print(
+            f"  {'slurm-exporter, 2 scrapers':38s} {ours_2:9.1f} {p99 * 1000:10.1f}ms (p99)"
+            f"  = {ours_2 / polls_per_min:.1f} RPCs per poll"
+        )
         print(f"  {'slurm-exporter, 4 scrapers':38s} {ours_4:9.1f}")
         print(
             f"  {'vpenso per-scrape commands, 2 scrapers':38s} {vpenso_rpm:9.1f} "

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+from pathlib import Path
 
 import click
 
@@ -26,7 +28,19 @@ COLLECTORS = (NodesCollector, PartitionsCollector, GpusCollector, JobsCollector,
 
 
 def cluster_name(runner: CommandRunner) -> str:
-    """ClusterName from `scontrol show config`, "" when slurmctld does not answer."""
+    """ClusterName from slurm.conf when it is local, else `scontrol show config` ("" if neither works).
+
+    The file comes first: it costs no RPC and no ~9 s wait when slurmctld is down at start-up.
+    """
+    conf = Path(os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf")
+    try:
+        match = re.search(
+            r"^\s*ClusterName\s*=\s*(\S+)", conf.read_text(errors="replace"), re.MULTILINE | re.IGNORECASE
+        )
+    except OSError:
+        match = None
+    if match:
+        return match.group(1)
     try:
         out = runner.run("scontrol", ["show", "config"])
     except CommandError as exc:

@@ -5,6 +5,7 @@ Stand-ins make the failure cases reproducible: a command that hangs, one that fa
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import uuid
@@ -18,10 +19,13 @@ from tests.slurm.standins import calls, hung_children, make_standins
 
 def test_metrics_from_23_11_output(tmp_path: Path, slurm_exporter: ExporterFactory, promtool: str) -> None:
     bin_dir = make_standins(tmp_path / "bin", "23.11")
-    _, url = slurm_exporter(["--slurm-bin-dir", str(bin_dir), "--interval", "3600"])
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("# a comment\nClusterName=from-file\n")
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    _, url = slurm_exporter(["--slurm-bin-dir", str(bin_dir), "--interval", "3600"], env=env)
     samples, _ = scrape(url)
     assert value(samples, "slurm_up") == 1
-    assert value(samples, "slurm_exporter_info", backend="cli", cluster="standin", slurm_version="23.11.4") == 1
+    assert value(samples, "slurm_exporter_info", backend="cli", cluster="from-file", slurm_version="23.11.4") == 1
     assert value(samples, "slurm_node_gpus", node="gpu-node-a100-rack12-slot07", gpu_type="a100") == 8
     assert value(samples, "slurm_node_gpus_allocated", node="gpu-node-a100-rack12-slot07", gpu_type="a100") == 5
     assert value(samples, "slurm_node_gpus_allocated", node="h100-06", gpu_type="l40s") == 0
@@ -53,7 +57,7 @@ def test_metrics_from_23_11_output(tmp_path: Path, slurm_exporter: ExporterFacto
     for _ in range(20):
         scrape(url)
     assert calls(bin_dir) == before
-    polled = [c.split("/")[-1] for c in before if not c.endswith(("--version", "show config"))]
+    polled = [c.split("/")[-1] for c in before if not c.endswith("--version")]
     assert sorted(c.split()[0] for c in polled) == ["scontrol", "sdiag", "sinfo", "squeue", "sshare"]
 
     _status, body = http_get(f"{url}/metrics")

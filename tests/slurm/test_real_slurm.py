@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -133,6 +134,7 @@ def test_devstack_runs_the_exporter_only_when_slurm_answers(
     spec = importlib.util.spec_from_file_location("devstack_for_slurm", repo_root / "scripts" / "devstack.py")
     assert spec and spec.loader
     devstack = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, devstack)  # dataclasses look their module up
     spec.loader.exec_module(devstack)
     monkeypatch.setenv("SLURM_CONF", slurm_cluster.env["SLURM_CONF"])
     argv = devstack.slurm_exporter_argv()
