@@ -12,6 +12,7 @@ from exporters.slurm.collectors.base import NoData, SourceCollector
 from exporters.slurm.parsers.scontrol_jobs import JobGpu
 from exporters.slurm.parsers.sinfo import Node
 from exporters.slurm.parsers.squeue import ENDED_STATES, Job
+from exporters.slurm.source import SlurmSource
 
 Key = tuple[str, str, str]  # user, account, partition
 
@@ -51,8 +52,8 @@ class GpuSeconds:
 class GpusCollector(SourceCollector):
     name = "gpus"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, source: SlurmSource) -> None:
+        super().__init__(source)
         self.seconds = GpuSeconds()
 
     def families(self) -> Iterable[Metric]:

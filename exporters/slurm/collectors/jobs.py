@@ -12,6 +12,7 @@ from prometheus_client.metrics_core import Metric
 
 from exporters.slurm.collectors.base import SourceCollector
 from exporters.slurm.parsers.squeue import Job
+from exporters.slurm.source import SlurmSource
 
 WAIT_BUCKETS = (10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0, 259200.0)
 MAX_SEEN = 500_000
@@ -70,8 +71,8 @@ class WaitTimes:
 class JobsCollector(SourceCollector):
     name = "jobs"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, source: SlurmSource) -> None:
+        super().__init__(source)
         self.waits = WaitTimes()
 
     def families(self) -> Iterable[Metric]:
