@@ -127,9 +127,21 @@ def gpu_exporter_argv() -> list[str] | None:
     ]
 
 
+def slurm_exporter_argv() -> list[str] | None:
+    """Only when a Slurm controller answers `scontrol ping` (issue 10 starts Slurm itself)."""
+    binary, scontrol = _binary("slurm-exporter"), shutil.which("scontrol")
+    if not binary or not scontrol:
+    try:
+        ping = subprocess.run([scontrol, "ping"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+    if ping.returncode != 0 or "is UP" not in ping.stdout:
+    return [binary, "--listen", f"{HOST}:{9341 + PORT_OFFSET}", "--interval", "15"]
+
+
 SERVICES: list[Service] = [
     Service("gpu-exporter", 9400, "/healthz", gpu_exporter_argv, scrape_job="gpu", labels={"node": NODE}),
     Service("alertmanager", 9093, "/-/ready", alertmanager_argv, scrape_job="alertmanager"),
+    Service("slurm-exporter", 9341, "/metrics", slurm_exporter_argv, scrape_job="slurm"),
     Service("prometheus", 9090, "/-/ready", prometheus_argv),
 ]
 

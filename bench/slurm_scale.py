@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""slurm-exporter at scale: a real private slurmctld with 1,000 nodes and 10,000 jobs.
+
+Prints, side by side with vpenso/prometheus-slurm-exporter's per-scrape command set run on the
+same cluster:
+
+* our poll time (one background poll: sinfo, squeue, scontrol, sdiag, sshare),
+* scrape latency p50/p99 of the real `slurm-exporter` over HTTP,
+* slurmctld read RPCs per minute (sdiag deltas) with 2 (and 4) Prometheus-like scrapers
+  scraping every 15 s,
+* the cost of `squeue --json` against the compact `-O` text format we use.
+
+Needs root, munge and slurm-wlm (it starts its own private cluster via tests/harness/slurm.py).
+`--duration` sets each measured phase's length (default 120 s; 60 s keeps the run near 5 min).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from tempfile import mkdtemp
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from exporters.slurm.parsers import sdiag, squeue  # noqa: E402
+from tests.harness.processes import ProcessManager, free_port  # noqa: E402
+from tests.harness.slurm import SlurmCluster, start_cluster  # noqa: E402
+
+EXPORTER = str(Path(sys.executable).parent / "slurm-exporter")
+
+# vpenso/prometheus-slurm-exporter 0.20: the commands its collectors run on every scrape
+# (accounts, cpus, fairshare, gpus, node, nodes, partitions, queue, scheduler, users).
+VPENSO_COMMANDS: list[list[str]] = [
+    ["squeue", "-a", "-r", "-h", "-o", "%A|%a|%T|%C"],
+    ["sinfo", "-h", "-o", "%C"],
+    ["sshare", "-n", "-P", "-o", "account,fairshare"],
+    ["sinfo", "-a", "-h", "--Format=Nodes: ,GresUsed:", "--state=allocated"],
+    ["sinfo", "-a", "-h", "--Format=Nodes: ,Gres: ,GresUsed:", "--state=idle,allocated"],
+    ["sinfo", "-a", "-h", "--Format=Nodes: ,Gres:"],
+    ["sinfo", "-h", "-N", "-O", "NodeList,AllocMem,Memory,CPUsState,StateLong"],
+    ["sinfo", "-h", "-o", "%D,%T"],
+    ["sinfo", "-h", "-o", "%R,%C"],
+    ["squeue", "-a", "-r", "-h", "-o", "%P", "--states=PENDING"],
+    ["squeue", "-a", "-r", "-h", "-o", "%A,%T,%r", "--states=all"],
+    ["sdiag"],
+    ["squeue", "-a", "-r", "-h", "-o", "%A|%u|%T|%C"],
+]
+# Read RPCs a metrics exporter causes; node registrations, pings and job RPCs are cluster noise.
+READ_RPCS = (
+    "REQUEST_JOB_INFO",
+    "REQUEST_JOB_INFO_SINGLE",
+    "REQUEST_NODE_INFO",
+    "REQUEST_NODE_INFO_SINGLE",
+    "REQUEST_PARTITION_INFO",
+    "REQUEST_STATS_INFO",
+    "REQUEST_SHARE_INFO",
+    "REQUEST_FED_INFO",
+    "REQUEST_BUILD_INFO",
+    "REQUEST_RESERVATION_INFO",
+)
+
+
+def read_rpcs(cluster: SlurmCluster) -> int:
+    stats = sdiag.parse(cluster.run(["sdiag"]).stdout).items[0]
+    return sum(stats.rpc_by_type.get(name, (0, 0))[0] for name in READ_RPCS)
+
+
+def submit_jobs(cluster: SlurmCluster, count: int, workers: int = 4) -> float:
+    """`count` held jobs (individual records, not array tasks) plus 4 running GPU jobs."""
+    started = time.monotonic()
+    base = ["sbatch", "-H", "-o", "/dev/null", "-p", "gpu", "--mem=100"]
+
+    def submit(i: int) -> None:
+        extra = ["--gres=gpu:1"] if i % 4 == 0 else []
+        cluster.run([*base, *extra, "--wrap", "sleep 1"], timeout=60)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(submit, range(count)))
+    for _ in range(4):
+        cluster.sbatch("-p", "gpu", "-w", cluster.hostname, "--mem=100", "--gres=gpu:1", wrap="sleep 3600")
+    return time.monotonic() - started
+
+
+def timed(cluster: SlurmCluster, argv: list[str], runs: int = 3) -> tuple[float, int]:
+    """(median seconds, output bytes) of a client command."""
+    times, size = [], 0
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        out = cluster.run(argv, timeout=120).stdout
+        times.append(time.perf_counter() - t0)
+        size = len(out)
+    return statistics.median(times), size
+
+
+def scrape_once(url: str) -> float:
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        resp.read()
+    return time.perf_counter() - t0
+
+
+class Scrapers:
+    """N Prometheus-like scrapers, each calling `action` every `interval` s, staggered."""
+
+    def __init__(self, count: int, interval: float, action: object) -> None:
+        self.count, self.interval, self.action = count, interval, action
+        self.latencies: list[float] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _run(self, offset: float) -> None:
+        next_at = time.monotonic() + offset
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+            try:
+                self.latencies.append(self.action())  # type: ignore[operator]
+            except Exception:
+                self.errors += 1
+            next_at += self.interval
+
+    def __enter__(self) -> Scrapers:
+        for i in range(self.count):
+            thread = threading.Thread(target=self._run, args=(i * self.interval / self.count,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(120)
+
+
+def rpc_phase(cluster: SlurmCluster, scrapers: int, interval: float, periods: int, action: object) -> float:
+    """Read RPCs per minute slurmctld served over `periods` whole intervals with `scrapers` scrapers.
+
+    Whole intervals, so each window holds exactly `periods` polls of the exporter (the caller
+    starts it half an interval after a poll) and `periods` scrapes per scraper.
+    """
+    before = read_rpcs(cluster)
+    with Scrapers(scrapers, interval, action):
+        time.sleep(periods * interval)
+    # Our own two sdiag calls are REQUEST_STATS_INFO too; leave the first one out (the second
+    # is counted after the read).
+    return (read_rpcs(cluster) - before - 1) * 60.0 / (periods * interval)
+
+
+def align_to_poll(url: str, interval: float) -> None:
+    """Return half an interval after the exporter's next poll."""
+    first = metric(url, "slurm_exporter_last_collect_timestamp_seconds")[0][1]
+    deadline = time.monotonic() + 3 * interval
+    while time.monotonic() < deadline:
+        if metric(url, "slurm_exporter_last_collect_timestamp_seconds")[0][1] != first:
+            break
+        time.sleep(0.05)
+    time.sleep(interval / 2)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def metric(url: str, name: str) -> list[tuple[str, float]]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        body = resp.read().decode()
+    out = []
+    for line in body.splitlines():
+        if line.startswith(name) and (line[len(name)] in "{ "):
+            labels, _, value = line.rpartition(" ")
+            out.append((labels, float(value)))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=1000, help="configured nodes (one real, the rest fake)")
+    parser.add_argument("--jobs", type=int, default=10_000, help="held jobs to submit")
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds per measured phase")
+    parser.add_argument("--scrape-interval", type=float, default=15.0)
+    parser.add_argument("--scrapes", type=int, default=1000, help="back-to-back scrapes for the latency figure")
+    parser.add_argument("--dry-run", action="store_true", help="check the arguments and exit")
+    args = parser.parse_args()
+    if args.nodes < 1 or args.jobs < 0 or args.duration <= 0 or args.scrape_interval <= 0:
+        parser.error("--nodes >= 1, --jobs >= 0, --duration and --scrape-interval > 0")
+    if args.dry_run:
+        print(f"ok: {args.nodes} nodes, {args.jobs} jobs, {args.duration:g}s phases")
+        return 0
+
+    procs = ProcessManager(Path(mkdtemp(prefix="slurm-scale-logs-")))
+    cluster = start_cluster(
+        procs,
+        fake_nodes=args.nodes - 1,
+        slurmd_timeout=300,
+        extra_conf={"MaxJobCount": str(max(20_000, 2 * args.jobs)), "MaxArraySize": "10001"},
+    )
+    try:
+        took = submit_jobs(cluster, args.jobs)
+        listed = len(squeue.parse(cluster.run(["squeue", *squeue.ARGS]).stdout).items)
+        print(f"cluster: {args.nodes} nodes, {listed} jobs listed by squeue (submitted in {took:.0f}s)")
+
+        text_s, text_b = timed(cluster, ["squeue", *squeue.ARGS])
+        json_s, json_b = timed(cluster, ["squeue", "--json"])
+        scontrol_s, scontrol_b = timed(cluster, ["scontrol", "-d", "-o", "show", "job"])
+        print(f"squeue -O text (ours):  {text_s * 1000:8.0f} ms  {text_b / 1e6:7.2f} MB")
+        print(f"squeue --json:          {json_s * 1000:8.0f} ms  {json_b / 1e6:7.2f} MB  ({json_s / text_s:.1f}x)")
+        print(f"scontrol -d -o show job:{scontrol_s * 1000:8.0f} ms  {scontrol_b / 1e6:7.2f} MB  (GPU index map)")
+        vpenso_s = 0.0
+        for argv in VPENSO_COMMANDS:
+            vpenso_s += timed(cluster, argv, runs=1)[0]
+        print(f"vpenso command set, one scrape: {vpenso_s * 1000:.0f} ms ({len(VPENSO_COMMANDS)} commands)")
+
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        exporter = procs.start(
+            "slurm-exporter",
+            [
+                EXPORTER,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--interval",
+                str(args.scrape_interval),
+                "--command-timeout",
+                "60",
+            ],
+            env=cluster.env,
+        )
+        exporter.wait_http(f"{url}/metrics", timeout=180)
+        time.sleep(1)
+        cycle = metric(url, "slurm_exporter_cycle_duration_seconds")[0][1]
+        per_command = metric(url, "slurm_exporter_collect_duration_seconds")
+        print(f"our poll time: {cycle * 1000:.0f} ms per {args.scrape_interval:g}s interval")
+        for labels, seconds in per_command:
+            command = labels.split("=")[1].strip('"}')
+            print(f"    {command:10s} {seconds * 1000:8.0f} ms")
+
+        latencies = []
+        with ThreadPoolExecutor(2) as pool:
+            latencies = list(pool.map(lambda _: scrape_once(url), range(args.scrapes)))
+        p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+        print(
+            f"scrape latency over {args.scrapes} scrapes (2 concurrent): p50 {p50 * 1000:.1f} ms, "
+            f"p99 {p99 * 1000:.1f} ms  (floor: p99 <= 10 ms)"
+        )
+
+        def vpenso_scrape() -> float:
+            t0 = time.perf_counter()
+            for argv in VPENSO_COMMANDS:
+                cluster.run(argv, timeout=120)
+            return time.perf_counter() - t0
+
+        periods = max(1, round(args.duration / args.scrape_interval))
+        align_to_poll(url, args.scrape_interval)
+        ours_2 = rpc_phase(cluster, 2, args.scrape_interval, periods, lambda: scrape_once(url))
+        align_to_poll(url, args.scrape_interval)
+        ours_4 = rpc_phase(cluster, 4, args.scrape_interval, periods, lambda: scrape_once(url))
+        exporter.stop()
+        idle = rpc_phase(cluster, 0, args.scrape_interval, periods, lambda: 0.0)
+        vpenso = Scrapers(2, args.scrape_interval, vpenso_scrape)
+        before = read_rpcs(cluster)
+        with vpenso:
+            time.sleep(periods * args.scrape_interval)
+        vpenso_rpm = (read_rpcs(cluster) - before - 1) * 60.0 / (periods * args.scrape_interval)
+        vpenso_scrape_s = statistics.median(vpenso.latencies) if vpenso.latencies else float("nan")
+        polls_per_min = 60.0 / args.scrape_interval
+
+        print()
+        window = periods * args.scrape_interval
+        print(f"slurmctld read RPCs per minute, {window:g}s windows, scrapes every {args.scrape_interval:g}s:")
+        print(f"  {'':38s} {'RPC/min':>9s} {'scrape time':>12s}")
+        print(f"  {'no exporter (background)':38s} {idle:9.1f}")
+        print(
+            f"  {'slurm-exporter, 2 scrapers':38s} {ours_2:9.1f} {p99 * 1000:10.1f}ms (p99)"
+            f"  = {ours_2 / polls_per_min:.1f} RPCs per poll"
+        )
+        print(f"  {'slurm-exporter, 4 scrapers':38s} {ours_4:9.1f}")
+        print(
+            f"  {'vpenso per-scrape commands, 2 scrapers':38s} {vpenso_rpm:9.1f} "
+            f"{vpenso_scrape_s * 1000:10.0f}ms (median)"
+        )
+        ok = p99 <= 0.010
+        print(
+            f"floor scrape p99 <= 10 ms: {'PASS' if ok else 'FAIL'}; "
+            f"RPC load 2 vs 4 scrapers: {ours_2:.1f} vs {ours_4:.1f}/min"
+        )
+        return 0 if ok else 1
+    finally:
+        cluster.stop()
+        procs.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""GPU allocation per node, user and job, and GPU-seconds per user/account/partition."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from exporters.slurm.collectors.base import NoData, SourceCollector
+from exporters.slurm.parsers.scontrol_jobs import JobGpu
+from exporters.slurm.parsers.sinfo import Node
+from exporters.slurm.parsers.squeue import ENDED_STATES, Job
+from exporters.slurm.source import SlurmSource
+
+Key = tuple[str, str, str]  # user, account, partition
+
+
+class GpuSeconds:
+    """Allocated GPU-seconds, credited per poll for the part of each job's run since the last poll.
+
+    A job holds its GPUs over [start, end] (end = now while running). Each fresh squeue result
+    credits the overlap of that interval with (previous poll, this poll], so nothing is counted
+    twice, and jobs that start and end between two polls still count while squeue lists them
+    (MinJobAge). A failed poll credits nothing; the next good one covers the gap.
+    """
+
+    def __init__(self) -> None:
+        self.totals: dict[Key, float] = {}
+        self.previous: float | None = None
+        self.generation = 0
+
+    def update(self, jobs: list[Job], generation: int, now: float) -> None:
+        if generation == self.generation:
+            return
+        self.generation = generation
+        for job in jobs:
+            if job.gpus <= 0 or not job.started or job.start_time is None or job.state == "suspended":
+                continue
+            key = (job.user, job.account, job.partition)
+            self.totals.setdefault(key, 0.0)
+            if self.previous is None:
+                continue
+            end = job.end_time if (job.state in ENDED_STATES and job.end_time) else now
+            overlap = min(end, now) - max(job.start_time, self.previous)
+            if overlap > 0:
+                self.totals[key] += job.gpus * overlap
+        self.previous = now
+
+
+class GpusCollector(SourceCollector):
+    name = "gpus"
+
+    def __init__(self, source: SlurmSource) -> None:
+        super().__init__(source)
+        self.seconds = GpuSeconds()
+
+    def families(self) -> Iterable[Metric]:
+        families: list[Metric] = []
+        errors: list[str] = []
+        for part in (self._nodes, self._users, self._jobs):
+            try:
+                families.extend(part())
+            except NoData as exc:  # one missing command must not hide the other GPU series
+                errors.append(str(exc))
+        if errors and not families:
+            raise NoData("; ".join(errors))
+        return families
+
+    def _nodes(self) -> list[Metric]:
+        nodes: list[Node] = self.items("sinfo")
+        total = GaugeMetricFamily("slurm_node_gpus", "GPUs of the node.", labels=["node", "gpu_type"])
+        alloc = GaugeMetricFamily(
+            "slurm_node_gpus_allocated", "GPUs of the node allocated to jobs.", labels=["node", "gpu_type"]
+        )
+        for node in nodes:
+            for gtype in sorted(set(node.gpus_total) | set(node.gpus_allocated)):
+                total.add_metric([node.name, gtype], node.gpus_total.get(gtype, 0))
+                alloc.add_metric([node.name, gtype], node.gpus_allocated.get(gtype, 0))
+        return [total, alloc]
+
+    def _users(self) -> list[Metric]:
+        state = self.state("squeue")
+        jobs: list[Job] = self.items("squeue")
+        self.seconds.update(jobs, state.generation, state.last_success or 0.0)
+        per_user: dict[tuple[str, str], int] = defaultdict(int)
+        for job in jobs:
+            if job.state == "running" and job.gpus:
+                per_user[(job.user, job.account)] += job.gpus
+        users = GaugeMetricFamily(
+            "slurm_user_gpus_allocated", "GPUs allocated to running jobs, by user.", labels=["user", "account"]
+        )
+        for (user, account), count in sorted(per_user.items()):
+            users.add_metric([user, account], count)
+        seconds = CounterMetricFamily(
+            "slurm_gpu_seconds",
+            "Allocated GPU-seconds observed since the exporter started.",
+            labels=["user", "account", "partition"],
+        )
+        for (user, account, partition), value in sorted(self.seconds.totals.items()):
+            seconds.add_metric([user, account, partition], value)
+        return [users, seconds]
+
+    def _jobs(self) -> list[Metric]:
+        rows: list[JobGpu] = self.items("scontrol")
+        info = GaugeMetricFamily(
+            "slurm_job_gpu_info",
+            "GPU index a running job holds on a node (always 1); joins nvidia_* series on node and gpu.",
+            labels=["job_id", "user", "account", "node", "gpu", "gpu_type"],
+        )
+        for row in sorted(set(rows), key=lambda r: (r.node, r.gpu, r.job_id)):
+            info.add_metric([row.job_id, row.user, row.account, row.node, str(row.gpu), row.gpu_type], 1)
+        return [info]

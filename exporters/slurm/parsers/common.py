@@ -1,0 +1,91 @@
+"""Pieces every Slurm output parser shares: results with error counts, times, sizes."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+# Slurm prints these where a value is not set.
+NULL_VALUES = frozenset({"", "N/A", "n/a", "(null)", "None", "NONE", "Unknown", "UNKNOWN", "(N/A)"})
+
+
+@dataclass
+class Parsed(Generic[T]):
+    """What a parser read: the items, how many input lines it had to skip, and why (first few)."""
+
+    items: list[T] = field(default_factory=list)
+    errors: int = 0
+    samples: list[str] = field(default_factory=list)
+
+    def skip(self, line: str, why: str) -> None:
+        self.errors += 1
+        if len(self.samples) < 3:
+            self.samples.append(f"{why}: {line[:200]!r}")
+
+
+def nullable(value: str) -> str:
+    value = value.strip()
+    return "" if value in NULL_VALUES else value
+
+
+def parse_time(value: str) -> float | None:
+    """Unix time of a Slurm timestamp (`2024-05-01T10:00:00`, local time of slurmctld), else None.
+
+    Slurm prints times without a zone in the controller's local time; the exporter runs on the
+    head node, so its local zone is the right one.
+    """
+    value = nullable(value)
+    if not value:
+        return None
+    try:
+        return time.mktime(datetime.strptime(value, "%Y-%m-%dT%H:%M:%S").timetuple())
+    except ValueError:
+        return None
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGTP]?)B?$", re.IGNORECASE)
+_SIZE_FACTOR = {"": 1, "K": 1, "M": 1024, "G": 1024**2, "T": 1024**3, "P": 1024**4}
+
+
+def parse_mebibytes(value: str) -> float | None:
+    """Slurm memory sizes (`16000`, `100M`, `8G`, `1.50T`) in MiB; plain numbers are MiB already."""
+    value = nullable(value)
+    match = _SIZE.match(value)
+    if not match:
+        return None
+    number, unit = float(match.group(1)), match.group(2).upper()
+    if unit == "K":
+        return number / 1024
+    return number * _SIZE_FACTOR[unit]
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside parentheses: `gpu:a100:2(S:0,1),gpu:h100:1` has two entries."""
+    parts: list[str] = []
+    depth = 0
+    current: list[str] = []
+    for char in text:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth = max(0, depth - 1)
+        if char == sep and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_int(value: str) -> int | None:
+    value = nullable(value)
+    try:
+        return int(value)
+    except ValueError:
+        return None

@@ -1,0 +1,54 @@
+"""`sshare -P`: fair-share factors and usage per account and user (needs accounting)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from exporters.slurm.parsers.common import Parsed, nullable
+
+FIELDS = ("Account", "User", "RawShares", "NormShares", "RawUsage", "EffectvUsage", "FairShare")
+ARGS = ["-h", "-P", "-a", "-o", ",".join(FIELDS)]
+
+
+@dataclass
+class Share:
+    account: str
+    user: str  # "" for an account's own row
+    norm_shares: float | None
+    raw_usage: float | None
+    effective_usage: float | None
+    fairshare: float | None
+
+
+def _float(text: str) -> float | None:
+    text = nullable(text)
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def parse(text: str) -> Parsed[Share]:
+    result: Parsed[Share] = Parsed()
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        cols = line.split("|")
+        if len(cols) != len(FIELDS):
+            result.skip(line, f"expected {len(FIELDS)} fields")
+            continue
+        account, user, _raw_shares, norm, raw_usage, eff, fairshare = cols
+        if not account.strip():
+            result.skip(line, "no account")
+            continue
+        result.items.append(
+            Share(
+                account=account.strip(),
+                user=nullable(user),
+                norm_shares=_float(norm),
+                raw_usage=_float(raw_usage),
+                effective_usage=_float(eff),
+                fairshare=_float(fairshare),
+            )
+        )
+    return result

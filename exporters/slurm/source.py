@@ -1,0 +1,113 @@
+"""One poll per cycle: each Slurm command runs at most once per cycle, whoever needs it.
+
+Several collectors read the same command (sinfo feeds nodes, partitions and GPUs); the
+source runs it the first time a collector asks in a cycle and hands the same result to the
+rest. A command that fails keeps its last good result, marked stale, so collectors go on
+serving it while `slurm_up` drops to 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from exporters.slurm.backend import Backend
+from exporters.slurm.commands import CommandError
+from exporters.slurm.parsers.common import Parsed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CommandState:
+    data: Parsed[Any] | None = None  # last good result
+    fresh: bool = False  # data came from this cycle
+    generation: int = 0  # +1 per successful fetch; stateful metrics count each result once
+    last_success: float | None = None  # unix time
+    last_duration: float = 0.0
+    failures: int = 0
+    parse_errors: int = 0
+    error: str = ""
+
+
+class SlurmSource:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.states: dict[str, CommandState] = {}
+        self._ran_this_cycle: set[str] = set()
+        self._consumers: set[str] = set()
+        self._lock = threading.Lock()
+        self._unreachable = ""
+
+    def begin(self, consumer: str) -> None:
+        """A collector starts reading; a collector seen twice means a new cycle began."""
+        with self._lock:
+            if consumer in self._consumers:
+                self._new_cycle()
+            self._consumers.add(consumer)
+
+    def end_cycle(self) -> None:
+        with self._lock:
+            self._new_cycle()
+
+    def _new_cycle(self) -> None:
+        self._consumers.clear()
+        self._ran_this_cycle.clear()
+        self._unreachable = ""
+
+    def get(self, command: str) -> CommandState:
+        """This cycle's state of `command`, running it if nobody has yet."""
+        with self._lock:
+            state = self.states.setdefault(command, CommandState())
+            if command in self._ran_this_cycle:
+                return state
+            self._ran_this_cycle.add(command)
+            started = time.perf_counter()
+            try:
+                if self._unreachable:
+                    # Every client retries a dead controller for ~9 s: pay that once per cycle.
+                    raise CommandError(f"skipped: {self._unreachable}")
+                parsed = self.backend.fetch(command)
+            except CommandError as exc:
+                state.fresh = False
+                state.failures += 1
+                if state.error != str(exc):
+                    log.warning("slurm command failed", extra={"command": command, "error": str(exc)})
+                state.error = str(exc)
+                if not self._unreachable and _controller_unreachable(str(exc)):
+                    self._unreachable = f"slurmctld unreachable ({command}: {exc})"
+            else:
+                if state.error:
+                    log.info("slurm command recovered", extra={"command": command})
+                state.data, state.fresh, state.error = parsed, True, ""
+                state.generation += 1
+                state.last_success = time.time()
+                state.parse_errors += parsed.errors
+                if parsed.errors:
+                    log.warning(
+                        "skipped unparseable slurm output",
+                        extra={"command": command, "lines": parsed.errors, "samples": parsed.samples},
+                    )
+            finally:
+                state.last_duration = time.perf_counter() - started
+            return state
+
+    def ran_this_cycle(self) -> dict[str, CommandState]:
+        with self._lock:
+            return {name: self.states[name] for name in self._ran_this_cycle}
+
+    def items(self, command: str) -> list[Any]:
+        """The command's last good items ([] if it never succeeded)."""
+        state = self.get(command)
+        return list(state.data.items) if state.data is not None else []
+
+
+_UNREACHABLE_MARKERS = ("timed out after", "unable to contact slurm controller", "connection refused")
+
+
+def _controller_unreachable(error: str) -> bool:
+    lower = error.lower()
+    return any(marker in lower for marker in _UNREACHABLE_MARKERS)

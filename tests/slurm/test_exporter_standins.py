@@ -1,0 +1,144 @@
+"""The real `slurm-exporter` process over stand-in Slurm commands (recorded 23.11/24.11 output).
+
+Stand-ins make the failure cases reproducible: a command that hangs, one that fails.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from tests.harness.processes import http_get, wait_until
+from tests.slurm.conftest import EXPORTER, ExporterFactory
+from tests.slurm.metrics import scrape, series, value
+from tests.slurm.standins import calls, hung_children, make_standins
+
+
+def test_metrics_from_23_11_output(tmp_path: Path, slurm_exporter: ExporterFactory, promtool: str) -> None:
+    bin_dir = make_standins(tmp_path / "bin", "23.11")
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("# a comment\nClusterName=from-file\n")
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    _, url = slurm_exporter(["--slurm-bin-dir", str(bin_dir), "--interval", "3600"], env=env)
+    samples, _ = scrape(url)
+    assert value(samples, "slurm_up") == 1
+    assert value(samples, "slurm_exporter_info", backend="cli", cluster="from-file", slurm_version="23.11.4") == 1
+    assert value(samples, "slurm_node_gpus", node="gpu-node-a100-rack12-slot07", gpu_type="a100") == 8
+    assert value(samples, "slurm_node_gpus_allocated", node="gpu-node-a100-rack12-slot07", gpu_type="a100") == 5
+    assert value(samples, "slurm_node_gpus_allocated", node="h100-06", gpu_type="l40s") == 0
+    assert value(samples, "slurm_partition_gpus", partition="gpu") == 8 * 6 + 6
+    assert (
+        value(samples, "slurm_node_reason_info", node="h100-01", state="drained", reason="XID 79 GPU fell off the bus")
+        == 1
+    )
+    assert value(samples, "slurm_node_state_flag", node="h100-01", flag="not_responding") == 1
+    assert value(samples, "slurm_node_reason_info", node="h100-04") is None  # idle nodes carry no reason
+    assert value(samples, "slurm_nodes", state="drained") == 1
+    assert value(samples, "slurm_node_memory_total_bytes", node="cpu-01") == 515000 * 1024 * 1024
+    assert value(samples, "slurm_jobs", state="running", partition="gpu") == 4
+    assert value(samples, "slurm_jobs_pending", partition="gpu", reason="Priority") == 2
+    assert value(samples, "slurm_jobs_pending", partition="gpu", reason="QOSMaxGRESPerUser") == 1
+    assert value(samples, "slurm_user_gpus_allocated", user="alice", account="ml-research") == 2
+    assert value(samples, "slurm_user_gpus_allocated", user="dave", account="nlp") == 4
+    assert value(samples, "slurm_job_gpu_info", job_id="4103", node="h100-06", gpu="1", user="carol-long-username") == 1
+    assert len(series(samples, "slurm_job_gpu_info")) == 2 + 3 + 10
+    assert value(samples, "slurm_scheduler_cycle_seconds", kind="main", stat="last") == 0.012043
+    assert value(samples, "slurm_scheduler_cycle_seconds", kind="backfill", stat="mean") == 0.402117
+    assert value(samples, "slurm_scheduler_queue_length") == 370
+    assert value(samples, "slurm_rpc_calls_total", type="REQUEST_JOB_INFO") == 88210
+    assert value(samples, "slurm_share_fairshare", account="vision", user="bob") == 0.625
+    assert value(samples, "slurm_exporter_parse_errors_total", command="squeue") == 0
+
+    # One poll ran; scrapes run no commands.
+    before = calls(bin_dir)
+    for _ in range(20):
+        scrape(url)
+    assert calls(bin_dir) == before
+    polled = [c.split("/")[-1] for c in before if not c.endswith("--version")]
+    assert sorted(c.split()[0] for c in polled) == ["scontrol", "sdiag", "sinfo", "squeue", "sshare"]
+
+    _status, body = http_get(f"{url}/metrics")
+    check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30)
+    assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+
+
+def test_unparseable_lines_are_counted_not_fatal(tmp_path: Path, slurm_exporter: ExporterFactory) -> None:
+    bin_dir = make_standins(tmp_path / "bin", "24.11")
+    _, url = slurm_exporter(["--slurm-bin-dir", str(bin_dir), "--interval", "3600"])
+    samples, _ = scrape(url)
+    assert value(samples, "slurm_up") == 1
+    assert value(samples, "slurm_exporter_parse_errors_total", command="squeue") == 1
+    assert value(samples, "slurm_jobs", state="running", partition="gpu") == 1
+    assert value(samples, "slurm_node_gpus", node="h100-11", gpu_type="") == 8
+    assert value(samples, "slurm_job_gpu_info", job_id="9001", node="h100-08", gpu="7") == 1
+
+
+def test_hanging_command_scrapes_stay_fast_and_data_stays(tmp_path: Path, slurm_exporter: ExporterFactory) -> None:
+    marker = uuid.uuid4().hex[:12]
+    bin_dir = make_standins(tmp_path / "bin", "23.11", marker=marker)
+    proc, url = slurm_exporter(["--slurm-bin-dir", str(bin_dir), "--interval", "1", "--command-timeout", "2"])
+    samples, _ = scrape(url)
+    assert value(samples, "slurm_up") == 1
+    (bin_dir / "squeue.hang").touch()
+    hung_at = time.monotonic()
+    slowest = 0.0
+    went_down_after: float | None = None
+    while time.monotonic() - hung_at < 8:
+        samples, elapsed = scrape(url)
+        slowest = max(slowest, elapsed)
+        if went_down_after is None and value(samples, "slurm_up") == 0:
+            went_down_after = time.monotonic() - hung_at
+        time.sleep(0.1)
+    assert proc.alive()
+    assert slowest < 1.0, f"a scrape took {slowest:.2f}s while squeue hung"
+    assert went_down_after is not None and went_down_after < 1 + 2 + 1.5, went_down_after
+    # The last good squeue data is still served, marked by its command's state and age.
+    assert value(samples, "slurm_jobs", state="running", partition="gpu") == 4
+    assert value(samples, "slurm_exporter_command_success", command="squeue") == 0
+    assert value(samples, "slurm_exporter_command_failures_total", command="squeue") >= 1
+    last_ok = value(samples, "slurm_exporter_command_last_success_timestamp_seconds", command="squeue")
+    assert last_ok is not None and time.time() - last_ok > 4
+    assert value(samples, "slurm_node_gpus", node="h100-01", gpu_type="h100") == 8
+    # Timed-out commands' process groups are killed, children included (the one in flight
+    # now hangs until its own timeout).
+    (bin_dir / "squeue.hang").unlink()
+    wait_until(lambda: not hung_children(marker), 5, what="hung stand-in children to be killed")
+    wait_until(lambda: value(scrape(url)[0], "slurm_up") == 1, 10, what="slurm_up to recover")
+
+
+def test_failing_command_sets_up_zero(tmp_path: Path, slurm_exporter: ExporterFactory) -> None:
+    bin_dir = make_standins(tmp_path / "bin", "22.05")
+    (bin_dir / "sdiag.fail").touch()
+    proc, url = slurm_exporter(["--slurm-bin-dir", str(bin_dir), "--interval", "1"])
+    samples, _ = scrape(url)
+    assert value(samples, "slurm_up") == 0
+    assert value(samples, "slurm_exporter_command_success", command="sdiag") == 0
+    assert value(samples, "slurm_exporter_collector_success", collector="scheduler") == 0
+    assert value(samples, "slurm_node_state", node="vm", state="draining") == 1
+    (bin_dir / "sdiag.fail").unlink()
+    wait_until(lambda: value(scrape(url)[0], "slurm_up") == 1, 10, what="slurm_up to recover")
+    assert proc.alive()
+
+
+def test_backend_pyslurm_unavailable_is_a_startup_error(tmp_path: Path) -> None:
+    bin_dir = make_standins(tmp_path / "bin", "23.11")
+    result = subprocess.run(
+        [EXPORTER, "--backend", "pyslurm", "--slurm-bin-dir", str(bin_dir), "--listen", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --backend pyslurm: pyslurm cannot be imported")
+    assert result.stderr.count("\n") == 1
+
+
+def test_auto_backend_falls_back_to_cli(tmp_path: Path, slurm_exporter: ExporterFactory) -> None:
+    bin_dir = make_standins(tmp_path / "bin", "23.11")
+    proc, url = slurm_exporter(["--backend", "auto", "--slurm-bin-dir", str(bin_dir), "--interval", "3600"])
+    samples, _ = scrape(url)
+    assert value(samples, "slurm_exporter_info", backend="cli") == 1
+    assert "pyslurm cannot be imported" in proc.log_tail()

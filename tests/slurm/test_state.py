@@ -1,0 +1,111 @@
+"""Stateful metrics (GPU-seconds, wait histogram), one run per command per cycle, backend choice."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporters.slurm.backend import CliBackend, pyslurm_candidate, select_backend
+from exporters.slurm.collectors.gpus import GpuSeconds
+from exporters.slurm.collectors.jobs import WaitTimes
+from exporters.slurm.commands import CommandError, CommandRunner
+from exporters.slurm.parsers.squeue import Job
+from exporters.slurm.source import SlurmSource
+from tests.slurm.standins import calls, make_standins
+
+
+def job(jid: str, state: str, submit: float, start: float | None, end: float | None = None, gpus: int = 2) -> Job:
+    return Job(
+        job_id=jid,
+        display_id=jid,
+        partition="gpu",
+        user="alice",
+        account="ml",
+        state=state,
+        reason="",
+        submit_time=submit,
+        start_time=start,
+        end_time=end,
+        nodes="n1" if start is not None else "",
+        num_nodes=1,
+        gpus=gpus,
+        gpu_type="h100",
+    )
+
+
+KEY = ("alice", "ml", "gpu")
+
+
+def test_gpu_seconds_credit_only_time_between_polls() -> None:
+    acc = GpuSeconds()
+    acc.update([job("1", "running", 0, 50)], generation=1, now=100)
+    assert acc.totals[KEY] == 0  # first poll: nothing observed yet
+    acc.update([job("1", "running", 0, 50)], generation=2, now=115)
+    assert acc.totals[KEY] == 2 * 15
+    acc.update([job("1", "running", 0, 50)], generation=2, now=130)  # same result again: no credit
+    assert acc.totals[KEY] == 30
+    # Job 2 started and finished between polls; job 1 ended 5 s after the last poll.
+    acc.update(
+        [job("1", "completed", 0, 50, end=120), job("2", "completed", 100, 118, end=125, gpus=1)],
+        generation=3,
+        now=130,
+    )
+    assert acc.totals[KEY] == 30 + 2 * 5 + 1 * 7
+    # A pending or suspended job holds nothing; a failed poll (same generation) credits nothing.
+    acc.update([job("3", "pending", 120, None), job("4", "suspended", 0, 10)], generation=4, now=145)
+    assert acc.totals[KEY] == 47
+
+
+def test_wait_histogram_once_per_job_and_bounded_memory() -> None:
+    waits = WaitTimes()
+    waits.update([job("old", "running", 0, 100)], generation=1)
+    assert waits.histograms == {}  # running before the exporter started: remembered, not observed
+    waits.update([job("old", "running", 0, 100), job("new", "running", 200, 245)], generation=2)
+    waits.update([job("old", "running", 0, 100), job("new", "running", 200, 245)], generation=3)
+    hist = waits.histograms["gpu"]
+    assert sum(hist.counts) == 1 and hist.total == 45
+    assert dict(hist.buckets())["60.0"] == 1 and dict(hist.buckets())["30.0"] == 0
+    waits.update([job("x", "pending", 300, None)], generation=4)
+    assert waits.seen == set()  # jobs slurmctld no longer lists are forgotten
+
+
+def test_each_command_runs_once_per_cycle(tmp_path: Path) -> None:
+    bin_dir = make_standins(tmp_path / "bin", "23.11")
+    source = SlurmSource(CliBackend(CommandRunner(bin_dir=str(bin_dir))))
+    for consumer in ("nodes", "partitions", "gpus"):
+        source.begin(consumer)
+        source.get("sinfo")
+    assert len(calls(bin_dir)) == 1
+    source.begin("nodes")  # a collector seen again: the next cycle
+    source.get("sinfo")
+    assert len(calls(bin_dir)) == 2
+
+
+def test_missing_binary_is_a_command_error(tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="squeue not found"):
+        CommandRunner(bin_dir=str(tmp_path)).run("squeue", [])
+
+
+def _fake_pyslurm(tmp_path: Path, version: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = tmp_path / "site" / "pyslurm"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(f"__version__ = {version!r}\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "pyslurm", raising=False)
+
+
+def test_pyslurm_must_match_slurm_major_minor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_pyslurm(tmp_path, "25.11.0", monkeypatch)
+    module, why = pyslurm_candidate("22.05.8")
+    assert module is None and "25.11.0 does not match Slurm 22.05.8" in why
+    module, why = pyslurm_candidate("25.11.2")
+    assert module is not None and why == ""
+
+
+def test_auto_falls_back_on_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_pyslurm(tmp_path, "25.11.0", monkeypatch)
+    bin_dir = make_standins(tmp_path / "bin", "24.11")
+    backend, version = select_backend("auto", CommandRunner(bin_dir=str(bin_dir)))
+    assert backend.name == "cli" and version == "24.11.1"
