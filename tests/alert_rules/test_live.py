@@ -44,11 +44,14 @@ SLURM_METRICS = """\
 slurm_up 0
 # HELP slurm_job_gpu_info GPUs held by jobs.
 # TYPE slurm_job_gpu_info gauge
-slurm_job_gpu_info{job_id="7",user="alice",account="ml",node="gpu-a1",gpu="1"} 1
+slurm_job_gpu_info{job_id="7",user="alice",account="ml",node="gpu-a1",gpu="1",gpu_type="h100"} 1
 # HELP slurm_node_state Node states.
 # TYPE slurm_node_state gauge
 slurm_node_state{node="gpu-a1",state="mixed"} 1
 slurm_node_state{node="gpu-m1",state="drained"} 1
+# HELP slurm_node_state_flag State flags of the node.
+# TYPE slurm_node_state_flag gauge
+slurm_node_state_flag{node="gpu-m1",flag="drain"} 1
 # HELP slurm_node_reason_info Reasons of down and drained nodes.
 # TYPE slurm_node_reason_info gauge
 slurm_node_reason_info{node="gpu-m1",state="drained",reason="maint: BIOS update"} 1
