@@ -9,6 +9,7 @@ with the metric names of the GPU and Slurm exporters, scraped with the same job 
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -276,3 +277,30 @@ def test_alertmanager_config_inhibits_and_delivers_to_the_agent_with_its_token(
         assert payload["receiver"] == "gpu-watchdog-agent"
         assert set(payload["groupLabels"]) <= {"alertname", "node"}
         assert set(payload["groupLabels"]) >= {"alertname"}
+
+
+def runbook_queries() -> list[tuple[str, str]]:
+    """(runbook, query) for every line of every ```promql block, placeholders filled in."""
+    from tests.alert_rules.ruleset import RUNBOOKS_DIR
+
+    out: list[tuple[str, str]] = []
+    for path in sorted(RUNBOOKS_DIR.glob("*.md")):
+        for block in re.findall(r"```promql\n(.*?)```", path.read_text(), re.S):
+            for line in block.splitlines():
+                query = re.sub(r"\s+#.*$", "", line).strip()
+                if query:
+                    out.append((path.stem, re.sub(r"<([a-z_]+)>", r"\1", query)))
+    return out
+
+
+def test_runbook_promql_parses_in_prometheus(prometheus_factory: Callable[..., PrometheusServer]) -> None:
+    queries = runbook_queries()
+    assert len({name for name, _ in queries}) >= 15, "most runbooks confirm with PromQL"
+    prom = prometheus_factory()
+    bad = []
+    for name, query in queries:
+        try:
+            prom.query(query)
+        except RuntimeError as exc:  # 400 with Prometheus' parse error
+            bad.append(f"{name}: {query}: {exc}")
+    assert bad == []
