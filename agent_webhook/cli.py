@@ -79,7 +79,7 @@ def _preflight(config: AgentConfig) -> None:
     """Open the database once before listening: a bad path or a second instance exits 2, not later."""
     store = Store(config.db, synchronous=config.db_synchronous)
     try:
-        store.open()
+        store.open(recover=False)
     except StoreError as exc:
         fail(str(exc))
     finally:

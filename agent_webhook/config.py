@@ -167,7 +167,10 @@ def load_file(path: Path | None) -> tuple[dict[str, Any], Path]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(f"config {path} is not valid YAML: {problem}{where}") from None
     return _mapping(data, f"config {path}"), path.parent
 
 

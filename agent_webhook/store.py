@@ -220,10 +220,10 @@ class Store:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def open(self) -> int:
+    def open(self, *, recover: bool = True) -> int:
         """Open (creating) the database, take the lock, re-queue leases of a dead process.
 
-        Returns how many interrupted investigations went back to the queue.
+        Returns how many interrupted investigations went back to the queue (0 without `recover`).
         """
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,6 +243,8 @@ class Store:
             self._release_lock()
             raise StoreError(f"database {self.path}: {exc.strerror or exc}") from None
         self._conn = conn
+        if not recover:
+            return 0
         with self._tx() as c:
             return c.execute("UPDATE jobs SET state='queued', lease_until=NULL WHERE state='leased'").rowcount
 
