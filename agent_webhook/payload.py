@@ -40,6 +40,15 @@ def _type_name(value: Any) -> str:
     )
 
 
+def _valid_text(value: str, where: str) -> str:
+    """JSON can carry lone surrogates (\\ud800) that are not text; SQLite and sinks cannot store them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(f"{where}: contains invalid Unicode (a lone surrogate escape)") from None
+    return value
+
+
 def _string_map(value: Any, where: str, *, required: bool) -> dict[str, str]:
     if value is None and not required:
         return {}
@@ -54,7 +63,7 @@ def _string_map(value: Any, where: str, *, required: bool) -> dict[str, str]:
             raise PayloadError(f"{where}: a name is empty or longer than {_MAX_LABEL_NAME} characters")
         if len(item) > _MAX_LABEL_VALUE:
             raise PayloadError(f"{where}.{key[:64]}: value longer than {_MAX_LABEL_VALUE} characters")
-        out[key] = item
+        out[_valid_text(key, where)] = _valid_text(item, f"{where}.{key[:64]}")
     return out
 
 
@@ -63,7 +72,7 @@ def _string(value: Any, where: str, *, required: bool = True, default: str = "")
         return default
     if not isinstance(value, str):
         raise PayloadError(f"{where}: expected a string, got {_type_name(value)}")
-    return value
+    return _valid_text(value, where)
 
 
 def parse_time(value: str, where: str) -> datetime:
@@ -71,9 +80,11 @@ def parse_time(value: str, where: str) -> datetime:
     if not _RFC3339.match(value):
         raise PayloadError(f"{where}: {value[:40]!r} is not an RFC 3339 timestamp")
     try:
-        return datetime.fromisoformat(value)
-    except ValueError:
+        parsed = datetime.fromisoformat(value)
+        parsed.astimezone(UTC).timestamp()  # out-of-range instants (year 9999 minus an offset) fail here
+    except (ValueError, OverflowError):
         raise PayloadError(f"{where}: {value[:40]!r} is not a valid date and time") from None
+    return parsed
 
 
 def canonical_time(value: str, where: str) -> str:

@@ -40,7 +40,8 @@ from agent_webhook.worker import WorkerPool
 log = logging.getLogger(__name__)
 
 _JSON_TYPES = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
+_DURATION = re.compile(r"^([0-9]{1,9}(?:\.[0-9]{1,9})?)(s|m|h|d)$")
+_LIMIT = re.compile(r"^[0-9]{1,7}$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -153,6 +154,9 @@ class Service:
     async def post_alerts(self, request: web.Request) -> web.Response:
         response = await self._post_alerts(request)
         self.metrics.notifications.labels(str(response.status)).inc()
+        if response.status in (401, 413, 415):
+            # The body was not (fully) read: close instead of lingering to drain it.
+            response.force_close()
         return response
 
     async def _post_alerts(self, request: web.Request) -> web.Response:
@@ -221,7 +225,7 @@ class Service:
             if status is not None and status not in ("firing", "resolved"):
                 raise QueryError('status: expected "firing" or "resolved"')
             limit_text = q.get("limit", "100")
-            if not limit_text.isdigit():
+            if not _LIMIT.match(limit_text):
                 raise QueryError("limit: expected a whole number between 1 and 1000")
             since = parse_since(q["since"]) if q.get("since") else None
             findings, cursor = await self.store.run(

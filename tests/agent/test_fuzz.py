@@ -36,11 +36,15 @@ def fuzz_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceTh
     svc.stop()
 
 
-json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
+any_text = st.text(max_size=30) | st.text(st.characters(categories=["Cs", "Lo", "Cc"]), max_size=5)
+json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | any_text
 json_value = st.recursive(
     json_leaf,
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5),
     max_leaves=25,
+)
+rfc3339ish = st.from_regex(
+    r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,12})?(Z|[+-][0-9]{2}:[0-9]{2})\Z"
 )
 FIELDS = ["status", "labels", "annotations", "startsAt", "endsAt", "generatorURL", "fingerprint"]
 TOP = ["version", "alerts", "receiver", "groupKey", "externalURL", "truncatedAlerts", "status", "groupLabels"]
@@ -62,7 +66,10 @@ def mutated_payloads(draw: Callable[..., Any]) -> Any:
         elif target == "alert" and isinstance(payload.get("alerts"), list) and payload["alerts"]:
             alert = payload["alerts"][0]
             if isinstance(alert, dict):
-                alert[draw(st.sampled_from(FIELDS))] = draw(json_value)
+                field = draw(st.sampled_from(FIELDS))
+                alert[field] = draw(
+                    rfc3339ish if field in ("startsAt", "endsAt") and draw(st.booleans()) else json_value
+                )
         elif isinstance(payload.get("alerts"), list) and payload["alerts"] and isinstance(payload["alerts"][0], dict):
             labels = payload["alerts"][0].get("labels")
             if isinstance(labels, dict):

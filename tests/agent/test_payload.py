@@ -55,10 +55,16 @@ def test_canonical_time_makes_equal_instants_equal() -> None:
         (lambda p: p["alerts"][0]["labels"].update(node=3), "alerts[0].labels.node: expected a string"),
         (lambda p: p["alerts"][0].update(startsAt="yesterday"), "alerts[0].startsAt"),
         (lambda p: p["alerts"][0].update(startsAt="2026-13-45T99:00:00Z"), "alerts[0].startsAt"),
+        (lambda p: p["alerts"][0].update(startsAt="9999-12-31T23:59:59-23:59"), "alerts[0].startsAt"),
+        (lambda p: p["alerts"][0].update(startsAt="0001-01-01T00:00:00+23:59"), "alerts[0].startsAt"),
+        (lambda p: p["alerts"][0].update(startsAt="2026-01-01T00:00:00+99:00"), "alerts[0].startsAt"),
         (lambda p: p["alerts"][0].update(endsAt=5), "alerts[0].endsAt"),
         (lambda p: p["alerts"][0].update(annotations="x"), "alerts[0].annotations"),
         (lambda p: p.update(truncatedAlerts=-1), "truncatedAlerts"),
         (lambda p: p.update(receiver=["x"]), "receiver"),
+        (lambda p: p["alerts"][0].update(fingerprint="\udfff"), "alerts[0].fingerprint: contains invalid Unicode"),
+        (lambda p: p["alerts"][0]["labels"].update({"\ud800": "x"}), "alerts[0].labels: contains invalid Unicode"),
+        (lambda p: p["alerts"][0]["annotations"].update(x="\ud800"), "alerts[0].annotations.x: contains invalid"),
     ],
 )
 def test_schema_errors_name_the_field(mutate: Any, reason: str) -> None:
