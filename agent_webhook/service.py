@@ -34,7 +34,7 @@ from agent_webhook.metrics import AgentMetrics
 from agent_webhook.model import Investigator
 from agent_webhook.payload import PayloadError, parse_payload, parse_time
 from agent_webhook.sinks import Sink, build_sinks
-from agent_webhook.store import QueryError, Store, StoreError
+from agent_webhook.store import READ, QueryError, Store, StoreError
 from agent_webhook.worker import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class Service:
             await self.delivery.stop()
         if self.session:
             await self.session.close()
-        await asyncio.get_running_loop().run_in_executor(None, self.store.shutdown)
+        await asyncio.to_thread(self.store.shutdown)
 
     # -- authentication ---------------------------------------------------------------------
 
@@ -184,7 +184,7 @@ class Service:
             log.info("rejected webhook payload", extra={"reason": str(exc), "remote": request.remote})
             return _error(400, str(exc))
         try:
-            result = await self.store.run(self.store.ingest, alerts)
+            result = await self.store.ingest_async(alerts)
         except (StoreError, PayloadError) as exc:
             log.error("cannot store alerts", extra={"error": str(exc)})
             return _error(503, "cannot store alerts right now; retry")
@@ -228,7 +228,8 @@ class Service:
             if not _LIMIT.match(limit_text):
                 raise QueryError("limit: expected a whole number between 1 and 1000")
             since = parse_since(q["since"]) if q.get("since") else None
-            findings, cursor = await self.store.run(
+            findings, cursor = await self.store.call(
+                READ,
                 self.store.findings,
                 alertname=q.get("alertname"),
                 node=q.get("node"),
@@ -249,7 +250,7 @@ class Service:
             return _error(401, "unauthorized", **{"WWW-Authenticate": 'Bearer realm="gpu-watchdog"'})
         finding_id = request.match_info["id"]
         try:
-            finding = await self.store.run(self.store.finding, finding_id)
+            finding = await self.store.call(READ, self.store.finding, finding_id)
         except StoreError:
             return _error(503, "cannot read findings right now")
         if finding is None:
@@ -258,7 +259,7 @@ class Service:
 
     async def healthz(self, request: web.Request) -> web.Response:
         try:
-            await self.store.run(self.store.check)
+            await self.store.call(READ, self.store.check)
         except StoreError as exc:
             return web.Response(status=503, text=f"database unavailable: {exc}\n")
         if self.workers is None or not self.workers.alive():
@@ -267,7 +268,7 @@ class Service:
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
         with contextlib.suppress(Exception):  # a stale gauge beats a failed scrape
-            self.metrics.update_from(await self.store.run(self.store.stats))
+            self.metrics.update_from(await self.store.call(READ, self.store.stats))
         resp = web.Response(body=generate_latest(self.metrics.registry))
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp

@@ -22,7 +22,15 @@ Invariants, enforced by the schema rather than by hope:
   first post, whose reference - a Slack ``ts``, a Grafana annotation id - it needs).
 
 All methods are synchronous and meant to run on the store's single thread (:meth:`Store.run`),
-which keeps fsyncs off the event loop and needs no locking.
+which keeps fsyncs off the event loop and needs no locking. That thread takes work by priority:
+ingest first (a webhook is waiting for its 202), then API reads, then the workers' and the
+delivery loops' bookkeeping, so a busy worker pool does not add to POST latency.
+
+Only ingest commits need the fsync: a lease, a finding or a delivery record lost to a power cut
+is redone (the job is still queued), and WAL frames are made durable in order, so the next
+ingest's fsync persists them too. Background transactions therefore commit with
+``synchronous=NORMAL`` even when ingest uses ``FULL``; automatic checkpoints are off on the
+ingest path and run as background work instead.
 """
 
 from __future__ import annotations
@@ -32,13 +40,16 @@ import base64
 import binascii
 import contextlib
 import fcntl
+import itertools
 import json
 import os
+import queue
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,6 +147,81 @@ CREATE TABLE IF NOT EXISTS sink_refs (
 """
 
 MAX_PAGE = 1000
+# Work priorities on the store thread (lower runs first).
+INGEST, READ, BACKGROUND = 0, 1, 2
+_CHECKPOINT_EVERY = 500  # commits between background WAL checkpoints
+
+
+_Item = tuple[int, int, Callable[[], Any] | None, Future[Any] | None, Any]
+_SOLO = object()  # marks an item that is not part of a batch
+
+
+class _PriorityThread:
+    """One thread that runs submitted calls lowest priority first, FIFO within a priority.
+
+    Batchable items (:meth:`submit_batch`) queued together are handed to `batch_fn` in one
+    call: concurrent webhooks share one transaction and one fsync (group commit).
+    """
+
+    def __init__(self, name: str, batch_fn: Callable[[list[Any]], list[Any]]) -> None:
+        self._queue: queue.PriorityQueue[_Item] = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._batch_fn = batch_fn
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, priority: int, fn: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((priority, next(self._seq), fn, future, _SOLO))
+        return future
+
+    def submit_batch(self, priority: int, arg: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._queue.put((priority, next(self._seq), None, future, arg))
+        return future
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            _priority, _, fn, future, arg = item
+            if future is None:
+                return
+            if arg is not _SOLO:
+                self._run_batch(item)
+                continue
+            if fn is None or not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def _run_batch(self, first: _Item) -> None:
+        items = [first]
+        while True:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt[4] is _SOLO or nxt[0] != first[0] or nxt[3] is None:
+                self._queue.put(nxt)  # same (priority, seq): its place in line is unchanged
+                break
+            items.append(nxt)
+        live = [i for i in items if i[3] is not None and i[3].set_running_or_notify_cancel()]
+        try:
+            results = self._batch_fn([i[4] for i in live])
+        except BaseException as exc:
+            results = [exc] * len(live)
+        for (_, _, _, future, _), result in zip(live, results, strict=True):
+            assert future is not None
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    def shutdown(self) -> None:
+        self._queue.put((99, next(self._seq), None, None, _SOLO))
+        self._thread.join()
 
 
 class StoreError(RuntimeError):
@@ -214,7 +300,9 @@ class Store:
         self.path = Path(path)
         self.synchronous = synchronous
         self.sinks = list(sinks)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._executor: _PriorityThread | None = None
+        self._sync_now = ""
+        self._commits = 0
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
 
@@ -234,6 +322,8 @@ class Store:
             if str(mode).lower() != "wal":
                 raise StoreError(f"database {self.path}: cannot switch to WAL mode (got {mode})")
             conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            self._sync_now = self.synchronous
+            conn.execute("PRAGMA wal_autocheckpoint=0")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
@@ -269,14 +359,37 @@ class Store:
             self._conn = None
         self._release_lock()
 
+    @property
+    def executor(self) -> _PriorityThread:
+        if self._executor is None:
+            self._executor = _PriorityThread("store", self._ingest_batch)
+        return self._executor
+
+    async def call(self, priority: int, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a store method on the store's thread, at `priority` (INGEST, READ, BACKGROUND)."""
+        return await asyncio.wrap_future(self.executor.submit(priority, lambda: fn(*args, **kwargs)))
+
+    async def ingest_async(self, alerts: list[Alert]) -> IngestResult:
+        """:meth:`ingest` on the store's thread, group-committed with concurrent webhooks."""
+        result: IngestResult = await asyncio.wrap_future(self.executor.submit_batch(INGEST, alerts))
+        return result
+
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run a store method on the store's thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        """Background work (workers, deliveries) on the store's thread."""
+        return await self.call(BACKGROUND, fn, *args, **kwargs)
 
     def shutdown(self) -> None:
-        self._executor.submit(self.close).result()
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.submit(BACKGROUND, self.close).result()
+            self._executor.shutdown()
+            self._executor = None
+        else:
+            self.close()
+
+    def checkpoint(self) -> None:
+        """Fold the WAL back into the database (background; ingest never pays for it)."""
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self._commits = 0
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -285,8 +398,12 @@ class Store:
         return self._conn
 
     @contextlib.contextmanager
-    def _tx(self) -> Any:
+    def _tx(self, *, durable: bool = False) -> Any:
         conn = self.conn
+        wanted = self.synchronous if durable else "normal"
+        if wanted != self._sync_now:
+            conn.execute(f"PRAGMA synchronous={wanted.upper()}")
+            self._sync_now = wanted
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -294,6 +411,9 @@ class Store:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        self._commits += 1
+        if not durable and self._commits >= _CHECKPOINT_EVERY:
+            self.checkpoint()
 
     # -- ingest -----------------------------------------------------------------------------
 
@@ -302,12 +422,35 @@ class Store:
         result = IngestResult()
         now = _now()
         try:
-            with self._tx() as c:
+            with self._tx(durable=True) as c:
                 for alert in alerts:
                     self._ingest_one(c, alert, now, result)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot store alerts: {exc}") from None
         return result
+
+    def _ingest_batch(self, batches: list[list[Alert]]) -> list[IngestResult | BaseException]:
+        """Several payloads in one durable transaction, each in its own savepoint."""
+        now = _now()
+        out: list[IngestResult | BaseException] = []
+        try:
+            with self._tx(durable=True) as c:
+                for alerts in batches:
+                    result = IngestResult()
+                    c.execute("SAVEPOINT payload")
+                    try:
+                        for alert in alerts:
+                            self._ingest_one(c, alert, now, result)
+                    except (sqlite3.Error, ValueError) as exc:
+                        c.execute("ROLLBACK TO payload")
+                        c.execute("RELEASE payload")
+                        out.append(StoreError(f"cannot store alerts: {exc}"))
+                        continue
+                    c.execute("RELEASE payload")
+                    out.append(result)
+        except (sqlite3.Error, StoreError) as exc:
+            return [StoreError(f"cannot store alerts: {exc}")] * len(batches)
+        return out
 
     def _ingest_one(self, c: sqlite3.Connection, alert: Alert, now: float, result: IngestResult) -> None:
         key = canonical_time(alert.starts_at, "startsAt")
@@ -378,15 +521,19 @@ class Store:
         """Lease the oldest queued alert, or None when the queue is empty."""
         now = _now()
         with self._tx() as c:
+            # Two indexed lookups: an OR across both states would scan every finished job.
+            pick = c.execute("SELECT alert_id FROM jobs WHERE state='queued' ORDER BY alert_id LIMIT 1").fetchone()
+            if pick is None:
+                pick = c.execute(
+                    "SELECT alert_id FROM jobs WHERE state='leased' AND lease_until < ? LIMIT 1", (now,)
+                ).fetchone()
+            if pick is None:
+                return None
             row = c.execute(
                 "UPDATE jobs SET state='leased', attempts=attempts+1, lease_until=?, started_at=?"
-                " WHERE alert_id = (SELECT alert_id FROM jobs WHERE state='queued'"
-                "   OR (state='leased' AND lease_until < ?) ORDER BY alert_id LIMIT 1)"
-                " RETURNING alert_id, attempts, enqueued_at",
-                (now + lease_seconds, now, now),
+                " WHERE alert_id=? RETURNING alert_id, attempts, enqueued_at",
+                (now + lease_seconds, now, pick[0]),
             ).fetchone()
-            if row is None:
-                return None
             alert = self._load_alert(c, int(row["alert_id"]))
         return Job(alert_id=int(row["alert_id"]), attempts=int(row["attempts"]), alert=alert, enqueued_at=row[2])
 

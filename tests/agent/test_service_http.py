@@ -309,3 +309,13 @@ def test_tls_and_basic_auth_from_the_web_config(
     assert http_get(f"{url}/findings", context=context, headers=basic)[0] == 200
     assert http_get(f"{url}/findings", context=context, headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
     assert http_get(f"{url}/findings", context=context)[0] == 401
+
+
+def test_database_failure_is_a_503_so_alertmanager_retries(svc: ServiceThread) -> None:
+    store = svc.service.store
+    svc.call(store.run(store.close))  # the database goes away under the running service
+    reply = post_alerts(svc.url, sample("firing.json"))
+    assert reply.status == 503
+    assert "retry" in reply.json()["error"]
+    assert http_get(f"{svc.url}/healthz")[0] == 503
+    assert http_get(f"{svc.url}/metrics")[0] == 200  # metrics still answer, from the last known values
