@@ -53,8 +53,8 @@ def main(config_path: str | None, log_level: str, log_format: str, **overrides: 
     except ConfigError as exc:
         fail(str(exc))
     _preflight(config)
-    if config.token is None:
-        log.warning("no token_file: POST /alerts accepts unauthenticated requests")
+    if config.token is None and not config.web_config.auth_required:
+        log.warning("no token_file and no basic auth: POST /alerts accepts unauthenticated requests")
     log.info(
         "starting agent-webhook",
         extra={

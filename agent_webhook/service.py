@@ -135,6 +135,19 @@ class Service:
             return False
         return hmac.compare_digest(presented.strip().encode(), token.encode())
 
+    async def _alerts_auth_ok(self, request: web.Request) -> bool:
+        """The bearer token when one is configured, else the web config's basic auth, else open."""
+        if self.config.token is not None:
+            return self._bearer_ok(request)
+        web_config = self.config.web_config
+        if not web_config.auth_required:
+            return True
+        header = request.headers.get("Authorization")
+        ok = web_config.cached_authorization(header)
+        if ok is None:
+            ok = await asyncio.get_running_loop().run_in_executor(None, web_config.check_authorization, header)
+        return bool(ok)
+
     async def _read_ok(self, request: web.Request) -> bool:
         web_config = self.config.web_config
         header = request.headers.get("Authorization")
@@ -160,8 +173,11 @@ class Service:
         return response
 
     async def _post_alerts(self, request: web.Request) -> web.Response:
-        if not self._bearer_ok(request):
-            return _error(401, "missing or invalid bearer token", **{"WWW-Authenticate": 'Bearer realm="gpu-watchdog"'})
+        if not await self._alerts_auth_ok(request):
+            scheme = "Bearer" if self.config.token is not None else "Basic"
+            return _error(
+                401, "missing or invalid credentials", **{"WWW-Authenticate": f'{scheme} realm="gpu-watchdog"'}
+            )
         content_type = request.headers.get("Content-Type")
         if content_type is not None:
             mime = content_type.split(";", 1)[0].strip().lower()

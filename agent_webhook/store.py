@@ -553,6 +553,15 @@ class Store:
             external_url=a["external_url"],
         )
 
+    def release(self, job: Job) -> None:
+        """Put a leased job back, uncounted: the service is stopping, not crashing."""
+        with self._tx() as c:
+            c.execute(
+                "UPDATE jobs SET state='queued', lease_until=NULL, attempts=MAX(0, attempts-1)"
+                " WHERE alert_id=? AND state='leased'",
+                (job.alert_id,),
+            )
+
     def complete(
         self, job: Job, diagnosis: Diagnosis, *, started_at: float, finished_at: float
     ) -> tuple[str, bool] | None:

@@ -105,6 +105,12 @@ class WorkerPool:
         self.metrics.in_progress.inc()
         try:
             diagnosis, outcome = await self._investigate(job)
+        except asyncio.CancelledError:
+            # Shutting down (SIGTERM): hand the alert back so the next start investigates it
+            # without counting this toward max_attempts.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.run(self.store.release, job))
+            raise
         finally:
             self.metrics.in_progress.dec()
         elapsed = time.monotonic() - t0

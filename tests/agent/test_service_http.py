@@ -319,3 +319,18 @@ def test_database_failure_is_a_503_so_alertmanager_retries(svc: ServiceThread) -
     assert "retry" in reply.json()["error"]
     assert http_get(f"{svc.url}/healthz")[0] == 503
     assert http_get(f"{svc.url}/metrics")[0] == 200  # metrics still answer, from the last known values
+
+
+def test_without_a_token_alerts_fall_back_to_web_config_basic_auth(tmp_path: Path, start_service: StartService) -> None:
+    from agent_webhook.config import build_config
+
+    hashed = bcrypt.hashpw(b"am-pass", bcrypt.gensalt(rounds=4)).decode()
+    (tmp_path / "web.yml").write_text(yaml.safe_dump({"basic_auth_users": {"alertmanager": hashed}}))
+    svc = start_service(build_config({"db": "a.db", "web_config": "web.yml"}, tmp_path))
+    body = json.dumps(sample("firing.json")).encode()
+    good = "Basic " + base64.b64encode(b"alertmanager:am-pass").decode()
+    bad = "Basic " + base64.b64encode(b"alertmanager:nope").decode()
+    headers = {"Content-Type": "application/json"}
+    assert request(f"{svc.url}/alerts", "POST", body, headers).status == 401
+    assert request(f"{svc.url}/alerts", "POST", body, {**headers, "Authorization": bad}).status == 401
+    assert request(f"{svc.url}/alerts", "POST", body, {**headers, "Authorization": good}).status == 202

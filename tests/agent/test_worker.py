@@ -103,3 +103,24 @@ def test_poison_alert_gets_abandoned_finding(
     (finding,) = svc.findings()
     assert "not retried" in finding["degraded"][0]
     assert investigator.calls == []
+
+
+def test_stopping_hands_running_investigations_back(
+    agent_config: Callable[..., AgentConfig], start_service: StartService
+) -> None:
+    """A clean stop (SIGTERM) mid-investigation re-queues the alert without counting an attempt."""
+    import sqlite3
+
+    config = agent_config()
+    investigator = ScriptedInvestigator(delay=30)
+    svc = start_service(config, investigator)
+    post_alerts(svc.url, make_payload([make_alert("long")]))
+    deadline = time.monotonic() + 10
+    while not investigator.calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    svc.stop()
+    with sqlite3.connect(config.db) as conn:
+        assert conn.execute("SELECT state, attempts FROM jobs").fetchall() == [("queued", 0)]
+    quick = start_service(config, ScriptedInvestigator())
+    quick.wait_idle()
+    assert len(quick.findings()) == 1
