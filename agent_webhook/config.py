@@ -6,12 +6,14 @@ given on the command line hides the variable.) Relative paths in agent.yml resol
 file's directory, relative paths from flags or the environment against the working directory.
 
 Unknown keys are errors, as in the web config: a typo in `token_file` must not silently leave
-the receiver open. `llm` and `slurm` are passed through to the investigation, which validates
-them (:func:`investigation_mapping`).
+the receiver open. `llm` and `slurm` (and whatever else the investigation lists in its
+``CONFIG_KEYS``) are passed through to the investigation, which validates them
+(:func:`investigation_mapping`).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import stat
@@ -29,7 +31,20 @@ from exporters.common.webconfig import WebConfig, WebConfigError, load_web_confi
 log = logging.getLogger(__name__)
 
 SINK_TYPES = ("slack", "webhook", "grafana", "stdout")
-INVESTIGATION_KEYS = ("prometheus_url", "alertmanager_url", "llm", "slurm")
+# What the investigation reads when it does not say (agent_webhook.investigation.CONFIG_KEYS).
+_DEFAULT_INVESTIGATION_KEYS = ("prometheus_url", "alertmanager_url", "llm", "slurm")
+
+
+def _investigation_keys() -> tuple[str, ...]:
+    try:
+        module = importlib.import_module("agent_webhook.investigation.config")
+    except ImportError:
+        return _DEFAULT_INVESTIGATION_KEYS
+    keys = getattr(module, "CONFIG_KEYS", _DEFAULT_INVESTIGATION_KEYS)
+    return tuple(dict.fromkeys((*_DEFAULT_INVESTIGATION_KEYS, *keys)))
+
+
+INVESTIGATION_KEYS = _investigation_keys()
 _TOP_KEYS = {
     "listen",
     "db",

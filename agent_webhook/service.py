@@ -168,8 +168,7 @@ class Service:
         response = await self._post_alerts(request)
         self.metrics.notifications.labels(str(response.status)).inc()
         if response.status in (401, 413, 415):
-            # The body was not (fully) read: close instead of lingering to drain it.
-            response.force_close()
+            response.force_close()  # the body was not (fully) read: no keep-alive after this
         return response
 
     async def _post_alerts(self, request: web.Request) -> web.Response:
@@ -329,7 +328,14 @@ def build_app(config: AgentConfig, investigator: Investigator, *, sinks: list[Si
     service = Service(config, investigator, sinks=sinks)
     # The body limit is enforced while streaming in post_alerts; aiohttp's own read() cap must
     # not be lower (it is not used for /alerts, which never calls read()).
-    app = web.Application(middlewares=[_middleware(service)], client_max_size=config.max_body_bytes)
+    # Lingering: after a 401/413/415 the unread rest of a body is drained so the client can read
+    # the answer, but for 2 s rather than aiohttp's 10 (an oversized upload must not hold a
+    # connection, or a shutdown, for long).
+    app = web.Application(
+        middlewares=[_middleware(service)],
+        client_max_size=config.max_body_bytes,
+        handler_args={"lingering_time": 2.0},
+    )
     app[SERVICE_KEY] = service
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

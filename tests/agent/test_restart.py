@@ -26,14 +26,20 @@ AGENT = str(Path(sys.executable).parent / "agent-webhook")
 ALERTS = 24
 
 
+SLOW = {"on": True}
+
+
 async def _slow_prometheus(r: Recorded) -> web.Response:
-    await asyncio.sleep(0.6)
+    # Slow until the kill; after the restart, fast, whatever number of queries an investigation makes.
+    if SLOW["on"]:
+        await asyncio.sleep(0.6)
     return web.json_response({"status": "success", "data": {"resultType": "vector", "result": []}})
 
 
 def test_kill_9_with_a_full_queue_then_restart(
     tmp_path: Path, procs: ProcessManager, token_file: Path, fake_http: Callable[..., FakeHTTP]
 ) -> None:
+    SLOW["on"] = True
     prometheus = fake_http(_slow_prometheus)
     sink = fake_http()
     port = free_port()
@@ -61,6 +67,7 @@ def test_kill_9_with_a_full_queue_then_restart(
     # Investigations are in flight and most of the queue is still waiting.
     prometheus.wait_for(2)
     first.kill()
+    SLOW["on"] = False
     with sqlite3.connect(db) as conn:
         states = dict(conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
         done_before = int(conn.execute("SELECT COUNT(*) FROM findings").fetchone()[0])
