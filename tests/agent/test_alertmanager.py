@@ -29,36 +29,36 @@ def _notifications(svc: ServiceThread) -> float:
     return 0.0
 
 
-def test_alertmanager_resends_make_exactly_one_finding_then_resolve(
+def test_alertmanager_ha_pair_resends_make_exactly_one_finding_then_resolve(
     agent_config: Callable[..., AgentConfig],
     start_service: Callable[..., ServiceThread],
     alertmanager_factory: Callable[..., AlertmanagerServer],
     token_file: Path,
 ) -> None:
     svc = start_service(agent_config())
-    am = alertmanager_factory(
-        {
-            "route": {
-                "receiver": "gpu-watchdog",
-                "group_by": ["alertname", "node"],
-                "group_wait": "0s",
-                "group_interval": "1s",
-                "repeat_interval": "1s",
-            },
-            "receivers": [
-                {
-                    "name": "gpu-watchdog",
-                    "webhook_configs": [
-                        {
-                            "url": f"{svc.url}/alerts",
-                            "send_resolved": True,
-                            "http_config": {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}},
-                        }
-                    ],
-                }
-            ],
-        }
-    )
+    config = {
+        "route": {
+            "receiver": "gpu-watchdog",
+            "group_by": ["alertname", "node"],
+            "group_wait": "0s",
+            "group_interval": "1s",
+            "repeat_interval": "1s",
+        },
+        "receivers": [
+            {
+                "name": "gpu-watchdog",
+                "webhook_configs": [
+                    {
+                        "url": f"{svc.url}/alerts",
+                        "send_resolved": True,
+                        "http_config": {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}},
+                    }
+                ],
+            }
+        ],
+    }
+    # Two Alertmanagers that cannot gossip: an HA pair during a partition, each notifying on its own.
+    am, peer = alertmanager_factory(config), alertmanager_factory(config)
     started = datetime.now(UTC) - timedelta(seconds=5)
     alert: dict[str, Any] = {
         "labels": {"alertname": "GPUXidError", "node": "gpu-worker-1", "gpu": "3", "xid": "79", "severity": "critical"},
@@ -66,13 +66,14 @@ def test_alertmanager_resends_make_exactly_one_finding_then_resolve(
         "startsAt": _rfc3339(started),
         "generatorURL": "http://prometheus.example:9090/graph?g0.expr=up",
     }
-    am.post_alerts([alert])
-    # Prometheus re-sends firing alerts every resend-delay; Alertmanager re-notifies the group.
+    # Prometheus sends to every Alertmanager and re-sends firing alerts every resend-delay;
+    # each Alertmanager re-notifies the group every repeat_interval.
     deadline = time.monotonic() + 30
-    while _notifications(svc) < 4 and time.monotonic() < deadline:
+    while _notifications(svc) < 6 and time.monotonic() < deadline:
         am.post_alerts([alert])
+        peer.post_alerts([alert])
         time.sleep(0.5)
-    assert _notifications(svc) >= 4, "Alertmanager did not re-send the group"
+    assert _notifications(svc) >= 6, "the Alertmanagers did not re-send the group"
     svc.wait_idle()
     findings = svc.findings()
     assert len(findings) == 1
@@ -89,7 +90,9 @@ def test_alertmanager_resends_make_exactly_one_finding_then_resolve(
     assert "agent_webhook_alerts_deduplicated_total 0.0" not in metrics
 
     # Resolve it at Alertmanager: the resolved notification updates the same finding.
-    am.post_alerts([{**alert, "endsAt": _rfc3339(datetime.now(UTC))}])
+    resolved = {**alert, "endsAt": _rfc3339(datetime.now(UTC))}
+    am.post_alerts([resolved])
+    peer.post_alerts([resolved])
     wait_until(lambda: svc.findings()[0]["status"] == "resolved", 30, what="the finding to resolve")
     assert [f["id"] for f in svc.findings()] == [finding["id"]]
     assert len(svc.investigator.calls) == 1  # type: ignore[attr-defined]
