@@ -227,3 +227,35 @@ def test_stdout_sink_prints_json_lines(tmp_path: Path, token_file: Path) -> None
             proc.wait(10)
     line = json.loads(stdout_path.read_text().splitlines()[0])
     assert line["event"] == "new" and line["finding"]["alertname"] == "GPUXidError"
+
+
+def test_resolve_waits_for_the_first_post_while_the_sink_is_down(
+    agent_config: Callable[..., AgentConfig], start_service: StartService, fake_http: FakeFactory
+) -> None:
+    """Grafana down when the alert fires and resolves: once back, POST first, then PATCH that id."""
+    state = {"up": False}
+
+    def grafana(r: Recorded) -> web.Response:
+        if not state["up"]:
+            return web.Response(status=502, text="bad gateway")
+        return web.json_response({"id": 7} if r.method == "POST" else {"message": "ok"})
+
+    fake = fake_http(grafana)
+    svc = start_service(agent_config(sinks=[{"type": "grafana", "url": fake.url}], sink_retry=FAST_RETRY))
+    post_alerts(svc.url, sample("firing.json"))
+    fake.wait_for(2)
+    post_alerts(svc.url, sample("resolved.json"))
+    fake.wait_for(4)
+    state["up"] = True
+    wait_until(
+        lambda: any(r.method == "PATCH" and r.path == "/api/annotations/7" for r in fake.requests), 15, what="the PATCH"
+    )
+    succeeded = [
+        r
+        for r in fake.requests
+        if r.at and (r.method, r.path) in {("POST", "/api/annotations"), ("PATCH", "/api/annotations/7")}
+    ]
+    methods = [r.method for r in succeeded]
+    assert "PATCH" not in methods[: methods.index("POST") + 1]  # never a PATCH before a POST
+    assert methods[-1] == "PATCH"
+    assert not any(r.method == "PATCH" for r in fake.requests if r.at < fake.requests[0].at)
