@@ -202,20 +202,16 @@ def load_alerts(path: str) -> list[Alert]:
 
 
 def diagnosis_markdown(alert: Alert, diagnosis: Diagnosis) -> str:
+    """The diagnosis's own markdown (it carries severity, cause and actions), framed by the alert."""
     lines = [
         f"# {diagnosis.summary}",
         "",
         f"**Alert:** {alert.alertname} ({alert.status})"
         + (f" on {alert.node}" if alert.node else "")
         + (f" GPU {alert.gpu}" if alert.gpu else ""),
-        f"**Severity:** {diagnosis.severity}  ",
-        f"**Likely cause:** {diagnosis.likely_cause}",
         "",
         diagnosis.diagnosis_markdown,
     ]
-    if diagnosis.recommended_actions:
-        lines += ["", "## Recommended actions (suggestions; nothing was executed)", ""]
-        lines += [f"- {a}" for a in diagnosis.recommended_actions]
     if diagnosis.evidence:
         lines += ["", "## Evidence", ""]
         for e in diagnosis.evidence:
@@ -278,11 +274,16 @@ def investigate_command(  # noqa: PLR0917 - one parameter per click option
         },
     )
     alerts = load_alerts(alert_file)
+    interactive = sys.stdout.isatty() and sys.stderr.isatty()
+
+    def progress(tool: str, arguments: dict[str, Any], ok: bool, seconds: float) -> None:
+        shown = " ".join(f"{k}={redact(str(v))[:60]}" for k, v in arguments.items())
+        click.echo(f"\r\033[K  -> {tool} {shown} [{'ok' if ok else 'failed'}, {seconds:.2f}s]", err=True)
+
     try:
-        investigator = make_investigator(config)
+        investigator = make_investigator(config, on_event=progress if interactive else None)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    interactive = sys.stdout.isatty() and sys.stderr.isatty()
 
     async def run() -> list[Diagnosis]:
         results = []

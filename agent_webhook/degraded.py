@@ -33,10 +33,16 @@ def basic_diagnosis(alert: Alert, reason: str) -> Diagnosis:
     """What the alert itself says, plus why nothing more is known."""
     description = alert.annotations.get("description", "").strip()
     runbook = alert.annotations.get("runbook_url", "").strip()
-    lines = [f"**{alert_summary(alert)}**", "", f"No triage available: {reason}."]
+    actions = [f"Follow the runbook: {runbook}"] if runbook else ["Check the alert's expression in Prometheus."]
+    lines = [
+        f"**Severity:** {alert_severity(alert)} (from the alert's labels)",
+        "**Likely cause:** unknown",
+        "",
+        f"No triage available: {reason}.",
+    ]
     if description:
         lines += ["", "Alert description (as sent, unverified):", "", "> " + description.replace("\n", "\n> ")]
-    actions = [f"Follow the runbook: {runbook}"] if runbook else ["Check the alert's expression in Prometheus."]
+    lines += ["", "**Recommended actions** (suggestions; nothing is executed):", *[f"- {a}" for a in actions]]
     return Diagnosis(
         severity=alert_severity(alert),
         summary=alert_summary(alert),

@@ -12,6 +12,7 @@ import importlib
 import logging
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -25,8 +26,14 @@ log = logging.getLogger(__name__)
 _EXCERPT_CHARS = 2000
 
 
-def make_investigator(config: AgentConfig) -> Investigator:
-    """The configured investigator; ConfigError if the investigation rejects its settings."""
+ProgressCallback = Callable[[str, dict[str, Any], bool, float], None]
+
+
+def make_investigator(config: AgentConfig, on_event: ProgressCallback | None = None) -> Investigator:
+    """The configured investigator; ConfigError if the investigation rejects its settings.
+
+    `on_event(tool, arguments, ok, seconds)` is called per evidence tool call (CLI progress).
+    """
     try:
         investigation: Any = importlib.import_module("agent_webhook.investigation")
     except ImportError as exc:
@@ -38,6 +45,9 @@ def make_investigator(config: AgentConfig) -> Investigator:
         inv_config = investigation.InvestigationConfig.from_mapping(investigation_mapping(config))
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"investigation settings: {exc}") from None
+    if on_event is not None:
+        with_progress: Investigator = investigation.build_investigator(inv_config, on_event=on_event)
+        return with_progress
     built: Investigator = investigation.build_investigator(inv_config)
     return built
 

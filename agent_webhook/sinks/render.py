@@ -30,15 +30,16 @@ def full_text(event: str, finding: dict[str, Any], public_url: str | None) -> st
     if event == "resolved":
         lines.append(f"Resolved at {finding.get('resolved_at')} (finding {finding['id']}).")
     else:
-        if finding.get("likely_cause"):
-            lines.append(f"Likely cause: {finding['likely_cause']}")
-        actions = finding.get("recommended_actions") or []
-        if actions:
-            lines.append("Recommended actions (suggestions, nothing was executed):")
-            lines += [f"• {a}" for a in actions]
         diagnosis = str(finding.get("diagnosis") or "")
-        if diagnosis:
+        if diagnosis:  # the investigation's markdown carries cause, severity and actions itself
             lines += ["", diagnosis[:_MAX_DIAGNOSIS] + ("…" if len(diagnosis) > _MAX_DIAGNOSIS else "")]
+        else:
+            if finding.get("likely_cause"):
+                lines.append(f"Likely cause: {finding['likely_cause']}")
+            actions = finding.get("recommended_actions") or []
+            if actions:
+                lines.append("Recommended actions (suggestions, nothing was executed):")
+                lines += [f"• {a}" for a in actions]
         llm = finding.get("llm") or {}
         lines.append(
             f"_Diagnosis by {'LLM ' + str(llm.get('model')) if llm.get('used') else 'runbook triage (no LLM)'}_"

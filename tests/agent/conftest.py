@@ -149,7 +149,8 @@ class ScriptedInvestigator:
                 severity="critical",
                 summary=f"scripted diagnosis of {alert.alertname} on {alert.node}",
                 likely_cause="XID 79: the GPU fell off the bus",
-                diagnosis_markdown=f"Investigated **{alert.fingerprint}**.",
+                diagnosis_markdown=f"Investigated **{alert.fingerprint}**.\n\n**Recommended actions**:\n"
+                "- drain the node\n- reset the GPU",
                 recommended_actions=["drain the node", "reset the GPU"],
                 evidence=[Evidence(tool="prometheus_query", arguments={"query": "up"}, excerpt="up=1")],
                 llm_used=True,
