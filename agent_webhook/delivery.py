@@ -1,8 +1,10 @@
 """The sink outbox's delivery loops: one per sink, so a dead Slack does not hold up Grafana.
 
-Each loop posts the due events of its sink in order and records the outcome. A failure is
+Each loop posts the due events of its sink in order and records the outcome. A failed event is
 retried after `initial * 2**(attempts-1)` seconds, capped at `max`, with jitter, for as long as it
 takes: the finding itself is already stored, and the outbox row stays until it is delivered.
+The sink as a whole backs off the same way on consecutive failures, so a dead endpoint with a
+hundred pending events gets one probe per interval, not a hundred.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 
 from agent_webhook.metrics import AgentMetrics
 from agent_webhook.sinks import Sink, SinkError
-from agent_webhook.store import Store
+from agent_webhook.store import OutboxItem, Store
 
 log = logging.getLogger(__name__)
 _IDLE_POLL_SECONDS = 1.0
@@ -61,24 +63,34 @@ class Delivery:
 
     async def _run(self, sink: Sink) -> None:
         wake = self._wakes[sink.name]
+        consecutive_failures = 0
         while True:
             try:
                 items = await self.store.run(self.store.due_deliveries, sink.name)
             except Exception as exc:
                 log.error("cannot read the sink outbox", extra={"sink": sink.name, "error": str(exc)})
                 items = []
+            failed = False
             for item in items:
                 try:
                     ref = await sink.post(item.event, item.finding, item.ref)
                 except SinkError as exc:
-                    await self._failed(sink, item, str(exc))
-                    continue
+                    error = str(exc)
                 except Exception as exc:  # a sink bug must not stop deliveries
-                    await self._failed(sink, item, f"{type(exc).__name__}: {exc}")
+                    error = f"{type(exc).__name__}: {exc}"
+                else:
+                    consecutive_failures = 0
+                    self.metrics.sink_posts.labels(sink.name).inc()
+                    with contextlib.suppress(Exception):
+                        await self.store.run(self.store.delivered, item, ref)
                     continue
-                self.metrics.sink_posts.labels(sink.name).inc()
-                with contextlib.suppress(Exception):
-                    await self.store.run(self.store.delivered, item, ref)
+                await self._failed(sink, item, error)
+                consecutive_failures += 1
+                failed = True
+                break  # the rest of the batch waits for the sink to answer again
+            if failed:
+                await asyncio.sleep(backoff(consecutive_failures, self.initial, self.maximum))
+                continue
             if items:
                 continue
             wait = _IDLE_POLL_SECONDS
@@ -90,10 +102,7 @@ class Delivery:
                 await asyncio.wait_for(wake.wait(), wait)
             wake.clear()
 
-    async def _failed(self, sink: Sink, item: object, error: str) -> None:
-        from agent_webhook.store import OutboxItem
-
-        assert isinstance(item, OutboxItem)
+    async def _failed(self, sink: Sink, item: OutboxItem, error: str) -> None:
         self.metrics.sink_failures.labels(sink.name).inc()
         delay = backoff(item.attempts + 1, self.initial, self.maximum)
         log.warning(
