@@ -6,6 +6,7 @@ import click
 
 from agent_webhook import __version__
 from exporters.gpu.sim_cli import sim
+from agent_webhook.cli_findings import findings_command, investigate_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,3 +16,5 @@ def main() -> None:
 
 
 main.add_command(sim)
+main.add_command(findings_command)
+main.add_command(investigate_command)

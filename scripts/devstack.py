@@ -138,11 +138,33 @@ def slurm_exporter_argv() -> list[str] | None:
     return [binary, "--listen", f"{HOST}:{9341 + PORT_OFFSET}", "--interval", "15"]
 
 
+
+
+def agent_webhook_argv() -> list[str] | None:
+    binary = _binary("agent-webhook")
+    state = RUN / "agent-webhook"
+    state.mkdir(parents=True, exist_ok=True)
+    token = state / "token"
+    if not token.exists():
+        import secrets
+
+        # Alertmanager's webhook_configs.http_config.authorization.credentials_file points here.
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+        f"--listen={HOST}:{9095 + PORT_OFFSET}",
+        f"--db={state / 'agent.db'}",
+        f"--token-file={token}",
+        f"--prometheus-url=http://{HOST}:{9090 + PORT_OFFSET}",
+        f"--alertmanager-url=http://{HOST}:{9093 + PORT_OFFSET}",
+
+
 SERVICES: list[Service] = [
     Service("gpu-exporter", 9400, "/healthz", gpu_exporter_argv, scrape_job="gpu", labels={"node": NODE}),
     Service("alertmanager", 9093, "/-/ready", alertmanager_argv, scrape_job="alertmanager"),
     Service("slurm-exporter", 9341, "/metrics", slurm_exporter_argv, scrape_job="slurm"),
     Service("prometheus", 9090, "/-/ready", prometheus_argv),
+    Service("agent-webhook", 9095, "/healthz", agent_webhook_argv, scrape_job="agent"),
 ]
 
 

@@ -1,0 +1,323 @@
+"""The agent's configuration: agent.yml, then GPU_WATCHDOG_* environment variables, then flags.
+
+Precedence, highest first: command-line flags > environment variables > the config file >
+built-in defaults. (Flags and environment variables are the same click options, so a flag
+given on the command line hides the variable.) Relative paths in agent.yml resolve against the
+file's directory, relative paths from flags or the environment against the working directory.
+
+Unknown keys are errors, as in the web config: a typo in `token_file` must not silently leave
+the receiver open. `llm` and `slurm` (and whatever else the investigation lists in its
+``CONFIG_KEYS``) are passed through to the investigation, which validates them
+(:func:`investigation_mapping`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent_webhook.store import Synchronous
+from exporters.common.server import ListenAddressError, parse_listen
+from exporters.common.webconfig import WebConfig, WebConfigError, load_web_config
+
+log = logging.getLogger(__name__)
+
+SINK_TYPES = ("slack", "webhook", "grafana", "stdout")
+# What the investigation reads when it does not say (agent_webhook.investigation.CONFIG_KEYS).
+_DEFAULT_INVESTIGATION_KEYS = ("prometheus_url", "alertmanager_url", "llm", "slurm")
+
+
+def _investigation_keys() -> tuple[str, ...]:
+    try:
+        module = importlib.import_module("agent_webhook.investigation.config")
+    except ImportError:
+        return _DEFAULT_INVESTIGATION_KEYS
+    keys = getattr(module, "CONFIG_KEYS", _DEFAULT_INVESTIGATION_KEYS)
+    return tuple(dict.fromkeys((*_DEFAULT_INVESTIGATION_KEYS, *keys)))
+
+
+INVESTIGATION_KEYS = _investigation_keys()
+_TOP_KEYS = {
+    "listen",
+    "db",
+    "db_synchronous",
+    "token_file",
+    "web_config",
+    "workers",
+    "max_body_bytes",
+    "investigation_timeout_seconds",
+    "max_attempts",
+    "sinks",
+    "sink_retry",
+    "public_url",
+    *INVESTIGATION_KEYS,
+}
+_SINK_KEYS = {
+    "type",
+    "name",
+    "url",
+    "token_file",
+    "channel",
+    "username",
+    "dashboard_uid",
+    "panel_id",
+    "tags",
+    "timeout_seconds",
+}
+_RETRY_KEYS = {"initial_seconds", "max_seconds"}
+DEFAULT_LISTEN = "0.0.0.0:9095"
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message names the key and the reason."""
+
+
+@dataclass
+class SinkConfig:
+    type: str
+    name: str
+    url: str | None = None
+    token: str | None = field(default=None, repr=False)
+    channel: str | None = None
+    username: str | None = None
+    dashboard_uid: str | None = None
+    panel_id: int | None = None
+    tags: list[str] = field(default_factory=list)
+    timeout_seconds: float = 10.0
+
+
+@dataclass
+class AgentConfig:
+    listen: str = DEFAULT_LISTEN
+    db: Path = Path("agent-webhook.db")
+    db_synchronous: Synchronous = "full"
+    token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
+    web_config: WebConfig = field(default_factory=WebConfig)
+    web_config_path: Path | None = None
+    workers: int = 4
+    max_body_bytes: int = 1 << 20
+    investigation_timeout_seconds: float = 300.0
+    max_attempts: int = 3
+    sinks: list[SinkConfig] = field(default_factory=list)
+    sink_retry_initial_seconds: float = 2.0
+    sink_retry_max_seconds: float = 600.0
+    public_url: str | None = None
+    # What the investigation reads (prometheus_url, alertmanager_url, llm, slurm), as given.
+    investigation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prometheus_url(self) -> str | None:
+        value = self.investigation.get("prometheus_url")
+        return str(value) if value else None
+
+
+def _read_secret(path: Path, where: str) -> str:
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror or exc}") from None
+    if not text:
+        raise ConfigError(f"{where}: {path} is empty")
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        mode = 0
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("secret file is readable by group or others", extra={"path": str(path), "key": where})
+    return text
+
+
+def _path(value: Any, where: str, base: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected a file path")
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else base / path
+
+
+def _number(value: Any, where: str, *, minimum: float, integer: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise ConfigError(f"{where}: expected {'an integer' if integer else 'a number'}, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{where}: must be at least {minimum:g}")
+    return float(value)
+
+
+def _url(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: expected an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _unknown(section: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    extra = sorted(str(k) for k in set(section) - allowed)
+    if extra:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(extra)}")
+
+
+def load_file(path: Path | None) -> tuple[dict[str, Any], Path]:
+    """The raw mapping of agent.yml (empty without a file) and the directory paths resolve against."""
+    if path is None:
+        return {}, Path.cwd()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(f"config {path} is not valid YAML: {problem}{where}") from None
+    return _mapping(data, f"config {path}"), path.parent
+
+
+def _sinks(raw: Any, base: Path) -> list[SinkConfig]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError("sinks: expected a list")
+    sinks: list[SinkConfig] = []
+    for i, item in enumerate(raw):
+        where = f"sinks[{i}]"
+        entry = _mapping(item, where)
+        _unknown(entry, _SINK_KEYS, where)
+        kind = entry.get("type")
+        if kind not in SINK_TYPES:
+            raise ConfigError(f"{where}.type: expected one of {', '.join(SINK_TYPES)}, got {kind!r}")
+        name = str(entry.get("name") or kind)
+        if any(s.name == name for s in sinks):
+            raise ConfigError(f"{where}.name: {name!r} is used twice; give each sink a distinct name")
+        url = None
+        if kind != "stdout":
+            if "url" not in entry:
+                raise ConfigError(f"{where}.url: required for a {kind} sink")
+            url = _url(entry["url"], f"{where}.url")
+        token = (
+            _read_secret(_path(entry["token_file"], f"{where}.token_file", base), f"{where}.token_file")
+            if (entry.get("token_file"))
+            else None
+        )
+        tags = entry.get("tags") or []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ConfigError(f"{where}.tags: expected a list of strings")
+        panel = entry.get("panel_id")
+        sinks.append(
+            SinkConfig(
+                type=str(kind),
+                name=name,
+                url=url,
+                token=token,
+                channel=str(entry["channel"]) if entry.get("channel") else None,
+                username=str(entry["username"]) if entry.get("username") else None,
+                dashboard_uid=str(entry["dashboard_uid"]) if entry.get("dashboard_uid") else None,
+                panel_id=int(_number(panel, f"{where}.panel_id", minimum=0, integer=True))
+                if panel is not None
+                else None,
+                tags=list(tags),
+                timeout_seconds=_number(entry.get("timeout_seconds", 10.0), f"{where}.timeout_seconds", minimum=0.1),
+            )
+        )
+    return sinks
+
+
+def build_config(raw: Mapping[str, Any], base: Path, overrides: Mapping[str, Any] | None = None) -> AgentConfig:
+    """Validate the merged configuration. `overrides` (flags/env) win over `raw` (the file)."""
+    merged: dict[str, Any] = dict(raw)
+    flag_base = Path.cwd()
+    flag_paths: set[str] = set()
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key in ("llm_base_url", "llm_model"):
+            llm = dict(_mapping(merged.get("llm"), "llm"))
+            llm[key.removeprefix("llm_")] = value
+            merged["llm"] = llm
+            continue
+        merged[key] = value
+        if key in ("db", "token_file", "web_config"):
+            flag_paths.add(key)
+    _unknown(merged, _TOP_KEYS, "config")
+
+    def path_of(key: str) -> Path:
+        return _path(merged[key], key, flag_base if key in flag_paths else base)
+
+    cfg = AgentConfig()
+    listen = str(merged.get("listen") or DEFAULT_LISTEN)
+    try:
+        parse_listen(listen)
+    except ListenAddressError as exc:
+        raise ConfigError(str(exc)) from None
+    cfg.listen = listen
+    if merged.get("db"):
+        cfg.db = path_of("db")
+    elif base != Path.cwd():
+        cfg.db = base / cfg.db
+    sync = str(merged.get("db_synchronous") or "full").lower()
+    if sync not in ("full", "normal"):
+        raise ConfigError("db_synchronous: expected full or normal")
+    cfg.db_synchronous = "full" if sync == "full" else "normal"
+    if merged.get("token_file"):
+        cfg.token_file = path_of("token_file")
+        cfg.token = _read_secret(cfg.token_file, "token_file")
+    if merged.get("web_config"):
+        cfg.web_config_path = path_of("web_config")
+        try:
+            cfg.web_config = load_web_config(cfg.web_config_path)
+        except WebConfigError as exc:
+            raise ConfigError(str(exc)) from None
+    cfg.workers = int(_number(merged.get("workers", cfg.workers), "workers", minimum=1, integer=True))
+    cfg.max_body_bytes = int(
+        _number(merged.get("max_body_bytes", cfg.max_body_bytes), "max_body_bytes", minimum=1024, integer=True)
+    )
+    cfg.investigation_timeout_seconds = _number(
+        merged.get("investigation_timeout_seconds", cfg.investigation_timeout_seconds),
+        "investigation_timeout_seconds",
+        minimum=0.1,
+    )
+    cfg.max_attempts = int(
+        _number(merged.get("max_attempts", cfg.max_attempts), "max_attempts", minimum=1, integer=True)
+    )
+    cfg.sinks = _sinks(merged.get("sinks"), base)
+    retry = _mapping(merged.get("sink_retry"), "sink_retry")
+    _unknown(retry, _RETRY_KEYS, "sink_retry")
+    cfg.sink_retry_initial_seconds = _number(
+        retry.get("initial_seconds", cfg.sink_retry_initial_seconds), "sink_retry.initial_seconds", minimum=0.01
+    )
+    cfg.sink_retry_max_seconds = _number(
+        retry.get("max_seconds", cfg.sink_retry_max_seconds), "sink_retry.max_seconds", minimum=0.01
+    )
+    if merged.get("public_url"):
+        cfg.public_url = _url(merged["public_url"], "public_url")
+    for key in ("prometheus_url", "alertmanager_url"):
+        if merged.get(key):
+            merged[key] = _url(merged[key], key)
+    cfg.investigation = {key: merged[key] for key in INVESTIGATION_KEYS if key in merged and merged[key] is not None}
+    return cfg
+
+
+def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> AgentConfig:
+    raw, base = load_file(path)
+    return build_config(raw, base, overrides)
+
+
+def investigation_mapping(cfg: AgentConfig) -> dict[str, Any]:
+    """What `InvestigationConfig.from_mapping` receives: the investigation's own keys, as given."""
+    return dict(cfg.investigation)

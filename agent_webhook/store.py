@@ -1,0 +1,773 @@
+"""Durable state of the agent in one SQLite database: alerts, the work queue, findings, the sink outbox.
+
+Why SQLite in WAL mode with ``synchronous=FULL`` by default: the receiver answers 202 only after
+the alerts are committed, and Alertmanager never re-sends a notification it got a 2xx for. With
+``NORMAL``, a WAL commit survives a crash of this process (kill -9) but not a power loss or
+kernel panic, so an acknowledged alert could vanish. ``FULL`` fsyncs the WAL on every commit;
+measured here at ~0.2 ms per commit, it costs nothing that matters at Alertmanager's rates, so
+durability wins. ``db_synchronous: normal`` is available for disks where fsync is slow.
+
+Invariants, enforced by the schema rather than by hope:
+
+- ``alerts`` is unique on (fingerprint, canonical startsAt): group re-sends and HA duplicates
+  update ``times_seen`` and nothing else.
+- ``jobs`` has one row per firing alert; a worker leases it. Leases of a previous process are
+  returned to the queue at start-up (a lock file guarantees there is no other live process on
+  this database), so an investigation cut short by kill -9 runs again.
+- ``findings`` is unique on ``alert_id``: however often an investigation is re-run after a crash,
+  one finding exists per alert. The finding, its outbox rows and the job's completion are one
+  transaction.
+- ``outbox`` holds one row per (finding, sink, event); delivery is retried with exponential
+  backoff until it succeeds. Events of one finding reach a sink in order (the resolve after the
+  first post, whose reference - a Slack ``ts``, a Grafana annotation id - it needs).
+
+All methods are synchronous and meant to run on the store's single thread (:meth:`Store.run`),
+which keeps fsyncs off the event loop and needs no locking. That thread takes work by priority:
+ingest first (a webhook is waiting for its 202), then API reads, then the workers' and the
+delivery loops' bookkeeping, so a busy worker pool does not add to POST latency.
+
+Only ingest commits need the fsync: a lease, a finding or a delivery record lost to a power cut
+is redone (the job is still queued), and WAL frames are made durable in order, so the next
+ingest's fsync persists them too. Background transactions therefore commit with
+``synchronous=NORMAL`` even when ingest uses ``FULL``; automatic checkpoints are off on the
+ingest path and run as background work instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import fcntl
+import itertools
+import json
+import os
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, ParamSpec, TypeVar
+
+from agent_webhook.model import Alert, Diagnosis
+from agent_webhook.payload import canonical_time
+from exporters.common.logs import redact, redact_value
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Synchronous = Literal["full", "normal"]
+SinkEvent = Literal["new", "resolved"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    starts_at_key TEXT NOT NULL,
+    starts_at TEXT NOT NULL,
+    ends_at TEXT,
+    status TEXT NOT NULL,
+    alertname TEXT NOT NULL,
+    node TEXT,
+    gpu TEXT,
+    labels TEXT NOT NULL,
+    annotations TEXT NOT NULL,
+    generator_url TEXT NOT NULL,
+    receiver TEXT NOT NULL,
+    group_key TEXT NOT NULL,
+    external_url TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    times_seen INTEGER NOT NULL DEFAULT 1,
+    UNIQUE (fingerprint, starts_at_key)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    alert_id INTEGER PRIMARY KEY REFERENCES alerts(id),
+    state TEXT NOT NULL CHECK (state IN ('queued', 'leased', 'done')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    enqueued_at REAL NOT NULL,
+    lease_until REAL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, alert_id);
+CREATE TABLE IF NOT EXISTS findings (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    alert_id INTEGER NOT NULL UNIQUE REFERENCES alerts(id),
+    fingerprint TEXT NOT NULL,
+    starts_at TEXT NOT NULL,
+    alertname TEXT NOT NULL,
+    node TEXT,
+    gpu TEXT,
+    status TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    likely_cause TEXT NOT NULL,
+    diagnosis TEXT NOT NULL,
+    evidence TEXT NOT NULL,
+    actions TEXT NOT NULL,
+    llm_used INTEGER NOT NULL,
+    llm_model TEXT,
+    triage_rule TEXT,
+    degraded TEXT NOT NULL,
+    timings TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    resolved_at REAL
+);
+CREATE INDEX IF NOT EXISTS findings_by_alertname ON findings (alertname, seq);
+CREATE INDEX IF NOT EXISTS findings_by_node ON findings (node, seq);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    finding_seq INTEGER NOT NULL REFERENCES findings(seq),
+    sink TEXT NOT NULL,
+    event TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'done')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    delivered_at REAL,
+    UNIQUE (finding_seq, sink, event)
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sink, state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS sink_refs (
+    finding_seq INTEGER NOT NULL REFERENCES findings(seq),
+    sink TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    PRIMARY KEY (finding_seq, sink)
+);
+"""
+
+MAX_PAGE = 1000
+# Work priorities on the store thread (lower runs first).
+INGEST, READ, BACKGROUND = 0, 1, 2
+_CHECKPOINT_EVERY = 500  # commits between background WAL checkpoints
+
+
+_Item = tuple[int, int, Callable[[], Any] | None, Future[Any] | None, Any]
+_SOLO = object()  # marks an item that is not part of a batch
+
+
+class _PriorityThread:
+    """One thread that runs submitted calls lowest priority first, FIFO within a priority.
+
+    Batchable items (:meth:`submit_batch`) queued together are handed to `batch_fn` in one
+    call: concurrent webhooks share one transaction and one fsync (group commit).
+    """
+
+    def __init__(self, name: str, batch_fn: Callable[[list[Any]], list[Any]]) -> None:
+        self._queue: queue.PriorityQueue[_Item] = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._batch_fn = batch_fn
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, priority: int, fn: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((priority, next(self._seq), fn, future, _SOLO))
+        return future
+
+    def submit_batch(self, priority: int, arg: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._queue.put((priority, next(self._seq), None, future, arg))
+        return future
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            _priority, _, fn, future, arg = item
+            if future is None:
+                return
+            if arg is not _SOLO:
+                self._run_batch(item)
+                continue
+            if fn is None or not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def _run_batch(self, first: _Item) -> None:
+        items = [first]
+        while True:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt[4] is _SOLO or nxt[0] != first[0] or nxt[3] is None:
+                self._queue.put(nxt)  # same (priority, seq): its place in line is unchanged
+                break
+            items.append(nxt)
+        live = [i for i in items if i[3] is not None and i[3].set_running_or_notify_cancel()]
+        try:
+            results = self._batch_fn([i[4] for i in live])
+        except BaseException as exc:
+            results = [exc] * len(live)
+        for (_, _, _, future, _), result in zip(live, results, strict=True):
+            assert future is not None
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    def shutdown(self) -> None:
+        self._queue.put((99, next(self._seq), None, None, _SOLO))
+        self._thread.join()
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or written (a 503 for the request that hit it)."""
+
+
+class DatabaseLocked(StoreError):
+    """Another live agent-webhook holds this database."""
+
+
+class QueryError(ValueError):
+    """A findings query is invalid (bad cursor, limit or time); the message is the 400 reason."""
+
+
+@dataclass
+class IngestResult:
+    new: int = 0  # firing alerts stored and queued for investigation
+    resolved: int = 0  # resolve notifications that changed a stored alert
+    duplicates: int = 0  # group re-sends and HA duplicates
+    resolved_unseen: int = 0  # resolved alerts never seen firing: stored, not investigated
+
+
+@dataclass
+class Job:
+    alert_id: int
+    attempts: int
+    alert: Alert
+    enqueued_at: float
+
+
+@dataclass
+class OutboxItem:
+    id: int
+    sink: str
+    event: SinkEvent
+    attempts: int
+    finding: dict[str, Any]
+    ref: str | None
+
+
+@dataclass
+class Stats:
+    queued: int = 0
+    leased: int = 0
+    findings: int = 0
+    outbox_pending: dict[str, int] = field(default_factory=dict)
+
+
+def _now() -> float:
+    return time.time()
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"s": seq}).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        seq = data["s"]
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        raise QueryError("cursor: not a cursor this server issued") from None
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise QueryError("cursor: not a cursor this server issued")
+    return seq
+
+
+class Store:
+    def __init__(self, path: str | Path, *, synchronous: Synchronous = "full", sinks: Sequence[str] = ()) -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.sinks = list(sinks)
+        self._executor: _PriorityThread | None = None
+        self._sync_now = ""
+        self._commits = 0
+        self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def open(self, *, recover: bool = True) -> int:
+        """Open (creating) the database, take the lock, re-queue leases of a dead process.
+
+        Returns how many interrupted investigations went back to the queue (0 without `recover`).
+        """
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+            conn.row_factory = sqlite3.Row
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"database {self.path}: cannot switch to WAL mode (got {mode})")
+            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            self._sync_now = self.synchronous
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            self._release_lock()
+            raise StoreError(f"database {self.path}: {exc}") from None
+        except OSError as exc:
+            self._release_lock()
+            raise StoreError(f"database {self.path}: {exc.strerror or exc}") from None
+        self._conn = conn
+        if not recover:
+            return 0
+        with self._tx() as c:
+            return c.execute("UPDATE jobs SET state='queued', lease_until=NULL WHERE state='leased'").rowcount
+
+    def _take_lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DatabaseLocked(f"database {self.path} is in use by another agent-webhook ({lock_path})") from None
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._release_lock()
+
+    @property
+    def executor(self) -> _PriorityThread:
+        if self._executor is None:
+            self._executor = _PriorityThread("store", self._ingest_batch)
+        return self._executor
+
+    async def call(self, priority: int, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a store method on the store's thread, at `priority` (INGEST, READ, BACKGROUND)."""
+        return await asyncio.wrap_future(self.executor.submit(priority, lambda: fn(*args, **kwargs)))
+
+    async def ingest_async(self, alerts: list[Alert]) -> IngestResult:
+        """:meth:`ingest` on the store's thread, group-committed with concurrent webhooks."""
+        result: IngestResult = await asyncio.wrap_future(self.executor.submit_batch(INGEST, alerts))
+        return result
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Background work (workers, deliveries) on the store's thread."""
+        return await self.call(BACKGROUND, fn, *args, **kwargs)
+
+    def shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.submit(BACKGROUND, self.close).result()
+            self._executor.shutdown()
+            self._executor = None
+        else:
+            self.close()
+
+    def checkpoint(self) -> None:
+        """Fold the WAL back into the database (background; ingest never pays for it)."""
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self._commits = 0
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("database is not open")
+        return self._conn
+
+    @contextlib.contextmanager
+    def _tx(self, *, durable: bool = False) -> Any:
+        conn = self.conn
+        wanted = self.synchronous if durable else "normal"
+        if wanted != self._sync_now:
+            conn.execute(f"PRAGMA synchronous={wanted.upper()}")
+            self._sync_now = wanted
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        self._commits += 1
+        if not durable and self._commits >= _CHECKPOINT_EVERY:
+            self.checkpoint()
+
+    # -- ingest -----------------------------------------------------------------------------
+
+    def ingest(self, alerts: Iterable[Alert]) -> IngestResult:
+        """Store a payload's alerts in one transaction; deduplicate on (fingerprint, startsAt)."""
+        result = IngestResult()
+        now = _now()
+        try:
+            with self._tx(durable=True) as c:
+                for alert in alerts:
+                    self._ingest_one(c, alert, now, result)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot store alerts: {exc}") from None
+        return result
+
+    def _ingest_batch(self, batches: list[list[Alert]]) -> list[IngestResult | BaseException]:
+        """Several payloads in one durable transaction, each in its own savepoint."""
+        now = _now()
+        out: list[IngestResult | BaseException] = []
+        try:
+            with self._tx(durable=True) as c:
+                for alerts in batches:
+                    result = IngestResult()
+                    c.execute("SAVEPOINT payload")
+                    try:
+                        for alert in alerts:
+                            self._ingest_one(c, alert, now, result)
+                    except (sqlite3.Error, ValueError) as exc:
+                        c.execute("ROLLBACK TO payload")
+                        c.execute("RELEASE payload")
+                        out.append(StoreError(f"cannot store alerts: {exc}"))
+                        continue
+                    c.execute("RELEASE payload")
+                    out.append(result)
+        except (sqlite3.Error, StoreError) as exc:
+            return [StoreError(f"cannot store alerts: {exc}")] * len(batches)
+        return out
+
+    def _ingest_one(self, c: sqlite3.Connection, alert: Alert, now: float, result: IngestResult) -> None:
+        key = canonical_time(alert.starts_at, "startsAt")
+        row = c.execute(
+            "SELECT id, status FROM alerts WHERE fingerprint=? AND starts_at_key=?", (alert.fingerprint, key)
+        ).fetchone()
+        if row is None:
+            cur = c.execute(
+                "INSERT INTO alerts (fingerprint, starts_at_key, starts_at, ends_at, status, alertname, node, gpu,"
+                " labels, annotations, generator_url, receiver, group_key, external_url, first_seen, last_seen)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    alert.fingerprint,
+                    key,
+                    alert.starts_at,
+                    alert.ends_at,
+                    alert.status,
+                    alert.alertname,
+                    alert.node,
+                    alert.gpu,
+                    json.dumps(alert.labels),
+                    json.dumps(alert.annotations),
+                    alert.generator_url,
+                    alert.receiver,
+                    alert.group_key,
+                    alert.external_url,
+                    now,
+                    now,
+                ),
+            )
+            if alert.status == "firing":
+                c.execute(
+                    "INSERT INTO jobs (alert_id, state, enqueued_at) VALUES (?, 'queued', ?)", (cur.lastrowid, now)
+                )
+                result.new += 1
+            else:
+                result.resolved_unseen += 1
+            return
+        alert_id, stored_status = int(row["id"]), str(row["status"])
+        if stored_status == "firing" and alert.status == "resolved":
+            c.execute(
+                "UPDATE alerts SET status='resolved', ends_at=?, last_seen=?, times_seen=times_seen+1 WHERE id=?",
+                (alert.ends_at, now, alert_id),
+            )
+            finding = c.execute("SELECT seq FROM findings WHERE alert_id=?", (alert_id,)).fetchone()
+            if finding is not None:
+                c.execute(
+                    "UPDATE findings SET status='resolved', resolved_at=?, updated_at=? WHERE seq=?",
+                    (now, now, finding["seq"]),
+                )
+                self._enqueue_sinks(c, int(finding["seq"]), "resolved", now)
+            result.resolved += 1
+            return
+        # Same key, same (or older) status: a group re-send, a repeat, or an HA peer's copy.
+        c.execute("UPDATE alerts SET last_seen=?, times_seen=times_seen+1 WHERE id=?", (now, alert_id))
+        result.duplicates += 1
+
+    def _enqueue_sinks(self, c: sqlite3.Connection, finding_seq: int, event: SinkEvent, now: float) -> None:
+        c.executemany(
+            "INSERT OR IGNORE INTO outbox (finding_seq, sink, event, state, next_attempt_at, created_at)"
+            " VALUES (?, ?, ?, 'pending', ?, ?)",
+            [(finding_seq, sink, event, now, now) for sink in self.sinks],
+        )
+
+    # -- the investigation queue ------------------------------------------------------------
+
+    def claim(self, lease_seconds: float) -> Job | None:
+        """Lease the oldest queued alert, or None when the queue is empty."""
+        now = _now()
+        with self._tx() as c:
+            # Two indexed lookups: an OR across both states would scan every finished job.
+            pick = c.execute("SELECT alert_id FROM jobs WHERE state='queued' ORDER BY alert_id LIMIT 1").fetchone()
+            if pick is None:
+                pick = c.execute(
+                    "SELECT alert_id FROM jobs WHERE state='leased' AND lease_until < ? LIMIT 1", (now,)
+                ).fetchone()
+            if pick is None:
+                return None
+            row = c.execute(
+                "UPDATE jobs SET state='leased', attempts=attempts+1, lease_until=?, started_at=?"
+                " WHERE alert_id=? RETURNING alert_id, attempts, enqueued_at",
+                (now + lease_seconds, now, pick[0]),
+            ).fetchone()
+            alert = self._load_alert(c, int(row["alert_id"]))
+        return Job(alert_id=int(row["alert_id"]), attempts=int(row["attempts"]), alert=alert, enqueued_at=row[2])
+
+    @staticmethod
+    def _load_alert(c: sqlite3.Connection, alert_id: int) -> Alert:
+        a = c.execute("SELECT * FROM alerts WHERE id=?", (alert_id,)).fetchone()
+        return Alert(
+            fingerprint=a["fingerprint"],
+            status="resolved" if a["status"] == "resolved" else "firing",
+            labels=json.loads(a["labels"]),
+            annotations=json.loads(a["annotations"]),
+            starts_at=a["starts_at"],
+            ends_at=a["ends_at"],
+            generator_url=a["generator_url"],
+            receiver=a["receiver"],
+            group_key=a["group_key"],
+            external_url=a["external_url"],
+        )
+
+    def release(self, job: Job) -> None:
+        """Put a leased job back, uncounted: the service is stopping, not crashing."""
+        with self._tx() as c:
+            c.execute(
+                "UPDATE jobs SET state='queued', lease_until=NULL, attempts=MAX(0, attempts-1)"
+                " WHERE alert_id=? AND state='leased'",
+                (job.alert_id,),
+            )
+
+    def complete(
+        self, job: Job, diagnosis: Diagnosis, *, started_at: float, finished_at: float
+    ) -> tuple[str, bool] | None:
+        """Store the finding, enqueue its sink posts and close the job, atomically.
+
+        Returns (finding id, created); created is False when a finding already existed (a
+        re-run after a crash that had in fact committed), None if the job is gone.
+        """
+        now = _now()
+        with self._tx() as c:
+            existing = c.execute("SELECT id FROM findings WHERE alert_id=?", (job.alert_id,)).fetchone()
+            if existing is not None:
+                c.execute("UPDATE jobs SET state='done', finished_at=? WHERE alert_id=?", (now, job.alert_id))
+                return str(existing["id"]), False
+            alert = c.execute("SELECT * FROM alerts WHERE id=?", (job.alert_id,)).fetchone()
+            if alert is None:
+                return None
+            status = alert["status"]
+            timings = {
+                "queued_seconds": max(0.0, started_at - job.enqueued_at),
+                "investigation_seconds": max(0.0, finished_at - started_at),
+                **{str(k): float(v) for k, v in diagnosis.timings.items()},
+            }
+            finding_id = "f-" + secrets.token_hex(8)
+            evidence = [redact_value("evidence", asdict(e)) for e in diagnosis.evidence]
+            cur = c.execute(
+                "INSERT INTO findings (id, alert_id, fingerprint, starts_at, alertname, node, gpu, status, severity,"
+                " summary, likely_cause, diagnosis, evidence, actions, llm_used, llm_model, triage_rule, degraded,"
+                " timings, labels, created_at, updated_at, resolved_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    finding_id,
+                    job.alert_id,
+                    alert["fingerprint"],
+                    alert["starts_at"],
+                    alert["alertname"],
+                    alert["node"],
+                    alert["gpu"],
+                    status,
+                    diagnosis.severity,
+                    redact(diagnosis.summary).splitlines()[0][:500] if diagnosis.summary.strip() else "",
+                    redact(diagnosis.likely_cause),
+                    redact(diagnosis.diagnosis_markdown),
+                    json.dumps(evidence, default=str),
+                    json.dumps([redact(a) for a in diagnosis.recommended_actions]),
+                    int(diagnosis.llm_used),
+                    diagnosis.llm_model,
+                    diagnosis.triage_rule,
+                    json.dumps([redact(d) for d in diagnosis.degraded]),
+                    json.dumps(timings),
+                    json.dumps(redact_value("labels", json.loads(alert["labels"]))),
+                    now,
+                    now,
+                    now if status == "resolved" else None,
+                ),
+            )
+            seq = int(cur.lastrowid or 0)
+            self._enqueue_sinks(c, seq, "new", now)
+            c.execute("UPDATE jobs SET state='done', finished_at=? WHERE alert_id=?", (now, job.alert_id))
+        return finding_id, True
+
+    # -- the sink outbox --------------------------------------------------------------------
+
+    def due_deliveries(self, sink: str, limit: int = 20) -> list[OutboxItem]:
+        """Pending posts for one sink whose time has come, each only after its finding's earlier events."""
+        now = _now()
+        rows = self.conn.execute(
+            "SELECT o.id, o.event, o.attempts, o.finding_seq, r.ref FROM outbox o"
+            " LEFT JOIN sink_refs r ON r.finding_seq=o.finding_seq AND r.sink=o.sink"
+            " WHERE o.sink=? AND o.state='pending' AND o.next_attempt_at<=?"
+            " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.finding_seq=o.finding_seq AND p.sink=o.sink"
+            "   AND p.state='pending' AND p.id<o.id)"
+            " ORDER BY o.next_attempt_at, o.id LIMIT ?",
+            (sink, now, limit),
+        ).fetchall()
+        items = []
+        for row in rows:
+            finding = self._finding_by_seq(int(row["finding_seq"]))
+            if finding is not None:
+                items.append(
+                    OutboxItem(
+                        id=int(row["id"]),
+                        sink=sink,
+                        event="resolved" if row["event"] == "resolved" else "new",
+                        attempts=int(row["attempts"]),
+                        finding=finding,
+                        ref=row["ref"],
+                    )
+                )
+        return items
+
+    def next_delivery_at(self, sink: str) -> float | None:
+        row = self.conn.execute(
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE sink=? AND state='pending'", (sink,)
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def delivered(self, item: OutboxItem, ref: str | None) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE outbox SET state='done', attempts=attempts+1, delivered_at=?, last_error=NULL WHERE id=?",
+                (_now(), item.id),
+            )
+            if ref:
+                seq = c.execute("SELECT finding_seq FROM outbox WHERE id=?", (item.id,)).fetchone()[0]
+                c.execute(
+                    "INSERT INTO sink_refs (finding_seq, sink, ref) VALUES (?,?,?)"
+                    " ON CONFLICT (finding_seq, sink) DO UPDATE SET ref=excluded.ref",
+                    (seq, item.sink, ref),
+                )
+
+    def delivery_failed(self, item: OutboxItem, error: str, retry_in: float) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE outbox SET attempts=attempts+1, next_attempt_at=?, last_error=? WHERE id=?",
+                (_now() + retry_in, redact(error)[:1000], item.id),
+            )
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _finding_by_seq(self, seq: int) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM findings WHERE seq=?", (seq,)).fetchone()
+        return None if row is None else finding_json(row)
+
+    def finding(self, finding_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM findings WHERE id=?", (finding_id,)).fetchone()
+        return None if row is None else finding_json(row)
+
+    def findings(
+        self,
+        *,
+        alertname: str | None = None,
+        node: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Newest first; returns (page, cursor for the next page or None)."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise QueryError(f"limit: must be between 1 and {MAX_PAGE}")
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("alertname", alertname), ("node", node), ("status", status)):
+            if value is not None:
+                where.append(f"{column}=?")
+                args.append(value)
+        if since is not None:
+            where.append("updated_at>=?")
+            args.append(since)
+        if cursor:
+            where.append("seq<?")
+            args.append(_decode_cursor(cursor))
+        sql = "SELECT * FROM findings"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        rows = self.conn.execute(sql, [*args, limit + 1]).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(int(rows[-1]["seq"])) if more and rows else None
+        return [finding_json(r) for r in rows], next_cursor
+
+    def stats(self) -> Stats:
+        stats = Stats()
+        for row in self.conn.execute("SELECT state, COUNT(*) FROM jobs WHERE state!='done' GROUP BY state"):
+            if row[0] == "queued":
+                stats.queued = int(row[1])
+            elif row[0] == "leased":
+                stats.leased = int(row[1])
+        stats.findings = int(self.conn.execute("SELECT COUNT(*) FROM findings").fetchone()[0])
+        stats.outbox_pending = {sink: 0 for sink in self.sinks}
+        for row in self.conn.execute("SELECT sink, COUNT(*) FROM outbox WHERE state='pending' GROUP BY sink"):
+            stats.outbox_pending[str(row[0])] = int(row[1])
+        return stats
+
+    def check(self) -> None:
+        """Raise StoreError if the database cannot be read (for /healthz)."""
+        try:
+            self.conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from None
+
+
+def finding_json(row: sqlite3.Row) -> dict[str, Any]:
+    """The API's (and the sinks') view of a finding."""
+    return {
+        "id": row["id"],
+        "fingerprints": [row["fingerprint"]],
+        "starts_at": row["starts_at"],
+        "alertname": row["alertname"],
+        "node": row["node"],
+        "gpu": row["gpu"],
+        "status": row["status"],
+        "severity": row["severity"],
+        "summary": row["summary"],
+        "likely_cause": row["likely_cause"],
+        "diagnosis": row["diagnosis"],
+        "evidence": json.loads(row["evidence"]),
+        "recommended_actions": json.loads(row["actions"]),
+        "llm": {"used": bool(row["llm_used"]), "model": row["llm_model"]},
+        "triage_rule": row["triage_rule"],
+        "degraded": json.loads(row["degraded"]),
+        "timings": json.loads(row["timings"]),
+        "labels": json.loads(row["labels"]),
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
+        "resolved_at": iso(row["resolved_at"]),
+    }

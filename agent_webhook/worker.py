@@ -1,0 +1,145 @@
+"""The bounded pool of investigation workers.
+
+Each worker leases one queued alert at a time from the store, runs the investigator under a
+timeout, and stores the finding (which also enqueues its sink posts and closes the job, in one
+transaction). Whatever goes wrong inside an investigation, the alert gets a finding: a timeout
+or an exception yields a degraded finding built from the alert itself. An alert whose
+investigation was interrupted more than `max_attempts` times (a crash every time: a poison
+alert) is not investigated again, it gets a degraded finding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from agent_webhook.degraded import basic_diagnosis
+from agent_webhook.metrics import AgentMetrics
+from agent_webhook.model import Diagnosis, Investigator
+from agent_webhook.store import Job, Store, StoreError
+
+log = logging.getLogger(__name__)
+_IDLE_POLL_SECONDS = 1.0
+_STORE_RETRY_SECONDS = 2.0
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        store: Store,
+        investigator: Investigator,
+        metrics: AgentMetrics,
+        *,
+        size: int,
+        timeout_seconds: float,
+        max_attempts: int,
+        on_finding: asyncio.Event | None = None,
+    ) -> None:
+        self.store = store
+        self.investigator = investigator
+        self.metrics = metrics
+        self.size = size
+        self.timeout = timeout_seconds
+        self.max_attempts = max_attempts
+        self.wake = asyncio.Event()
+        self.on_finding = on_finding
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._run(i), name=f"investigator-{i}") for i in range(self.size)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def alive(self) -> bool:
+        return bool(self._tasks) and not any(t.done() for t in self._tasks)
+
+    async def _run(self, index: int) -> None:
+        # Lease long enough that only a dead process's jobs ever expire.
+        lease = self.timeout + 60
+        while True:
+            try:
+                job = await self.store.run(self.store.claim, lease)
+            except StoreError as exc:
+                log.error("cannot read the investigation queue", extra={"error": str(exc)})
+                await asyncio.sleep(_STORE_RETRY_SECONDS)
+                continue
+            except Exception as exc:  # sqlite3 errors outside our wrappers: keep the worker alive
+                log.error("cannot read the investigation queue", extra={"error": f"{type(exc).__name__}: {exc}"})
+                await asyncio.sleep(_STORE_RETRY_SECONDS)
+                continue
+            if job is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), _IDLE_POLL_SECONDS)
+                self.wake.clear()
+                continue
+            await self._handle(job)
+
+    async def _investigate(self, job: Job) -> tuple[Diagnosis, str]:
+        alert = job.alert
+        if job.attempts > self.max_attempts:
+            reason = f"investigation interrupted {job.attempts - 1} times (crashes or kills); not retried"
+            return basic_diagnosis(alert, reason), "abandoned"
+        try:
+            diagnosis = await asyncio.wait_for(self.investigator.investigate(alert), self.timeout)
+        except TimeoutError:
+            return basic_diagnosis(alert, f"investigation timed out after {self.timeout:g}s"), "timeout"
+        except Exception as exc:  # an investigator bug must not lose the alert
+            log.exception(
+                "investigation failed", extra={"alertname": alert.alertname, "fingerprint": alert.fingerprint}
+            )
+            return basic_diagnosis(alert, f"investigation failed: {type(exc).__name__}"), "error"
+        self.metrics.observe_diagnosis(diagnosis)
+        return diagnosis, "degraded" if diagnosis.degraded else "ok"
+
+    async def _handle(self, job: Job) -> None:
+        started = time.time()
+        t0 = time.monotonic()
+        self.metrics.in_progress.inc()
+        try:
+            diagnosis, outcome = await self._investigate(job)
+        except asyncio.CancelledError:
+            # Shutting down (SIGTERM): hand the alert back so the next start investigates it
+            # without counting this toward max_attempts.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.run(self.store.release, job))
+            raise
+        finally:
+            self.metrics.in_progress.dec()
+        elapsed = time.monotonic() - t0
+        self.metrics.duration.observe(elapsed)
+        self.metrics.investigations.labels(outcome).inc()
+        while True:
+            try:
+                result = await self.store.run(
+                    self.store.complete, job, diagnosis, started_at=started, finished_at=time.time()
+                )
+                break
+            except Exception as exc:  # disk full, I/O error: keep the diagnosis and try again
+                log.error("cannot store finding, retrying", extra={"error": f"{type(exc).__name__}: {exc}"})
+                await asyncio.sleep(_STORE_RETRY_SECONDS)
+        if result is None:
+            return
+        finding_id, created = result
+        log.info(
+            "finding stored" if created else "finding already stored",
+            extra={
+                "finding": finding_id,
+                "alertname": job.alert.alertname,
+                "node": job.alert.node,
+                "outcome": outcome,
+                "severity": diagnosis.severity,
+                "llm_used": diagnosis.llm_used,
+                "seconds": round(elapsed, 3),
+                "attempt": job.attempts,
+            },
+        )
+        if self.on_finding is not None:
+            self.on_finding.set()
