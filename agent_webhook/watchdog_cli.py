@@ -11,3 +11,8 @@ from agent_webhook import __version__
 @click.version_option(__version__, prog_name="gpu-watchdog")
 def main() -> None:
     """Ask questions about a GPU cluster, read findings, inject simulated faults, deploy."""
+
+
+from agent_webhook.investigation.cli_ask import ask  # noqa: E402 - subcommands register after the group
+
+main.add_command(ask)

@@ -160,3 +160,52 @@ def _url(value: Any, name: str) -> str | None:
     if parsed.query or parsed.fragment:
         raise ValueError(f"{name} must not carry a query or fragment: {redact(value)!r}")
     return value.rstrip("/")
+
+
+def load_config_file(path: str | None) -> dict[str, Any]:
+    """agent.yml as a mapping ({} without a path); ValueError with the reason otherwise."""
+    if not path:
+        return {}
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path} must be a mapping at the top level")
+    return data
+
+
+def with_overrides(
+    raw: Mapping[str, Any],
+    *,
+    prometheus_url: str | None = None,
+    alertmanager_url: str | None = None,
+    llm_base_url: str | None = None,
+    llm_model: str | None = None,
+    slurm_mode: str | None = None,
+) -> dict[str, Any]:
+    """A copy of the config mapping with command-line flags (and GPU_WATCHDOG_* env) applied."""
+    merged = dict(raw)
+    if prometheus_url:
+        merged["prometheus_url"] = prometheus_url
+    if alertmanager_url:
+        merged["alertmanager_url"] = alertmanager_url
+    llm = dict(merged.get("llm") or {}) if isinstance(merged.get("llm") or {}, Mapping) else merged.get("llm")
+    if isinstance(llm, dict):
+        if llm_base_url:
+            llm["base_url"] = llm_base_url
+        if llm_model:
+            llm["model"] = llm_model
+        merged["llm"] = llm
+    slurm = merged.get("slurm") or {}
+    if slurm_mode and isinstance(slurm, Mapping):
+        merged["slurm"] = {**slurm, "mode": slurm_mode}
+    return merged

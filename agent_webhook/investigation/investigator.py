@@ -168,7 +168,7 @@ class Investigation:
             pseudo = Alert(
                 fingerprint="ask", status="firing", labels=labels, annotations={}, starts_at="", ends_at=None
             )
-            dx = triage(pseudo, facts, self.knowledge) if name else _nothing_found(question, facts)
+            dx = triage(pseudo, facts, self.knowledge) if name else _nothing_found(facts, toolbox.unavailable)
             dx.timings["evidence_seconds"] = round(gathered - started, 4)
             fence = Fence()
             prompt = "\n\n".join(
@@ -258,12 +258,17 @@ def _cleaned(dx: Diagnosis) -> Diagnosis:
     )
 
 
-def _nothing_found(question: str, facts: Facts) -> Diagnosis:
+def _nothing_found(facts: Facts, unavailable: dict[str, str]) -> Diagnosis:
     lines = facts.lines()
     where = f" on node {facts.node}" if facts.node else ""
+    if unavailable:
+        # Silence from a dead source is not health: say what could not be checked.
+        headline = f"could not check{where}: {', '.join(sorted(unavailable))} unavailable"
+    else:
+        headline = f"no known fault found{where}"
     markdown = "\n".join(
         [
-            f"**No known fault found{where}** in the current evidence.",
+            f"**{headline[0].upper() + headline[1:]}** in the current evidence.",
             "",
             *([f"- {line}" for line in lines] or ["- (no evidence could be read)"]),
             "",
@@ -272,7 +277,7 @@ def _nothing_found(question: str, facts: Facts) -> Diagnosis:
     )
     return Diagnosis(
         severity="info",
-        summary=f"no known fault found{where}",
+        summary=headline,
         likely_cause="no knowledge-base rule matches the current evidence",
         diagnosis_markdown=markdown,
         recommended_actions=["Check the dashboards for the node, or configure an LLM for open questions"],
