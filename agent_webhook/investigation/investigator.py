@@ -40,9 +40,15 @@ def nodes_in_question(question: str) -> list[str]:
     return nodes[:3]
 
 
-def synthetic_alertname(facts: Facts) -> str | None:
-    """For an ad-hoc question: what alert the current state of a node amounts to, most severe first."""
+def synthetic_alertname(facts: Facts, question: str = "") -> str | None:
+    """For an ad-hoc question: what alert the current state of a node amounts to, most severe first
+    (a question about a drained or down node gets the Slurm view first: the reason explains it)."""
     states = set(facts.node_states)
+    asked = question.lower()
+    if "drain" in asked and any("drain" in s for s in states):
+        return "SlurmNodeDrained"
+    if ("down" in asked or "respond" in asked) and states & {"down", "not_responding"}:
+        return "SlurmNodeNotResponding" if "not_responding" in states else "SlurmNodeDown"
     if facts.gpu_up == 0:
         return "GPUFellOffBus"
     if facts.remapped_rows.get("failure", 0) > 0:
@@ -159,7 +165,7 @@ class Investigation:
                 await gather_node(toolbox, facts, node, gpu)
             await gather_cluster(toolbox, facts)
             gathered = time.monotonic()
-            name = synthetic_alertname(facts)
+            name = synthetic_alertname(facts, question)
             labels = {"alertname": name or ""}
             if facts.node:
                 labels["node"] = facts.node

@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 from dataclasses import dataclass
 
 from agent_webhook.investigation.safety import check_job_id, check_node
@@ -48,14 +49,19 @@ class Scontrol:
     async def _run(self, *args: str) -> ScontrolResult:
         argv = [self._binary(), *args]
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: a timeout kills wrappers' children too
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), self.timeout_seconds)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 2)
             raise SlurmUnavailable(f"scontrol {' '.join(args)} timed out after {self.timeout_seconds:g}s") from None
         if proc.returncode != 0:
             detail = err.decode(errors="replace").strip()[:300]

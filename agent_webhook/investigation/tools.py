@@ -244,6 +244,7 @@ class ToolBox:
                 self.unavailable["slurm"] = str(exc)
                 output = ToolOutput(f"unavailable: {exc}", ok=False)
             except TimeoutError:
+                self.unavailable[name] = f"timed out after {self.cfg.tool_timeout_seconds:g}s"
                 output = ToolOutput(f"timed out after {self.cfg.tool_timeout_seconds:g}s", ok=False)
         output.text = cap(clean(output.text), self.cfg.tool_output_chars)
         duration = time.monotonic() - started
