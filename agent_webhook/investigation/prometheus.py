@@ -142,11 +142,15 @@ class PrometheusAPI:
         self.max_series = max_series
         self.max_points = max_points
         self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
 
     async def _get(self, path: str, params: dict[str, str]) -> PromResult:
         url = self.allowlist.check(f"{self.base_url}{path}")
-        if self._session is None or self._session.closed:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._session_loop is not loop:
+            # A session belongs to one event loop; a caller on another loop (a worker thread) gets its own.
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_seconds))
+            self._session_loop = loop
         try:
             async with self._session.get(url, params=params, allow_redirects=False) as resp:
                 body = await resp.content.read(MAX_BODY_BYTES + 1)
@@ -184,8 +188,9 @@ class PrometheusAPI:
         return await self._get("/api/v1/query_range", params)
 
     async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
+        if self._session is not None and not self._session.closed and self._session_loop is asyncio.get_running_loop():
             await self._session.close()
+        self._session = None
 
 
 def _json(body: bytes) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import math
 import time
 import urllib.parse
@@ -45,6 +46,8 @@ from agent_webhook.investigation.safety import (
 )
 from agent_webhook.investigation.slurm import Scontrol, SlurmUnavailable
 from agent_webhook.model import Alert, Evidence
+
+log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str, dict[str, Any], bool, float], None]
 
@@ -256,6 +259,10 @@ class ToolBox:
                 ok=output.ok,
                 duration_seconds=round(duration, 4),
             )
+        )
+        log.debug(
+            "tool call",
+            extra={"tool": name[:60], "ok": output.ok, "duration_seconds": round(duration, 4), "arguments": args},
         )
         if self.on_event is not None:
             self.on_event(name, args, output.ok, duration)
