@@ -75,6 +75,9 @@ class InvestigationConfig:
             raise ValueError(f"investigation config must be a mapping, got {type(raw).__name__}")
         llm_raw = _mapping(raw, "llm")
         slurm_raw = _mapping(raw, "slurm")
+        # These sections are ours alone: a misspelt key is an error, not a silent default.
+        _known(llm_raw, "llm", LLM_KEYS)
+        _known(slurm_raw, "slurm", SLURM_KEYS)
         mode = slurm_raw.get("mode", "metrics")
         if mode not in SLURM_MODES:
             raise ValueError(f"slurm.mode must be one of {', '.join(SLURM_MODES)}, got {mode!r}")
@@ -117,6 +120,27 @@ class InvestigationConfig:
             max_series=int(_number(raw, "max_series", "max_series", 50, 1, 10_000, integer=True)),
             max_points=int(_number(raw, "max_points", "max_points", 500, 2, 11_000, integer=True)),
         )
+
+
+LLM_KEYS = {
+    "base_url",
+    "model",
+    "api_key_file",
+    "api_key_env",
+    "timeout_seconds",
+    "max_steps",
+    "budget_seconds",
+    "temperature",
+    "breaker_failures",
+    "breaker_open_seconds",
+}
+SLURM_KEYS = {"mode", "bin_dir", "command_timeout_seconds"}
+
+
+def _known(section: Mapping[str, Any], name: str, keys: set[str]) -> None:
+    unknown = sorted(str(k) for k in section if k not in keys)
+    if unknown:
+        raise ValueError(f"{name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(keys))}")
 
 
 def _mapping(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:

@@ -227,7 +227,7 @@ class Investigation:
         if not isinstance(markdown, str):
             markdown = json.dumps(markdown)
         if result.forced_final:
-            markdown += "\n\n_Answer forced at the step limit: it may be partial._"
+            markdown += "\n\n_Answer forced at the step limit or time budget: it may be partial._"
         return replace(
             dx,
             severity=severity if severity in SEVERITY_ORDER else dx.severity,

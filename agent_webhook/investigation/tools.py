@@ -32,12 +32,14 @@ from agent_webhook.investigation.safety import (
     GPU_RE,
     JOB_ID_RE,
     MAX_QUERY_CHARS,
+    METRIC_RE,
     NODE_RE,
     GuardrailError,
     URLAllowlist,
     cap,
     check_gpu,
     check_job_id,
+    check_metric,
     check_node,
     check_query,
     clean,
@@ -151,6 +153,15 @@ class ToolBox:
                     ["query", "range_seconds"],
                 ),
                 self._prometheus_range_query,
+            ),
+            ToolSpec(
+                "metric_series",
+                "Current series of one metric by name, optionally for one node (validated names, no PromQL).",
+                _obj(
+                    {"metric": {"type": "string", "pattern": METRIC_RE.pattern}, "node": NODE_SCHEMA},
+                    ["metric"],
+                ),
+                self._metric_series,
             ),
             ToolSpec(
                 "gpu_detail",
@@ -308,6 +319,13 @@ class ToolBox:
             return ToolOutput("the alert carries no rule expression", ok=False)
         result = await self.source.instant(expr)
         return ToolOutput(f"expr: {expr}\n{self._render(result)}", result)
+
+    async def _metric_series(self, args: dict[str, Any]) -> ToolOutput:
+        selector = check_metric(args["metric"])
+        if args.get("node") is not None:
+            selector += f"{{node={label_value(check_node(args['node']))}}}"
+        result = await self.source.instant(selector)
+        return ToolOutput(self._render(result), result)
 
     @staticmethod
     def _gpu_matchers(args: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from tests.harness.promstack import MissingBinary, PrometheusServer, start_prome
 # Extra series for the tool tests: many series (result caps) and a long label value (output caps).
 EXTRA_SERIES = [({"__name__": "test_many_series", "i": str(i)}, [float(i)]) for i in range(120)]
 EXTRA_SERIES.append(({"__name__": "test_long_label", "text": "x" * 3000}, [1.0]))
+EXTRA_SERIES.append(({"__name__": "test_secret_info", "dsn": "postgres://admin:hunter2@db:5432/x"}, [1.0]))
 
 
 @dataclass

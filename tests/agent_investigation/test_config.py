@@ -65,6 +65,8 @@ def test_api_key_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"slurm": {"mode": "pyslurm"}}, "slurm.mode must be one of metrics, scontrol"),
         ({"slurm": {"bin_dir": "/nonexistent/bin"}}, "slurm.bin_dir: /nonexistent/bin is not a directory"),
         ({"allowed_urls": "http://x"}, "allowed_urls must be a list"),
+        ({"llm": {"max_step": 3}}, r"llm: unknown key\(s\) max_step; known: "),
+        ({"slurm": {"bindir": "/usr/bin"}}, r"slurm: unknown key\(s\) bindir"),
         ({"allowed_urls": ["file:///etc/passwd"]}, "allowed_urls entry must be an http"),
     ],
 )

@@ -17,7 +17,7 @@ from agent_webhook.investigation.llm import FINAL_NUDGE
 from agent_webhook.model import Alert
 from tests.agent_investigation.conftest import LiveCluster
 from tests.fakes.exposition_server import ExpositionServer
-from tests.fakes.openai_server import FakeOpenAIServer, Script, Turn, http_error, text, tool_calls
+from tests.fakes.openai_server import FakeOpenAIServer, Script, Turn, delay, http_error, text, tool_calls
 from tests.fakes.threaded_server import ThreadedServer
 from tests.harness.processes import free_port
 
@@ -38,6 +38,7 @@ BASE_TOOLS = {
     "slurm_node",
     "slurm_job",
     "slurm_cluster",
+    "metric_series",
 }
 
 
@@ -146,7 +147,7 @@ async def test_endless_tool_loop_is_cut_at_the_step_limit(live_cluster: LiveClus
     assert "tools" not in last and "tool_choice" not in last
     assert last["messages"][-1] == {"role": "user", "content": FINAL_NUDGE}
     assert dx.llm_used and dx.summary == ANSWER["summary"]
-    assert "forced at the step limit" in dx.diagnosis_markdown
+    assert "forced at the step limit or time budget" in dx.diagnosis_markdown
 
 
 async def test_model_that_never_answers_yields_the_triage(live_cluster: LiveCluster, fake_llm: Any) -> None:
@@ -256,3 +257,22 @@ async def test_ask_with_the_llm(live_cluster: LiveCluster, fake_llm: Any) -> Non
     assert dx.llm_used and dx.summary == answer["summary"]
     assert "drain-reason:xid-in-reason/xid:79" in llm.requests[0]["messages"][1]["content"]
     assert "alert_expression" not in llm.tool_names(0)
+
+
+async def test_wall_clock_budget_bounds_the_loop(live_cluster: LiveCluster, fake_llm: Any) -> None:
+    def slow_tools(body: dict[str, Any], index: int) -> Turn:
+        if body.get("tools"):
+            return delay(0.5, tool_calls(("prometheus_query", {"query": "up"})))
+        return text(json.dumps(ANSWER))
+
+    llm = fake_llm(slow_tools)
+    inv = investigation(live_cluster, llm.url, max_steps=50, budget_seconds=2)
+    started = time.monotonic()
+    dx = await inv.investigate(xid48_alert())
+    await inv.close()
+    assert time.monotonic() - started < 4
+    assert len(llm.requests) < 8
+    if dx.llm_used:  # the budget forced the final, tool-less step
+        assert "tools" not in llm.requests[-1] and "forced at the step limit or time budget" in dx.diagnosis_markdown
+    else:
+        assert any("budget" in d or "unavailable" in d for d in dx.degraded), dx.degraded

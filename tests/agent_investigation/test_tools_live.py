@@ -136,3 +136,15 @@ async def test_hanging_prometheus_hits_the_tool_timeout() -> None:
     assert time.monotonic() - started < 5
     assert dx.triage_rule == "drain-reason:xid-in-reason/xid:48"
     assert dx.degraded and "unavailable" in dx.degraded[0]
+
+
+async def test_metric_series_and_redaction(live_cluster: LiveCluster) -> None:
+    box = _toolbox(live_cluster)
+    out = await box.call("metric_series", {"metric": "slurm_node_reason_info", "node": "gpu-e07"})
+    assert out.ok and "Kill task failed" in out.text and "gpu-e08" not in out.text
+    out = await box.call("metric_series", {"metric": "up or vector(1)"})
+    assert not out.ok and "does not match" in out.text
+    out = await box.call("metric_series", {"metric": "test_secret_info"})
+    assert out.ok and "hunter2" not in out.text and "admin:<redacted>@db" in out.text
+    assert all("hunter2" not in e.excerpt for e in box.evidence)
+    await box.source.close()
