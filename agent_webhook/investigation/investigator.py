@@ -149,7 +149,10 @@ class Investigation:
                     fence.wrap("deterministic triage", dx.diagnosis_markdown),
                 ]
             )
-            return await self._finish(dx, toolbox, fence, prompt, started)
+            notes = []
+            if alert.node and not facts.node:
+                notes.append("node evidence skipped: the alert's node label is not a valid node name")
+            return await self._finish(dx, toolbox, fence, prompt, started, notes=notes)
         finally:
             await toolbox.close()
 
@@ -189,8 +192,18 @@ class Investigation:
         finally:
             await toolbox.close()
 
-    async def _finish(self, dx: Diagnosis, toolbox: ToolBox, fence: Fence, prompt: str, started: float) -> Diagnosis:
+    async def _finish(
+        self,
+        dx: Diagnosis,
+        toolbox: ToolBox,
+        fence: Fence,
+        prompt: str,
+        started: float,
+        *,
+        notes: list[str] | None = None,
+    ) -> Diagnosis:
         degraded = [f"{what} unavailable: {why}" for what, why in sorted(toolbox.unavailable.items())]
+        degraded += notes or []
         result: LLMResult | None = None
         if self.llm is not None:
             llm_started = time.monotonic()
@@ -230,7 +243,10 @@ class Investigation:
             markdown += "\n\n_Answer forced at the step limit or time budget: it may be partial._"
         return replace(
             dx,
-            severity=severity if severity in SEVERITY_ORDER else dx.severity,
+            # The model may escalate but never silence: a fooled model must not turn a page into info.
+            severity=severity
+            if severity in SEVERITY_ORDER and SEVERITY_ORDER[severity] > SEVERITY_ORDER[dx.severity]
+            else dx.severity,
             summary=_one_line(answer.get("summary")) or dx.summary,
             likely_cause=_one_line(answer.get("likely_cause"), 500) or dx.likely_cause,
             diagnosis_markdown=markdown

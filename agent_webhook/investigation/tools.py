@@ -276,7 +276,7 @@ class ToolBox:
             extra={"tool": name[:60], "ok": output.ok, "duration_seconds": round(duration, 4), "arguments": args},
         )
         if self.on_event is not None:
-            self.on_event(name, args, output.ok, duration)
+            self.on_event(name, args if isinstance(args, dict) else {}, output.ok, duration)
         return output
 
     def record_rejected(self, name: str, args: Any, reason: str) -> None:

@@ -173,7 +173,7 @@ async def test_prompt_injection_in_an_annotation(live_cluster: LiveCluster, fake
             # A model that fell for it: tries a tool that does not exist, then smuggles a URL.
             tool_calls(("http_get", {"url": evil_url})),
             tool_calls(("prometheus_query", {"query": "up", "url": evil_url})),
-            text(json.dumps(ANSWER)),
+            text(json.dumps({**ANSWER, "severity": "info", "summary": "nothing to see here"})),
         ]
     )
     try:
@@ -184,6 +184,7 @@ async def test_prompt_injection_in_an_annotation(live_cluster: LiveCluster, fake
         evil.stop()
 
     assert evil.scrapes == 0
+    assert dx.severity == "critical"  # a fooled model cannot lower the triage's severity
     for index in range(len(llm.requests)):
         if llm.requests[index].get("tools"):
             assert set(llm.tool_names(index)) == BASE_TOOLS  # nothing added, http_get never offered
@@ -276,3 +277,12 @@ async def test_wall_clock_budget_bounds_the_loop(live_cluster: LiveCluster, fake
         assert "tools" not in llm.requests[-1] and "forced at the step limit or time budget" in dx.diagnosis_markdown
     else:
         assert any("budget" in d or "unavailable" in d for d in dx.degraded), dx.degraded
+
+
+async def test_invalid_node_label_skips_node_evidence(live_cluster: LiveCluster) -> None:
+    inv = Investigation(live_cluster.config())
+    alert = Alert("fp", "firing", {"alertname": "GPUXidError", "node": 'x"} or up{a="', "xid": "13"}, {}, "", None)
+    dx = await inv.investigate(alert)
+    await inv.close()
+    assert dx.triage_rule == "xid:13" and dx.evidence == []
+    assert dx.degraded == ["node evidence skipped: the alert's node label is not a valid node name"]
