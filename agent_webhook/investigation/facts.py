@@ -145,7 +145,8 @@ async def gather_cluster(toolbox: ToolBox, facts: Facts) -> None:
         if s.name == "slurm_up":
             facts.slurm_up = s.last
         elif s.name == "slurm_scheduler_cycle_seconds":
-            facts.scheduler_cycle[s.labels.get("kind", "main")] = s.last
+            kind = s.labels.get("kind", "main")  # last and mean (`stat`): the worse one counts
+            facts.scheduler_cycle[kind] = max(facts.scheduler_cycle.get(kind, 0.0), s.last)
         elif s.name == "slurm_jobs_pending":
             reason = s.labels.get("reason", "")
             facts.pending_jobs[reason] = facts.pending_jobs.get(reason, 0.0) + s.last

@@ -362,16 +362,21 @@ class ToolBox:
         if self.cfg.slurm.mode == "scontrol":
             scontrol = self.scontrol or Scontrol(self.cfg.slurm.bin_dir, self.cfg.slurm.command_timeout_seconds)
             shown = await scontrol.show_node(node)
-            states = [s for s in shown.fields.get("State", "").replace("*", "").split("+") if s]
-            shown_data = {"states": [s.lower() for s in states], "reason": shown.fields.get("Reason") or None}
+            shown_data = {
+                "states": node_states([shown.fields.get("State", "")]),
+                "reason": shown.fields.get("Reason") or None,
+            }
             return ToolOutput(shown.text, shown_data)
         result = await self.source.instant(f'{{__name__=~"slurm_node_.+",node={label_value(node)}}}')
         jobs = await self.source.instant(f"slurm_job_gpu_info{{node={label_value(node)}}}")
         up = await self.source.instant(f"up{{node={label_value(node)}}}")
-        states = sorted({s.labels.get("state", "") for s in result.series if s.name == "slurm_node_state" and s.last})
+        states = node_states(
+            [s.labels.get("state", "") for s in result.series if s.name == "slurm_node_state" and s.last]
+            + [s.labels.get("flag", "") for s in result.series if s.name == "slurm_node_state_flag" and s.last]
+        )
         reasons = [s.labels.get("reason", "") for s in result.series if s.name == "slurm_node_reason_info" and s.last]
         data: dict[str, Any] = {
-            "states": [s.lower() for s in states if s],
+            "states": states,
             "reason": reasons[0] if reasons else None,
             "jobs": [dict(s.labels) for s in jobs.series],
             "targets_up": {s.labels.get("job", ""): s.last for s in up.series},
@@ -441,3 +446,16 @@ def series_value(series: list[Series], name: str, **labels: str) -> float | None
         if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()) and not math.isnan(s.last):
             return s.last
     return None
+
+
+def node_states(values: list[str]) -> list[str]:
+    """Slurm states and flags, normalised: `IDLE+DRAIN`, `idle*` (the `*` means not responding)."""
+    found: set[str] = set()
+    for value in values:
+        for raw in value.lower().split("+"):
+            if raw.strip().endswith("*"):
+                found.add("not_responding")
+            part = raw.strip().rstrip("*")
+            if part:
+                found.add(part)
+    return sorted(found)
