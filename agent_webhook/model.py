@@ -77,6 +77,9 @@ class Diagnosis:
     triage_rule: str | None = None  # the knowledge-base entry that matched, if any
     degraded: list[str] = field(default_factory=list)  # e.g. "llm unreachable", "prometheus down"
     timings: dict[str, float] = field(default_factory=dict)
+    # Counted by the service into agent_webhook_llm_calls_total / _llm_failures_total.
+    llm_calls: int = 0  # chat-completion requests made (0 when no LLM is configured)
+    llm_failures: int = 0  # of those, how many failed (error, timeout, unusable answer)
 
 
 class Investigator(Protocol):

@@ -10,7 +10,7 @@ The service calls exactly this API:
 
 from __future__ import annotations
 
-from agent_webhook.investigation.config import InvestigationConfig, LLMConfig, SlurmConfig
+from agent_webhook.investigation.config import CONFIG_KEYS, InvestigationConfig, LLMConfig, SlurmConfig
 from agent_webhook.investigation.investigator import Investigation
 from agent_webhook.investigation.tools import ProgressCallback
 
@@ -21,6 +21,7 @@ def build_investigator(cfg: InvestigationConfig, on_event: ProgressCallback | No
 
 
 __all__ = [
+    "CONFIG_KEYS",
     "Investigation",
     "InvestigationConfig",
     "LLMConfig",

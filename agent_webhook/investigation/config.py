@@ -12,6 +12,18 @@ from typing import Any
 from exporters.common.logs import redact
 
 SLURM_MODES = ("metrics", "scontrol")
+# The agent.yml keys this package reads (the service passes these through to from_mapping).
+CONFIG_KEYS = (
+    "prometheus_url",
+    "alertmanager_url",
+    "llm",
+    "slurm",
+    "allowed_urls",
+    "tool_timeout_seconds",
+    "tool_output_chars",
+    "max_series",
+    "max_points",
+)
 
 
 @dataclass(frozen=True)

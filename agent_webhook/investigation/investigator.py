@@ -15,7 +15,7 @@ from typing import Any
 
 from agent_webhook.investigation.config import InvestigationConfig
 from agent_webhook.investigation.facts import Facts, gather, gather_cluster, gather_node
-from agent_webhook.investigation.llm import CircuitBreaker, LLMDiagnoser, LLMResult, LLMUnavailable
+from agent_webhook.investigation.llm import CircuitBreaker, LLMDiagnoser, LLMResult, LLMStats, LLMUnavailable
 from agent_webhook.investigation.prometheus import EvidenceSource, PrometheusAPI, UnavailableSource
 from agent_webhook.investigation.safety import NODE_RE, Fence, URLAllowlist, cap, clean
 from agent_webhook.investigation.tools import ProgressCallback, ToolBox
@@ -205,10 +205,11 @@ class Investigation:
         degraded = [f"{what} unavailable: {why}" for what, why in sorted(toolbox.unavailable.items())]
         degraded += notes or []
         result: LLMResult | None = None
+        stats = LLMStats()
         if self.llm is not None:
             llm_started = time.monotonic()
             try:
-                result = await self.llm.run(toolbox, fence, prompt)
+                result = await self.llm.run(toolbox, fence, prompt, stats)
             except LLMUnavailable as exc:
                 degraded.append(f"llm unavailable: {exc}")
             except TimeoutError:
@@ -222,6 +223,7 @@ class Investigation:
             ]
         dx.evidence = toolbox.evidence
         dx.degraded = degraded
+        dx.llm_calls, dx.llm_failures = stats.calls, stats.failures
         dx.timings["total_seconds"] = round(time.monotonic() - started, 4)
         if result is not None:
             dx = self._merge(dx, result)

@@ -93,6 +93,14 @@ class CircuitBreaker:
 
 
 @dataclass
+class LLMStats:
+    """Chat-completion requests of one run and how many failed (the service counts them)."""
+
+    calls: int = 0
+    failures: int = 0
+
+
+@dataclass
 class LLMResult:
     content: str
     answer: dict[str, Any] | None
@@ -131,24 +139,29 @@ class LLMDiagnoser:
             base_url=self.cfg.base_url, api_key=self._api_key, max_retries=0, timeout=self.cfg.timeout_seconds
         )
 
-    async def _complete(self, client: AsyncOpenAI, kwargs: dict[str, Any]) -> Any:
+    async def _complete(self, client: AsyncOpenAI, kwargs: dict[str, Any], stats: LLMStats) -> Any:
         if not self.breaker.allow():
             raise LLMUnavailable(f"circuit breaker open after {self.breaker.consecutive_failures} failures")
+        stats.calls += 1
         try:
             response = await client.chat.completions.create(**kwargs)
         except openai.APIStatusError as exc:
+            stats.failures += 1
             self.breaker.failure()
             raise LLMUnavailable(f"model server answered HTTP {exc.status_code}") from None
         except (openai.APIError, OSError) as exc:
+            stats.failures += 1
             self.breaker.failure()
             raise LLMUnavailable(f"model server unreachable: {type(exc).__name__}") from None
         if not getattr(response, "choices", None):
+            stats.failures += 1
             self.breaker.failure()
             raise LLMUnavailable("model server returned no choices")
         self.breaker.success()
         return response
 
-    async def run(self, toolbox: ToolBox, fence: Fence, user_content: str) -> LLMResult:
+    async def run(self, toolbox: ToolBox, fence: Fence, user_content: str, stats: LLMStats | None = None) -> LLMResult:
+        stats = stats if stats is not None else LLMStats()
         started = time.monotonic()
         deadline = started + self.cfg.budget_seconds
         messages: list[dict[str, Any]] = [
@@ -178,7 +191,7 @@ class LLMDiagnoser:
                     messages.append({"role": "user", "content": FINAL_NUDGE})
                 else:
                     kwargs.update(tools=tools, tool_choice="auto")
-                response = await self._complete(client, kwargs)
+                response = await self._complete(client, kwargs, stats)
                 message = response.choices[0].message
                 calls = list(message.tool_calls or [])
                 if calls and not final:
@@ -206,7 +219,10 @@ class LLMDiagnoser:
                 content = (message.content or "").strip()
                 if not content and not final:
                     continue  # an empty turn: the next step (or the forced final one) must answer
+                if not content:
+                    stats.failures += 1  # the forced final turn still gave no answer
                 return LLMResult(content, parse_answer(content), step, tool_calls, final, notes)
+            stats.failures += 1  # no usable answer from the last request
             return LLMResult("", None, self.cfg.max_steps, tool_calls, True, notes)
         finally:
             await client.close()

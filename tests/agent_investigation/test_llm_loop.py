@@ -88,6 +88,7 @@ async def test_tool_using_diagnosis(live_cluster: LiveCluster, fake_llm: Any) ->
     await inv.close()
 
     assert dx.llm_used and dx.llm_model == "fake-model" and dx.degraded == []
+    assert dx.llm_calls == 3 and dx.llm_failures == 0
     assert dx.summary == ANSWER["summary"] and dx.recommended_actions == ANSWER["recommended_actions"]
     assert dx.triage_rule == "xid:48+dbe"  # the triage stays on record
     assert "Deterministic triage (starting point)" in dx.diagnosis_markdown
@@ -159,6 +160,7 @@ async def test_model_that_never_answers_yields_the_triage(live_cluster: LiveClus
     assert len(llm.requests) == 2
     assert not dx.llm_used and dx.triage_rule == "xid:48+dbe" and dx.severity == "critical"
     assert any(d.startswith("llm gave no answer") for d in dx.degraded)
+    assert (dx.llm_calls, dx.llm_failures) == (2, 1)
 
 
 async def test_prompt_injection_in_an_annotation(live_cluster: LiveCluster, fake_llm: Any) -> None:
@@ -224,6 +226,8 @@ async def test_breaker_half_opens_after_the_open_period(live_cluster: LiveCluste
     second = await inv.investigate(xid48_alert())
     third = await inv.investigate(xid48_alert())  # open: the server is not even asked
     assert "HTTP 500" in first.degraded[0] and "HTTP 503" in second.degraded[0]
+    assert (first.llm_calls, first.llm_failures) == (1, 1)
+    assert (third.llm_calls, third.llm_failures) == (0, 0)  # the open breaker made no request
     assert "circuit breaker open" in third.degraded[0] and len(llm.requests) == 2
     await asyncio.sleep(1.1)
     fourth = await inv.investigate(xid48_alert())  # half-open trial succeeds and closes it
