@@ -87,25 +87,34 @@ class Investigation:
         self.cfg = cfg
         self.knowledge = knowledge or load_knowledge()
         self.on_event = on_event
-        if source is not None:
-            self.source: EvidenceSource = source
-        elif cfg.prometheus_url:
-            self.source = PrometheusAPI(
-                cfg.prometheus_url,
-                URLAllowlist([cfg.prometheus_url, cfg.alertmanager_url, *cfg.allowed_urls]),
-                timeout_seconds=cfg.tool_timeout_seconds,
-                max_series=cfg.max_series,
-                max_points=cfg.max_points,
-            )
-        else:
-            self.source = UnavailableSource()
+        # An injected source (a replay) is shared; otherwise each investigation gets its own
+        # HTTP session, closed when it ends: nothing outlives a call, whatever loop it ran on.
+        self._shared_source = source
         self.llm = LLMDiagnoser(cfg.llm, breaker) if cfg.llm.enabled else None
 
+    def _new_source(self) -> EvidenceSource:
+        if self._shared_source is not None:
+            return self._shared_source
+        if not self.cfg.prometheus_url:
+            return UnavailableSource()
+        return PrometheusAPI(
+            self.cfg.prometheus_url,
+            URLAllowlist([self.cfg.prometheus_url, self.cfg.alertmanager_url, *self.cfg.allowed_urls]),
+            timeout_seconds=self.cfg.tool_timeout_seconds,
+            max_series=self.cfg.max_series,
+            max_points=self.cfg.max_points,
+        )
+
     async def close(self) -> None:
-        await self.source.close()
+        """Nothing to release (sessions live per investigation); kept for callers that close."""
 
     def _toolbox(self, alert: Alert | None) -> ToolBox:
-        return ToolBox(self.cfg, self.source, alert=alert, on_event=self.on_event)
+        return ToolBox(self.cfg, self._new_source(), alert=alert, on_event=self.on_event)
+
+    async def _release(self, toolbox: ToolBox) -> None:
+        await toolbox.close()
+        if toolbox.source is not self._shared_source:
+            await toolbox.source.close()
 
     async def investigate(self, alert: Alert) -> Diagnosis:
         try:
@@ -154,7 +163,7 @@ class Investigation:
                 notes.append("node evidence skipped: the alert's node label is not a valid node name")
             return await self._finish(dx, toolbox, fence, prompt, started, notes=notes)
         finally:
-            await toolbox.close()
+            await self._release(toolbox)
 
     async def _ask(self, question: str) -> Diagnosis:
         started = time.monotonic()
@@ -190,7 +199,7 @@ class Investigation:
             )
             return await self._finish(dx, toolbox, fence, prompt, started)
         finally:
-            await toolbox.close()
+            await self._release(toolbox)
 
     async def _finish(
         self,

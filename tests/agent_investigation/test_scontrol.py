@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent_webhook.investigation import Investigation, InvestigationConfig
+from agent_webhook.investigation.prometheus import UnavailableSource
 from agent_webhook.investigation.slurm import parse_scontrol
 from agent_webhook.model import Alert
 
@@ -69,7 +70,7 @@ async def test_invalid_node_never_reaches_argv(tmp_path: Path) -> None:
     assert not log.exists()
     from agent_webhook.investigation.tools import ToolBox
 
-    box = ToolBox(_cfg(bin_dir), investigation.source)
+    box = ToolBox(_cfg(bin_dir), UnavailableSource())
     out = await box.call("slurm_job", {"job_id": "12 --all"})
     assert not out.ok and "does not match" in out.text and not log.exists()
 
