@@ -69,6 +69,10 @@ def synthetic_alertname(facts: Facts, question: str = "") -> str | None:
         return "GPUThermalThrottling"
     if facts.slurm_up == 0:
         return "SlurmControllerDown"
+    if ("pend" in asked or "queue" in asked or "wait" in asked) and any(
+        "resource" in reason.lower() and count > 0 for reason, count in facts.pending_jobs.items()
+    ):
+        return "SlurmGPUQueueBacklog"
     return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -14,6 +15,7 @@ from agent_webhook.investigation.safety import URLAllowlist
 from agent_webhook.investigation.tools import ToolBox
 from agent_webhook.model import Alert
 from tests.agent_investigation.conftest import LiveCluster
+from tests.fakes.exposition_server import ExpositionServer
 from tests.fakes.threaded_server import ThreadedServer
 from tests.harness.processes import free_port
 
@@ -148,3 +150,24 @@ async def test_metric_series_and_redaction(live_cluster: LiveCluster) -> None:
     assert out.ok and "hunter2" not in out.text and "admin:<redacted>@db" in out.text
     assert all("hunter2" not in e.excerpt for e in box.evidence)
     await box.source.close()
+
+
+async def test_prometheus_dying_mid_service(prometheus_factory: Any) -> None:
+    series = [
+        ({"__name__": "slurm_node_state", "node": "gpu-x1", "state": "drained"}, [1.0]),
+        ({"__name__": "slurm_node_reason_info", "node": "gpu-x1", "state": "drained", "reason": "NHC: bad fan"}, [1.0]),
+        ({"__name__": "slurm_jobs_pending", "partition": "gpu", "reason": "Resources"}, [12.0]),
+    ]
+    with ExpositionServer(series) as exporter:
+        prom = prometheus_factory(scrape_targets={"slurm": [exporter.target]})
+        prom.wait_for('slurm_node_reason_info{node="gpu-x1"}')
+        investigation = Investigation(InvestigationConfig.from_mapping({"prometheus_url": prom.url}))
+        alert = _alert(alertname="SlurmNodeDrained", node="gpu-x1")
+        before = await investigation.investigate(alert)
+        queue = await investigation.ask("why do GPU jobs wait so long in the queue?")
+        prom.process.stop()
+        after = await investigation.investigate(alert)
+    assert before.triage_rule == "drain-reason:nhc" and before.degraded == []
+    assert queue.triage_rule == "alert:SlurmGPUQueueBacklog" and "12 jobs pending" in queue.likely_cause
+    assert after.triage_rule == "alert:SlurmNodeDrained" and after.severity == "warning"
+    assert any(d.startswith("prometheus unavailable") for d in after.degraded)
