@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from agent_webhook import __version__
+from agent_webhook.investigation.cli_ask import ask
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -12,7 +13,5 @@ from agent_webhook import __version__
 def main() -> None:
     """Ask questions about a GPU cluster, read findings, inject simulated faults, deploy."""
 
-
-from agent_webhook.investigation.cli_ask import ask  # noqa: E402 - subcommands register after the group
 
 main.add_command(ask)
