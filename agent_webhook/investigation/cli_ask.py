@@ -56,7 +56,10 @@ def ask(
     llm_model: str | None,
     slurm_mode: str | None,
 ) -> None:
-    """Ask about the cluster, e.g. `gpu-watchdog ask "why is node gpu-2 drained?"`."""
+    """Answer a question about the cluster with evidence and a diagnosis.
+
+    Example: gpu-watchdog ask "why is node gpu-2 drained?" (read-only: nothing is changed).
+    """
     if not question.strip():
         fail("the question is empty")
     try:
