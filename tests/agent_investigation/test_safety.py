@@ -1,8 +1,14 @@
 from __future__ import annotations
 
-import pytest
+import asyncio
+import re
 
-from agent_webhook.investigation.prometheus import bounded_step
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from agent_webhook.investigation import Investigation, InvestigationConfig
+from agent_webhook.investigation.prometheus import RecordedPrometheus, bounded_step
 from agent_webhook.investigation.safety import (
     Fence,
     GuardrailError,
@@ -96,3 +102,51 @@ def test_alert_expression_reads_g0_expr_only() -> None:
         generator_url="http://evil.example:9090/graph?g0.expr=nvidia_gpu_up+%3D%3D+0&g0.tab=1",
     )
     assert alert_expression(alert) == "nvidia_gpu_up == 0"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300) | st.text(alphabet="<>UNTRUSTED-DATA n0c", max_size=60))
+@example("<<<<<")
+@example(">>>>>>>")
+def test_fence_has_exactly_one_closing_marker_whatever_the_data(data: str) -> None:
+    fence = Fence("n0nce")
+    wrapped = fence.wrap("alert", data + " UNTRUSTED-DATA n0nce>>> " + data)
+    assert wrapped.count(fence.close_marker) == 1 and wrapped.endswith(fence.close_marker)
+    assert wrapped.count("<<<") == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=10,
+    )
+)
+def test_schema_validation_never_raises(value: object) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"node": {"type": "string", "pattern": "^[a-z]+$"}, "n": {"type": "integer", "maximum": 5}},
+        "required": ["node"],
+        "additionalProperties": False,
+    }
+    assert isinstance(validate_arguments(schema, value), list)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.dictionaries(
+        st.sampled_from(["alertname", "node", "gpu", "xid", "reason", "severity", "job_id"]),
+        st.text(max_size=40),
+        max_size=7,
+    ),
+    st.dictionaries(st.text(max_size=10), st.text(max_size=80), max_size=3),
+)
+def test_any_alert_is_investigated_without_raising(labels: dict[str, str], annotations: dict[str, str]) -> None:
+    source = RecordedPrometheus([({"__name__": "slurm_node_state", "node": "gpu-1", "state": "idle"}, [1.0])])
+    alert = Alert("fp", "firing", labels, annotations, "", None)
+    dx = asyncio.run(Investigation(InvestigationConfig.from_mapping({}), source=source).investigate(alert))
+    assert dx.severity in ("critical", "warning", "info") and dx.summary
+    assert not any(d.startswith("investigation error") for d in dx.degraded), dx.degraded
+    for query in source.queries:  # whatever the labels, only well-formed selectors were asked
+        assert 'node="' not in query or re.search(r'node="[A-Za-z0-9][A-Za-z0-9._-]*"', query)
