@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from agent_webhook.investigation import Investigation, InvestigationConfig
-from agent_webhook.investigation.prometheus import PrometheusAPI
+from agent_webhook.investigation.prometheus import PrometheusAPI, UnavailableSource
 from agent_webhook.investigation.safety import URLAllowlist
 from agent_webhook.investigation.tools import ToolBox
 from agent_webhook.model import Alert
@@ -171,3 +171,32 @@ async def test_prometheus_dying_mid_service(prometheus_factory: Any) -> None:
     assert queue.triage_rule == "alert:SlurmGPUQueueBacklog" and "12 jobs pending" in queue.likely_cause
     assert after.triage_rule == "alert:SlurmNodeDrained" and after.severity == "warning"
     assert any(d.startswith("prometheus unavailable") for d in after.degraded)
+
+
+async def test_active_alerts_from_a_real_alertmanager(alertmanager_factory: Any) -> None:
+    am = alertmanager_factory({"route": {"receiver": "null"}, "receivers": [{"name": "null"}]})
+    am.post_alerts(
+        [
+            {
+                "labels": {
+                    "alertname": "GPUXidError",
+                    "node": "gpu-a1",
+                    "gpu": "0",
+                    "xid": "79",
+                    "severity": "critical",
+                },
+                "annotations": {"summary": "XID 79 on gpu-a1"},
+            },
+            {"labels": {"alertname": "SlurmNodeDown", "node": "gpu-a2", "severity": "critical"}},
+        ]
+    )
+    cfg = InvestigationConfig.from_mapping({"alertmanager_url": am.url})
+    box = ToolBox(cfg, UnavailableSource())
+    assert "active_alerts" in box.names
+    out = await box.call("active_alerts", {"node": "gpu-a1"})
+    await box.close()
+    assert out.ok and "GPUXidError node=gpu-a1" in out.text and "gpu-a2" not in out.text
+    everything = ToolBox(cfg, UnavailableSource())
+    out = await everything.call("active_alerts", {})
+    await everything.close()
+    assert "SlurmNodeDown node=gpu-a2" in out.text
