@@ -177,8 +177,9 @@ class Investigation:
             gpu_match = _GPU_WORD.search(question)
             gpu = gpu_match.group(1) if gpu_match else None
             facts = Facts(node=nodes[0] if nodes else None, gpu=gpu)
-            for node in nodes:
-                await gather_node(toolbox, facts, node, gpu)
+            for index, node in enumerate(nodes):
+                # The triage reads the first node's facts; the others are evidence (and LLM context).
+                await gather_node(toolbox, facts if index == 0 else Facts(node=node), node, gpu)
             await gather_cluster(toolbox, facts)
             gathered = time.monotonic()
             name = synthetic_alertname(facts, question)
