@@ -36,6 +36,7 @@ class LLMConfig:
     max_steps: int = 8
     budget_seconds: float = 180.0
     temperature: float = 0.0
+    max_tokens: int = 2048  # per completion: bounds generation time as much as the timeout does
     # Consecutive failures that open the circuit breaker, and how long it stays open.
     breaker_failures: int = 3
     breaker_open_seconds: float = 60.0
@@ -108,6 +109,7 @@ class InvestigationConfig:
             max_steps=int(_number(llm_raw, "max_steps", "llm.max_steps", 8, 1, 50, integer=True)),
             budget_seconds=_number(llm_raw, "budget_seconds", "llm.budget_seconds", 180.0, 1, 7200),
             temperature=_number(llm_raw, "temperature", "llm.temperature", 0.0, 0, 2),
+            max_tokens=int(_number(llm_raw, "max_tokens", "llm.max_tokens", 2048, 16, 131072, integer=True)),
             breaker_failures=int(_number(llm_raw, "breaker_failures", "llm.breaker_failures", 3, 1, 100, integer=True)),
             breaker_open_seconds=_number(llm_raw, "breaker_open_seconds", "llm.breaker_open_seconds", 60.0, 0, 86400),
         )
@@ -143,6 +145,7 @@ LLM_KEYS = {
     "max_steps",
     "budget_seconds",
     "temperature",
+    "max_tokens",
     "breaker_failures",
     "breaker_open_seconds",
 }

@@ -184,6 +184,7 @@ class LLMDiagnoser:
                     "model": self.cfg.model,
                     "messages": messages,
                     "temperature": self.cfg.temperature,
+                    "max_tokens": self.cfg.max_tokens,
                     "stream": False,
                     "timeout": max(min(self.cfg.timeout_seconds, remaining), 0.1),
                 }

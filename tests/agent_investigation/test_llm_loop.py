@@ -93,7 +93,7 @@ async def test_tool_using_diagnosis(live_cluster: LiveCluster, fake_llm: Any) ->
     assert dx.triage_rule == "xid:48+dbe"  # the triage stays on record
     assert "Deterministic triage (starting point)" in dx.diagnosis_markdown
     first = llm.requests[0]
-    assert first["tool_choice"] == "auto" and not first.get("stream")
+    assert first["tool_choice"] == "auto" and not first.get("stream") and first["max_tokens"] == 2048
     assert set(llm.tool_names(0)) == BASE_TOOLS
     for tool in first["tools"]:
         assert tool["function"]["parameters"]["additionalProperties"] is False
