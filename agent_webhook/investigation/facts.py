@@ -50,6 +50,7 @@ class Facts:
     pending_jobs: dict[str, float] = field(default_factory=dict)
     down_targets: list[dict[str, str]] = field(default_factory=list)
     alert_value: float | None = None
+    node_seen: bool = False  # any series (GPU or Slurm) carried the node's name
 
     @property
     def recent_xids(self) -> list[int]:
@@ -124,6 +125,7 @@ async def gather_node(toolbox: ToolBox, facts: Facts, node: str, gpu: str | None
     detail = await toolbox.call("gpu_detail", args)
     if detail.ok and isinstance(detail.data, PromResult):
         _gpu_facts(facts, detail.data)
+        facts.node_seen = facts.node_seen or bool(detail.data.series)
     counters = await toolbox.call("gpu_error_counters", {**args, "window_minutes": 60})
     if counters.ok and isinstance(counters.data, list):
         _counter_facts(facts, counters.data)
@@ -133,6 +135,7 @@ async def gather_node(toolbox: ToolBox, facts: Facts, node: str, gpu: str | None
         facts.node_reason = slurm.data.get("reason") or None
         facts.jobs = [j for j in slurm.data.get("jobs") or [] if gpu is None or j.get("gpu") == gpu]
         facts.targets_up = dict(slurm.data.get("targets_up") or {})
+        facts.node_seen = facts.node_seen or bool(facts.node_states or slurm.data.get("jobs") or facts.targets_up)
 
 
 async def gather_cluster(toolbox: ToolBox, facts: Facts) -> None:

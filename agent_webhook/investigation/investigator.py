@@ -302,6 +302,8 @@ def _nothing_found(facts: Facts, unavailable: dict[str, str]) -> Diagnosis:
     if unavailable:
         # Silence from a dead source is not health: say what could not be checked.
         headline = f"could not check{where}: {', '.join(sorted(unavailable))} unavailable"
+    elif facts.node and not facts.node_seen:
+        headline = f"no series carry node {facts.node}: check the node name (the Slurm NodeName)"
     else:
         headline = f"no known fault found{where}"
     markdown = "\n".join(

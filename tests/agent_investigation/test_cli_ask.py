@@ -91,3 +91,9 @@ def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and result.stderr.strip() == (
         "error: llm.model is required when llm.base_url is set (the model name vLLM serves)"
     )
+
+
+def test_unknown_node_is_called_out(live_cluster: LiveCluster) -> None:
+    result = run("what about node gpu-nope-7?", "--prometheus-url", live_cluster.prometheus.url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("# no series carry node gpu-nope-7")
