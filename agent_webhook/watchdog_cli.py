@@ -7,6 +7,7 @@ import click
 from agent_webhook import __version__
 from exporters.gpu.sim_cli import sim
 from agent_webhook.cli_findings import findings_command, investigate_command
+from agent_webhook.investigation.cli_ask import ask
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,3 +19,4 @@ def main() -> None:
 main.add_command(sim)
 main.add_command(findings_command)
 main.add_command(investigate_command)
+main.add_command(ask)

@@ -1,0 +1,250 @@
+"""Investigation settings (the `prometheus_url`, `llm`, `slurm`, ... keys of agent.yml), validated."""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exporters.common.logs import redact
+
+SLURM_MODES = ("metrics", "scontrol")
+# The agent.yml keys this package reads (the service passes these through to from_mapping).
+CONFIG_KEYS = (
+    "prometheus_url",
+    "alertmanager_url",
+    "llm",
+    "slurm",
+    "allowed_urls",
+    "tool_timeout_seconds",
+    "tool_output_chars",
+    "max_series",
+    "max_points",
+)
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    base_url: str | None = None
+    model: str | None = None
+    api_key_file: str | None = None
+    api_key_env: str | None = None
+    timeout_seconds: float = 60.0
+    max_steps: int = 8
+    budget_seconds: float = 180.0
+    temperature: float = 0.0
+    max_tokens: int = 2048  # per completion: bounds generation time as much as the timeout does
+    # Consecutive failures that open the circuit breaker, and how long it stays open.
+    breaker_failures: int = 3
+    breaker_open_seconds: float = 60.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.base_url)
+
+    def api_key(self) -> str:
+        """The key from api_key_file or api_key_env; vLLM without --api-key accepts any string."""
+        if self.api_key_file:
+            try:
+                key = Path(self.api_key_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"llm.api_key_file: cannot read {self.api_key_file}: {exc.strerror or exc}") from None
+            if key:
+                return key
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env, "").strip()
+            if key:
+                return key
+        return "EMPTY"
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    mode: str = "metrics"
+    bin_dir: str | None = None
+    command_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class InvestigationConfig:
+    prometheus_url: str | None = None
+    alertmanager_url: str | None = None
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    allowed_urls: tuple[str, ...] = ()
+    tool_timeout_seconds: float = 10.0
+    tool_output_chars: int = 6000
+    max_series: int = 50
+    max_points: int = 500
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any] | None) -> InvestigationConfig:
+        """Build from agent.yml's mapping; unknown keys of other components are ignored."""
+        raw = raw or {}
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"investigation config must be a mapping, got {type(raw).__name__}")
+        llm_raw = _mapping(raw, "llm")
+        slurm_raw = _mapping(raw, "slurm")
+        # These sections are ours alone: a misspelt key is an error, not a silent default.
+        _known(llm_raw, "llm", LLM_KEYS)
+        _known(slurm_raw, "slurm", SLURM_KEYS)
+        mode = slurm_raw.get("mode", "metrics")
+        if mode not in SLURM_MODES:
+            raise ValueError(f"slurm.mode must be one of {', '.join(SLURM_MODES)}, got {mode!r}")
+        bin_dir = _opt_str(slurm_raw, "bin_dir", "slurm.bin_dir")
+        if bin_dir is not None and not Path(bin_dir).is_dir():
+            raise ValueError(f"slurm.bin_dir: {bin_dir} is not a directory")
+        allowed = raw.get("allowed_urls") or []
+        if not isinstance(allowed, list):
+            raise ValueError("allowed_urls must be a list of http(s) URLs")
+        llm = LLMConfig(
+            base_url=_url(llm_raw.get("base_url"), "llm.base_url"),
+            model=_opt_str(llm_raw, "model", "llm.model"),
+            api_key_file=_opt_str(llm_raw, "api_key_file", "llm.api_key_file"),
+            api_key_env=_opt_str(llm_raw, "api_key_env", "llm.api_key_env"),
+            timeout_seconds=_number(llm_raw, "timeout_seconds", "llm.timeout_seconds", 60.0, 0.1, 3600),
+            max_steps=int(_number(llm_raw, "max_steps", "llm.max_steps", 8, 1, 50, integer=True)),
+            budget_seconds=_number(llm_raw, "budget_seconds", "llm.budget_seconds", 180.0, 1, 7200),
+            temperature=_number(llm_raw, "temperature", "llm.temperature", 0.0, 0, 2),
+            max_tokens=int(_number(llm_raw, "max_tokens", "llm.max_tokens", 2048, 16, 131072, integer=True)),
+            breaker_failures=int(_number(llm_raw, "breaker_failures", "llm.breaker_failures", 3, 1, 100, integer=True)),
+            breaker_open_seconds=_number(llm_raw, "breaker_open_seconds", "llm.breaker_open_seconds", 60.0, 0, 86400),
+        )
+        if llm.base_url and not llm.model:
+            raise ValueError("llm.model is required when llm.base_url is set (the model name vLLM serves)")
+        return cls(
+            prometheus_url=_url(raw.get("prometheus_url"), "prometheus_url"),
+            alertmanager_url=_url(raw.get("alertmanager_url"), "alertmanager_url"),
+            llm=llm,
+            slurm=SlurmConfig(
+                mode=str(mode),
+                bin_dir=bin_dir,
+                command_timeout_seconds=_number(
+                    slurm_raw, "command_timeout_seconds", "slurm.command_timeout_seconds", 10.0, 0.1, 600
+                ),
+            ),
+            allowed_urls=tuple(str(_url(u, "allowed_urls entry")) for u in allowed),
+            tool_timeout_seconds=_number(raw, "tool_timeout_seconds", "tool_timeout_seconds", 10.0, 0.1, 600),
+            tool_output_chars=int(
+                _number(raw, "tool_output_chars", "tool_output_chars", 6000, 200, 200_000, integer=True)
+            ),
+            max_series=int(_number(raw, "max_series", "max_series", 50, 1, 10_000, integer=True)),
+            max_points=int(_number(raw, "max_points", "max_points", 500, 2, 11_000, integer=True)),
+        )
+
+
+LLM_KEYS = {
+    "base_url",
+    "model",
+    "api_key_file",
+    "api_key_env",
+    "timeout_seconds",
+    "max_steps",
+    "budget_seconds",
+    "temperature",
+    "max_tokens",
+    "breaker_failures",
+    "breaker_open_seconds",
+}
+SLURM_KEYS = {"mode", "bin_dir", "command_timeout_seconds"}
+
+
+def _known(section: Mapping[str, Any], name: str, keys: set[str]) -> None:
+    unknown = sorted(str(k) for k in section if k not in keys)
+    if unknown:
+        raise ValueError(f"{name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(keys))}")
+
+
+def _mapping(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = raw.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{key} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _opt_str(raw: Mapping[str, Any], key: str, name: str) -> str | None:
+    value = raw.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _number(  # noqa: PLR0917 - one call shape, read at a glance
+    raw: Mapping[str, Any], key: str, name: str, default: float, low: float, high: float, integer: bool = False
+) -> float:
+    value = raw.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
+    return float(value)
+
+
+def _url(value: Any, name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a URL string, got {type(value).__name__}")
+    parsed = urllib.parse.urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"{name} must be an http:// or https:// URL with a host, got {redact(value)!r}")
+    if parsed.query or parsed.fragment:
+        raise ValueError(f"{name} must not carry a query or fragment: {redact(value)!r}")
+    return value.rstrip("/")
+
+
+def load_config_file(path: str | None) -> dict[str, Any]:
+    """agent.yml as a mapping ({} without a path); ValueError with the reason otherwise."""
+    if not path:
+        return {}
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path} must be a mapping at the top level")
+    return data
+
+
+def with_overrides(
+    raw: Mapping[str, Any],
+    *,
+    prometheus_url: str | None = None,
+    alertmanager_url: str | None = None,
+    llm_base_url: str | None = None,
+    llm_model: str | None = None,
+    slurm_mode: str | None = None,
+) -> dict[str, Any]:
+    """A copy of the config mapping with command-line flags (and GPU_WATCHDOG_* env) applied."""
+    merged = dict(raw)
+    if prometheus_url:
+        merged["prometheus_url"] = prometheus_url
+    if alertmanager_url:
+        merged["alertmanager_url"] = alertmanager_url
+    llm = dict(merged.get("llm") or {}) if isinstance(merged.get("llm") or {}, Mapping) else merged.get("llm")
+    if isinstance(llm, dict):
+        if llm_base_url:
+            llm["base_url"] = llm_base_url
+        if llm_model:
+            llm["model"] = llm_model
+        merged["llm"] = llm
+    slurm = merged.get("slurm") or {}
+    if slurm_mode and isinstance(slurm, Mapping):
+        merged["slurm"] = {**slurm, "mode": slurm_mode}
+    return merged

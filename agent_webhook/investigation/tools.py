@@ -1,0 +1,461 @@
+"""The read-only evidence tools, shared by the deterministic gathering and the LLM loop.
+
+Each tool has a JSON schema (what the model sees), validates its arguments, runs under a
+timeout, caps and redacts its output, and records an `Evidence` entry. No tool takes a URL:
+they reach only the configured Prometheus/Alertmanager base URLs (and the allowlist).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import math
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from agent_webhook.investigation.config import InvestigationConfig
+from agent_webhook.investigation.prometheus import (
+    EvidenceSource,
+    PrometheusQueryError,
+    PrometheusUnavailable,
+    PromResult,
+    Series,
+)
+from agent_webhook.investigation.safety import (
+    GPU_RE,
+    JOB_ID_RE,
+    MAX_QUERY_CHARS,
+    METRIC_RE,
+    NODE_RE,
+    GuardrailError,
+    URLAllowlist,
+    cap,
+    check_gpu,
+    check_job_id,
+    check_metric,
+    check_node,
+    check_query,
+    clean,
+    label_value,
+    validate_arguments,
+)
+from agent_webhook.investigation.slurm import Scontrol, SlurmUnavailable
+from agent_webhook.model import Alert, Evidence
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str, dict[str, Any], bool, float], None]
+
+
+@dataclass
+class ToolOutput:
+    text: str
+    data: Any = None
+    ok: bool = True
+
+
+@dataclass
+class ToolSpec:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    handler: Callable[[dict[str, Any]], Awaitable[ToolOutput]]
+
+    def openai_schema(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
+
+def _obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required or [], "additionalProperties": False}
+
+
+NODE_SCHEMA = {"type": "string", "pattern": NODE_RE.pattern, "description": "Slurm node name (the `node` label)"}
+GPU_SCHEMA = {"type": "string", "pattern": GPU_RE.pattern, "description": "GPU index (the `gpu` label)"}
+QUERY_SCHEMA = {"type": "string", "maxLength": MAX_QUERY_CHARS, "description": "PromQL expression"}
+
+GPU_METRICS = "nvidia_gpu_.+"
+GPU_COUNTERS = "nvidia_gpu_(xid_errors|ecc_errors|pcie_replay_errors|nvlink_errors)_total"
+SLURM_CLUSTER = "slurm_up|slurm_nodes|slurm_scheduler_.+|slurm_jobs_pending|slurm_partition_gpus_.+"
+
+
+def alert_expression(alert: Alert) -> str | None:
+    """The rule expression from the alert's generatorURL (`g0.expr`); the URL itself is never fetched."""
+    if not alert.generator_url:
+        return None
+    query = urllib.parse.urlsplit(alert.generator_url).query
+    values = urllib.parse.parse_qs(query).get("g0.expr")
+    if not values or not values[0].strip():
+        return None
+    try:
+        return check_query(values[0])
+    except GuardrailError:
+        return None
+
+
+def counter_increase(values: list[tuple[float, float]], window_start: float, grace: float = 60.0) -> float:
+    """Reset-aware increase; a series born inside the window counts its first value too."""
+    if not values:
+        return 0.0
+    total = 0.0
+    for (_, prev), (_, cur) in itertools.pairwise(values):
+        total += cur - prev if cur >= prev else cur
+    if values[0][0] > window_start + grace:
+        total += values[0][1]
+    return total
+
+
+@dataclass
+class CounterIncrease:
+    labels: dict[str, str]
+    increase: float
+    last: float
+
+
+@dataclass
+class ToolBox:
+    cfg: InvestigationConfig
+    source: EvidenceSource
+    alert: Alert | None = None
+    scontrol: Scontrol | None = None
+    on_event: ProgressCallback | None = None
+    evidence: list[Evidence] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    _specs: dict[str, ToolSpec] = field(default_factory=dict)
+    _session: aiohttp.ClientSession | None = None
+
+    def __post_init__(self) -> None:
+        specs = [
+            ToolSpec(
+                "prometheus_query",
+                "Instant PromQL query against the cluster's Prometheus (read-only). Result capped.",
+                _obj({"query": QUERY_SCHEMA}, ["query"]),
+                self._prometheus_query,
+            ),
+            ToolSpec(
+                "prometheus_range_query",
+                "PromQL range query ending now; at most a bounded number of points per series.",
+                _obj(
+                    {
+                        "query": QUERY_SCHEMA,
+                        "range_seconds": {"type": "integer", "minimum": 60, "maximum": 604800},
+                        "step_seconds": {"type": "integer", "minimum": 1, "maximum": 86400},
+                    },
+                    ["query", "range_seconds"],
+                ),
+                self._prometheus_range_query,
+            ),
+            ToolSpec(
+                "metric_series",
+                "Current series of one metric by name, optionally for one node (validated names, no PromQL).",
+                _obj(
+                    {"metric": {"type": "string", "pattern": METRIC_RE.pattern}, "node": NODE_SCHEMA},
+                    ["metric"],
+                ),
+                self._metric_series,
+            ),
+            ToolSpec(
+                "gpu_detail",
+                "Every current nvidia_gpu_* series of a node's GPU (or all GPUs of the node).",
+                _obj({"node": NODE_SCHEMA, "gpu": GPU_SCHEMA}, ["node"]),
+                self._gpu_detail,
+            ),
+            ToolSpec(
+                "gpu_error_counters",
+                "Increase of the XID, ECC, PCIe replay and NVLink error counters of a node's GPU(s) over a window.",
+                _obj(
+                    {
+                        "node": NODE_SCHEMA,
+                        "gpu": GPU_SCHEMA,
+                        "window_minutes": {"type": "integer", "minimum": 5, "maximum": 1440},
+                    },
+                    ["node"],
+                ),
+                self._gpu_error_counters,
+            ),
+            ToolSpec(
+                "slurm_node",
+                "Slurm state of a node: states, drain/down reason, GPU allocation and the jobs on its GPUs.",
+                _obj({"node": NODE_SCHEMA}, ["node"]),
+                self._slurm_node,
+            ),
+            ToolSpec(
+                "slurm_job",
+                "Detail of one Slurm job (user, account, node, GPUs).",
+                _obj({"job_id": {"type": "string", "pattern": JOB_ID_RE.pattern}}, ["job_id"]),
+                self._slurm_job,
+            ),
+            ToolSpec(
+                "slurm_cluster",
+                "Cluster-wide Slurm health: slurm_up, node counts by state, scheduler cycle times, pending "
+                "jobs by reason, partition GPU allocation, and the scrape targets that are down.",
+                _obj({}),
+                self._slurm_cluster,
+            ),
+        ]
+        if self.alert is not None and alert_expression(self.alert):
+            specs.append(
+                ToolSpec(
+                    "alert_expression",
+                    "Evaluate the firing alert's own rule expression (from its generatorURL) now.",
+                    _obj({}),
+                    self._alert_expression,
+                )
+            )
+        if self.cfg.alertmanager_url:
+            specs.append(
+                ToolSpec(
+                    "active_alerts",
+                    "Alerts active in Alertmanager now, optionally for one node.",
+                    _obj({"node": NODE_SCHEMA}),
+                    self._active_alerts,
+                )
+            )
+        self._specs = {s.name: s for s in specs}
+        self._allowlist = URLAllowlist([self.cfg.prometheus_url, self.cfg.alertmanager_url, *self.cfg.allowed_urls])
+
+    # --- the dispatcher -------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+    def openai_tools(self) -> list[dict[str, Any]]:
+        return [s.openai_schema() for s in self._specs.values()]
+
+    def validate(self, name: str, args: Any) -> list[str]:
+        spec = self._specs.get(name)
+        if spec is None:
+            return [f"unknown tool {name[:60]!r}; available: {', '.join(self._specs)}"]
+        return validate_arguments(spec.parameters, args)
+
+    async def call(self, name: str, args: dict[str, Any]) -> ToolOutput:
+        """Run one tool; never raises: failures come back as a not-ok output the model can read."""
+        started = time.monotonic()
+        errors = self.validate(name, args)
+        if errors:
+            output = ToolOutput("rejected: " + "; ".join(errors), ok=False)
+        else:
+            try:
+                output = await asyncio.wait_for(self._specs[name].handler(args), self.cfg.tool_timeout_seconds)
+            except GuardrailError as exc:
+                output = ToolOutput(f"rejected: {exc}", ok=False)
+            except PrometheusQueryError as exc:
+                output = ToolOutput(f"query error: {exc}", ok=False)
+            except PrometheusUnavailable as exc:
+                self.unavailable["prometheus"] = str(exc)
+                output = ToolOutput(f"unavailable: {exc}", ok=False)
+            except SlurmUnavailable as exc:
+                self.unavailable["slurm"] = str(exc)
+                output = ToolOutput(f"unavailable: {exc}", ok=False)
+            except TimeoutError:
+                self.unavailable[name] = f"timed out after {self.cfg.tool_timeout_seconds:g}s"
+                output = ToolOutput(f"timed out after {self.cfg.tool_timeout_seconds:g}s", ok=False)
+        output.text = cap(clean(output.text), self.cfg.tool_output_chars)
+        duration = time.monotonic() - started
+        self.evidence.append(
+            Evidence(
+                tool=name[:60],
+                arguments=clean(args) if isinstance(args, dict) else {},
+                excerpt=output.text,
+                ok=output.ok,
+                duration_seconds=round(duration, 4),
+            )
+        )
+        log.debug(
+            "tool call",
+            extra={"tool": name[:60], "ok": output.ok, "duration_seconds": round(duration, 4), "arguments": args},
+        )
+        if self.on_event is not None:
+            self.on_event(name, args if isinstance(args, dict) else {}, output.ok, duration)
+        return output
+
+    def record_rejected(self, name: str, args: Any, reason: str) -> None:
+        """A call refused before it ran (malformed arguments, unknown tool): still evidence."""
+        self.evidence.append(
+            Evidence(
+                tool=name[:60],
+                arguments=clean(args) if isinstance(args, dict) else {},
+                excerpt=cap(clean(f"rejected: {reason}"), 500),
+                ok=False,
+            )
+        )
+        if self.on_event is not None:
+            self.on_event(name, args if isinstance(args, dict) else {}, False, 0.0)
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+
+    # --- tools ----------------------------------------------------------------------------
+
+    def _render(self, result: PromResult) -> str:
+        return result.render(self.cfg.tool_output_chars)
+
+    async def _prometheus_query(self, args: dict[str, Any]) -> ToolOutput:
+        result = await self.source.instant(args["query"])
+        return ToolOutput(self._render(result), result)
+
+    async def _prometheus_range_query(self, args: dict[str, Any]) -> ToolOutput:
+        end = time.time()
+        span = float(args["range_seconds"])
+        step = float(args.get("step_seconds") or max(span / 100, 1))
+        result = await self.source.range(args["query"], end - span, end, step)
+        return ToolOutput(self._render(result), result)
+
+    async def _alert_expression(self, args: dict[str, Any]) -> ToolOutput:
+        assert self.alert is not None
+        expr = alert_expression(self.alert)
+        if not expr:
+            return ToolOutput("the alert carries no rule expression", ok=False)
+        result = await self.source.instant(expr)
+        return ToolOutput(f"expr: {expr}\n{self._render(result)}", result)
+
+    async def _metric_series(self, args: dict[str, Any]) -> ToolOutput:
+        selector = check_metric(args["metric"])
+        if args.get("node") is not None:
+            selector += f"{{node={label_value(check_node(args['node']))}}}"
+        result = await self.source.instant(selector)
+        return ToolOutput(self._render(result), result)
+
+    @staticmethod
+    def _gpu_matchers(args: dict[str, Any]) -> str:
+        matchers = f"node={label_value(check_node(args['node']))}"
+        if args.get("gpu") is not None:
+            matchers += f",gpu={label_value(check_gpu(args['gpu']))}"
+        return matchers
+
+    async def _gpu_detail(self, args: dict[str, Any]) -> ToolOutput:
+        result = await self.source.instant(f'{{__name__=~"{GPU_METRICS}",{self._gpu_matchers(args)}}}')
+        return ToolOutput(self._render(result), result)
+
+    async def _gpu_error_counters(self, args: dict[str, Any]) -> ToolOutput:
+        minutes = int(args.get("window_minutes") or 60)
+        now = time.time()
+        query = f'{{__name__=~"{GPU_COUNTERS}",{self._gpu_matchers(args)}}}[{minutes}m]'
+        result = await self.source.instant(query, at=now)
+        window_start = now - minutes * 60
+        increases = [
+            CounterIncrease(s.labels, counter_increase(s.values, window_start), s.last)
+            for s in result.series
+            if s.values
+        ]
+        lines = [f"error counters over the last {minutes}m (increase, current value):"]
+        for inc in increases:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(inc.labels.items()) if k != "__name__")
+            lines.append(f"{inc.labels.get('__name__', '')}{{{labels}}} increase={inc.increase:g} now={inc.last:g}")
+        if not increases:
+            lines.append("(no error counter series)")
+        return ToolOutput("\n".join(lines), increases)
+
+    async def _slurm_node(self, args: dict[str, Any]) -> ToolOutput:
+        node = check_node(args["node"])
+        if self.cfg.slurm.mode == "scontrol":
+            scontrol = self.scontrol or Scontrol(self.cfg.slurm.bin_dir, self.cfg.slurm.command_timeout_seconds)
+            shown = await scontrol.show_node(node)
+            shown_data = {
+                "states": node_states([shown.fields.get("State", "")]),
+                "reason": shown.fields.get("Reason") or None,
+            }
+            return ToolOutput(shown.text, shown_data)
+        result = await self.source.instant(f'{{__name__=~"slurm_node_.+",node={label_value(node)}}}')
+        jobs = await self.source.instant(f"slurm_job_gpu_info{{node={label_value(node)}}}")
+        up = await self.source.instant(f"up{{node={label_value(node)}}}")
+        states = node_states(
+            [s.labels.get("state", "") for s in result.series if s.name == "slurm_node_state" and s.last]
+            + [s.labels.get("flag", "") for s in result.series if s.name == "slurm_node_state_flag" and s.last]
+        )
+        reasons = [s.labels.get("reason", "") for s in result.series if s.name == "slurm_node_reason_info" and s.last]
+        data: dict[str, Any] = {
+            "states": states,
+            "reason": reasons[0] if reasons else None,
+            "jobs": [dict(s.labels) for s in jobs.series],
+            "targets_up": {s.labels.get("job", ""): s.last for s in up.series},
+        }
+        text = "\n".join(
+            [
+                self._render(result),
+                "jobs on GPUs:",
+                self._render(jobs),
+                "scrape targets of the node (up):",
+                self._render(up),
+            ]
+        )
+        return ToolOutput(text, data)
+
+    async def _slurm_job(self, args: dict[str, Any]) -> ToolOutput:
+        job_id = check_job_id(args["job_id"])
+        if self.cfg.slurm.mode == "scontrol":
+            scontrol = self.scontrol or Scontrol(self.cfg.slurm.bin_dir, self.cfg.slurm.command_timeout_seconds)
+            shown = await scontrol.show_job(job_id)
+            return ToolOutput(shown.text, shown.fields)
+        result = await self.source.instant(f"slurm_job_gpu_info{{job_id={label_value(job_id)}}}")
+        return ToolOutput(self._render(result), [dict(s.labels) for s in result.series])
+
+    async def _slurm_cluster(self, args: dict[str, Any]) -> ToolOutput:
+        result = await self.source.instant(f'{{__name__=~"{SLURM_CLUSTER}"}}')
+        up = await self.source.instant("up")
+        down = [s for s in up.series if s.last == 0]
+        text = (
+            self._render(result)
+            + "\nscrape targets down:\n"
+            + (self._render(PromResult("vector", down)) if down else "(none)")
+        )
+        return ToolOutput(text, {"series": result.series, "down_targets": [dict(s.labels) for s in down]})
+
+    async def _active_alerts(self, args: dict[str, Any]) -> ToolOutput:
+        assert self.cfg.alertmanager_url
+        url = self._allowlist.check(f"{self.cfg.alertmanager_url}/api/v2/alerts")
+        params = {"active": "true", "silenced": "false", "inhibited": "false"}
+        if args.get("node"):
+            params["filter"] = f"node={label_value(check_node(args['node']))}"
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.tool_timeout_seconds))
+        try:
+            async with self._session.get(url, params=params, allow_redirects=False) as resp:
+                body = await resp.content.read(2 * 1024 * 1024)
+                if resp.status != 200:
+                    raise PrometheusUnavailable(f"Alertmanager answered HTTP {resp.status}")
+                alerts = json.loads(body)
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            self.unavailable["alertmanager"] = f"{type(exc).__name__}: {exc}"[:300]
+            return ToolOutput(f"unavailable: Alertmanager: {type(exc).__name__}", ok=False)
+        lines = []
+        for item in alerts[: self.cfg.max_series] if isinstance(alerts, list) else []:
+            labels = item.get("labels") or {}
+            summary = (item.get("annotations") or {}).get("summary", "")
+            lines.append(
+                f"{labels.get('alertname', '?')} node={labels.get('node', '')} gpu={labels.get('gpu', '')} "
+                f"severity={labels.get('severity', '')} since={item.get('startsAt', '')} summary={summary}"
+            )
+        return ToolOutput("\n".join(lines) or "(no active alerts)", alerts)
+
+
+def series_value(series: list[Series], name: str, **labels: str) -> float | None:
+    """The value of the first series named `name` whose labels include `labels`, if any."""
+    for s in series:
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()) and not math.isnan(s.last):
+            return s.last
+    return None
+
+
+def node_states(values: list[str]) -> list[str]:
+    """Slurm states and flags, normalised: `IDLE+DRAIN`, `idle*` (the `*` means not responding)."""
+    found: set[str] = set()
+    for value in values:
+        for raw in value.lower().split("+"):
+            if raw.strip().endswith("*"):
+                found.add("not_responding")
+            part = raw.strip().rstrip("*")
+            if part:
+                found.add(part)
+    return sorted(found)
