@@ -79,8 +79,8 @@ def read_env_file(path: str | None) -> dict[str, str]:
     env: dict[str, str] = {}
     if not path:
         return env
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
+    for raw in Path(path).read_text().splitlines():
+        line = raw.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, value = line.partition("=")
@@ -208,8 +208,13 @@ def run_keeper(conf_dir: Path, run_dir: Path, name: str) -> int:
         if child is not None:
             write_json_atomic(
                 state_file(run_dir, name),
-                {"keeper_pid": os.getpid(), "pid": child.pid, "digest": digest, "restarts": restarts,
-                 "started_at": time.time()},
+                {
+                    "keeper_pid": os.getpid(),
+                    "pid": child.pid,
+                    "digest": digest,
+                    "restarts": restarts,
+                    "started_at": time.time(),
+                },
             )
             while True:
                 try:
@@ -300,7 +305,16 @@ def start(conf_dir: Path, run_dir: Path, definition: dict[str, Any]) -> int:
     Path(definition["log"]).parent.mkdir(parents=True, exist_ok=True)
     state_file(run_dir, name).unlink(missing_ok=True)
     keeper = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--conf-dir", str(conf_dir), "--run-dir", str(run_dir), "run", name],
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--conf-dir",
+            str(conf_dir),
+            "--run-dir",
+            str(run_dir),
+            "run",
+            name,
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
