@@ -173,6 +173,7 @@ def deployment() -> Iterator[Deployment]:
         "prometheus_scrape_interval": "2s",
         "prometheus_evaluation_interval": "2s",
         "exporters_slurm_interval": 5,
+        "exporters_gpu_sim_faults": str(prefix / "sim" / "faults.yml"),
         "grafana_provisioning_dir": str(grafana / "provisioning"),
         "grafana_dashboards_dir": str(grafana / "dashboards"),
         "exporters_gpu_enabled": built["gpu-exporter"],
