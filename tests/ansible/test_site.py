@@ -189,8 +189,17 @@ def test_grafana_files_are_provisioned(deployment: Deployment) -> None:
     dashboards = sorted(p.name for p in (REPO / "grafana" / "dashboards").glob("*.json"))
     assert sorted(p.name for p in (grafana / "dashboards").glob("*.json")) == dashboards
     for source in (REPO / "grafana" / "provisioning").glob("*/*.y*ml"):
-        copied = grafana / "provisioning" / source.parent.name / f"gpu-watchdog-{source.name}"
-        assert copied.read_text() == source.read_text()
+        shipped = yaml.safe_load(source.read_text())
+        copied = yaml.safe_load((grafana / "provisioning" / source.parent.name / source.name).read_text())
+        # Rewritten for this deployment: where the dashboards are, where Prometheus is.
+        for provider in copied.get("providers", []):
+            assert provider["options"]["path"] == str(grafana / "dashboards")
+            provider["options"]["path"] = shipped["providers"][0]["options"]["path"]
+        for datasource in copied.get("datasources", []):
+            if datasource["type"] == "prometheus":
+                assert datasource["url"] == deployment.url("prometheus_port")
+                datasource["url"] = next(d["url"] for d in shipped["datasources"] if d["type"] == "prometheus")
+        assert copied == shipped
 
 
 def test_no_secret_reaches_the_output(deployment: Deployment) -> None:
