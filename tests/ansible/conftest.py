@@ -10,10 +10,12 @@ Teardown stops every service by the pid files gw-supervise wrote.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 
 from tests.harness.processes import free_port
@@ -79,6 +82,12 @@ class Deployment:
 
     def port(self, name: str) -> int:
         return int(self.variables[name])
+
+    @property
+    def exporter_auth(self) -> dict[str, str]:
+        user = self.variables["prometheus_exporter_basic_auth_username"]
+        secret = self.variables["prometheus_exporter_basic_auth_password"]
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()}
 
     def url(self, port_var: str, path: str = "") -> str:
         return f"http://127.0.0.1:{self.port(port_var)}{path}"
@@ -161,6 +170,9 @@ def deployment() -> Iterator[Deployment]:
     grafana = root / "grafana"
     (grafana / "provisioning").mkdir(parents=True)  # an "existing Grafana"
     built = {name: program_built(name) for name in PROGRAMS}
+    # The exporters sit behind basic auth (their --web-config); Prometheus scrapes with it.
+    password = secrets.token_urlsafe(18)
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
     variables: dict[str, Any] = {
         "gpu_watchdog_prefix": str(prefix),
         "slurm_head_ctld_port": free_port(),
@@ -176,6 +188,9 @@ def deployment() -> Iterator[Deployment]:
         "exporters_gpu_sim_faults": str(prefix / "sim" / "faults.yml"),
         "grafana_provisioning_dir": str(grafana / "provisioning"),
         "grafana_dashboards_dir": str(grafana / "dashboards"),
+        "exporters_web_config": {"basic_auth_users": {"prometheus": hashed}},
+        "prometheus_exporter_basic_auth_username": "prometheus",
+        "prometheus_exporter_basic_auth_password": password,
         "exporters_gpu_enabled": built["gpu-exporter"],
         "exporters_slurm_enabled": built["slurm-exporter"],
         "agent_webhook_enabled": built["agent-webhook"],

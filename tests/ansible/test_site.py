@@ -5,6 +5,7 @@ The deployment itself happens once, in the module-scoped `deployment` fixture (c
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -151,9 +152,11 @@ def test_prometheus_targets_are_up_with_the_node_label(deployment: Deployment) -
             assert target["labels"]["node"] == NODE
 
 
-def test_gpu_exporter_serves_simulated_gpus(deployment: Deployment) -> None:
+def test_gpu_exporter_serves_simulated_gpus_behind_its_web_config(deployment: Deployment) -> None:
     _need(deployment, "gpu-exporter")
-    status, body = http_get(deployment.url("exporters_gpu_port", "/metrics"))
+    url = deployment.url("exporters_gpu_port", "/metrics")
+    assert http_get(url)[0] == 401
+    status, body = http_get(url, headers=deployment.exporter_auth)
     assert status == 200
     assert body.count(b"nvidia_gpu_info{") == 4  # --sim-gpus from slurm_node_gpus
 
@@ -161,8 +164,13 @@ def test_gpu_exporter_serves_simulated_gpus(deployment: Deployment) -> None:
 def test_slurm_exporter_sees_the_node(deployment: Deployment) -> None:
     _need(deployment, "slurm-exporter")
     url = deployment.url("exporters_slurm_port", "/metrics")
-    wait_until(lambda: b"slurm_up 1" in http_get(url)[1], 30, what="slurm_up 1")
-    assert f'node="{NODE}"'.encode() in http_get(url)[1]
+    assert http_get(url)[0] == 401
+
+    def scrape() -> bytes:
+        return http_get(url, headers=deployment.exporter_auth)[1]
+
+    wait_until(lambda: b"slurm_up 1" in scrape(), 30, what="slurm_up 1")
+    assert f'node="{NODE}"'.encode() in scrape()
 
 
 def test_agent_webhook_answers_and_checks_its_token(deployment: Deployment) -> None:
@@ -204,9 +212,9 @@ def test_grafana_files_are_provisioned(deployment: Deployment) -> None:
 
 def test_no_secret_reaches_the_output(deployment: Deployment) -> None:
     token = (deployment.prefix / "secrets" / "agent-token").read_text()
+    password = deployment.variables["prometheus_exporter_basic_auth_password"]
     key = Path("/etc/munge/munge.key").read_bytes()
-    import base64
-
     for run in deployment.runs.values():
         assert token not in run.stdout + run.stderr
+        assert password not in run.stdout + run.stderr
         assert base64.b64encode(key).decode()[:40] not in run.stdout + run.stderr
