@@ -8,6 +8,7 @@ from agent_webhook import __version__
 from exporters.gpu.sim_cli import sim
 from agent_webhook.cli_findings import findings_command, investigate_command
 from agent_webhook.investigation.cli_ask import ask
+from agent_webhook.deploy_cli import deploy
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,3 +21,4 @@ main.add_command(sim)
 main.add_command(findings_command)
 main.add_command(investigate_command)
 main.add_command(ask)
+main.add_command(deploy)
