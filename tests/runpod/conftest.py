@@ -30,6 +30,16 @@ def fake_runpod() -> Iterator[FakeRunPod]:
         server.stop()
 
 
+@pytest.fixture
+def sdk(fake_runpod: FakeRunPod, monkeypatch: pytest.MonkeyPatch) -> FakeRunPod:
+    """The real SDK in this process pointed at the fake (to prepare or inspect state)."""
+    import runpod
+
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", fake_runpod.url)
+    monkeypatch.setattr(runpod, "api_key", DEFAULT_API_KEY)
+    return fake_runpod
+
+
 @dataclass
 class PlaybookRun:
     status: str

@@ -195,10 +195,9 @@ def test_wrong_or_missing_key_fails_clearly_without_leaking(fake_runpod: FakeRun
     assert "no RunPod API key" in run.result("create")["msg"]
 
 
-def test_unknown_gpu_type_and_duplicate_names(fake_runpod: FakeRunPod, run_playbook: Any) -> None:
+def test_unknown_gpu_type_and_duplicate_names(sdk: FakeRunPod, run_playbook: Any) -> None:
     import runpod
 
-    runpod.api_key = DEFAULT_API_KEY
     for _ in range(2):  # pod names are not unique on RunPod
         runpod.create_pod("gw-dup", "img", L4)  # the test process talks to the fake directly
     run = run_playbook(
@@ -211,10 +210,4 @@ def test_unknown_gpu_type_and_duplicate_names(fake_runpod: FakeRunPod, run_playb
     assert "No GPU found" in run.result("unknown gpu")["msg"]
     assert "2 pods are named gw-dup" in run.result("duplicate")["msg"]
     assert len(run.result("remove both")["terminated"]) == 2
-    assert fake_runpod.pods() == []
-
-
-@pytest.fixture(autouse=True)
-def _sdk_at_fake(fake_runpod: FakeRunPod, monkeypatch: pytest.MonkeyPatch) -> None:
-    # For the tests that prepare state with the SDK in this process.
-    monkeypatch.setenv("RUNPOD_API_BASE_URL", fake_runpod.url)
+    assert sdk.pods() == []
