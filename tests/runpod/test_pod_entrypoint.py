@@ -27,6 +27,9 @@ MUNGE_KEY_B64 = base64.b64encode(MUNGE_KEY).decode()
 STANDIN = r"""#!/bin/bash
 name=$(basename "$0")
 dir=$(dirname "$0")
+# Traps first: "start" in the log means the stand-in is ready for signals.
+trap 'echo "signal $name $$ TERM" >>"$dir/calls.log"; exit 0' TERM
+trap 'echo "signal $name $$ INT" >>"$dir/calls.log"; exit 0' INT
 {
   printf 'start %s %s' "$name" "$$"
   printf ' [%s]' "$@"
@@ -37,8 +40,6 @@ if [ -e "$dir/crash-$name" ]; then
   sleep 0.1
   exit 3
 fi
-trap 'echo "signal $name $$ TERM" >>"$dir/calls.log"; exit 0' TERM
-trap 'echo "signal $name $$ INT" >>"$dir/calls.log"; exit 0' INT
 while true; do sleep 0.05; done
 """
 
