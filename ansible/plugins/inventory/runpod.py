@@ -35,6 +35,12 @@ options:
   head_group: {description: Group of the head pod(s)., type: str, default: slurm_head}
   worker_group: {description: Group of the worker pods., type: str, default: slurm_workers}
   ansible_user: {description: User to connect as., type: str, default: root}
+  ssh_common_args:
+    description:
+      - C(ansible_ssh_common_args) of every pod. A new pod brings a new host key (often on a
+        recycled IP and port), so keys are trusted on first use in a known_hosts file of their own.
+    type: str
+    default: "-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=~/.ssh/known_hosts_runpod"
   api_key:
     description: RunPod API key. Never written to the inventory.
     type: str
@@ -128,6 +134,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                     ansible_host=facts["ssh"]["host"],
                     ansible_port=facts["ssh"]["port"],
                     ansible_user=self.get_option("ansible_user"),
+                    ansible_ssh_common_args=self.get_option("ssh_common_args"),
                 )
                 self.inventory.add_child(head_group if role == "head" else worker_group, host)
             else:
