@@ -58,9 +58,13 @@ def test_provision_is_idempotent_and_teardown_safe_to_rerun(
     assert "terminated 0 pod(s)" in rerun.stdout
 
 
-def test_scale_up_adds_missing_workers_and_refuses_blind_scale_down(fake_runpod: FakeRunPod, run_playbook: Any) -> None:
-    run = run_playbook("provision-pods.yml", extravars={**FAST, "runpod_workers": 1})
-    assert run.status == "successful", run.stdout[-4000:]
+def test_scale_up_adds_missing_workers_and_refuses_blind_scale_down(
+    fake_runpod: FakeRunPod, sdk: FakeRunPod, run_playbook: Any
+) -> None:
+    import runpod
+
+    for name in ("t-head", "t-worker-1"):  # as provision-pods.yml leaves them (tested above)
+        runpod.create_pod(name, "img", "NVIDIA GeForce RTX 4090", ports="22/tcp")
     up = run_playbook("scale-pods.yml", extravars={**FAST, "workers": 3})
     assert up.status == "successful", up.stdout[-4000:]
     assert names(fake_runpod) == ["t-head", "t-worker-1", "t-worker-2", "t-worker-3"]
