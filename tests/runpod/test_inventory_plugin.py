@@ -66,6 +66,7 @@ def test_pods_grouped_with_connection_vars(fake_runpod: FakeRunPod, sdk: FakeRun
     hostvars = inv["_meta"]["hostvars"]
 
     assert sorted(inv["slurm_head"]["hosts"]) == ["gw-ctl", "gw-head"]
+    assert sorted(inv["monitoring"]["hosts"]) == ["gw-ctl", "gw-head"]
     assert inv["slurm_workers"]["hosts"] == ["gw-worker-1"]
     assert sorted(inv["runpod_not_ready"]["hosts"]) == ["gw-worker-2", "gw-worker-3"]
     assert "other-head" not in hostvars
@@ -79,6 +80,11 @@ def test_pods_grouped_with_connection_vars(fake_runpod: FakeRunPod, sdk: FakeRun
     assert hv["runpod_role"] == "head" and hv["runpod_status"] == "RUNNING"
     assert hostvars["gw-ctl"]["runpod_role"] == "head" and hostvars["gw-ctl"]["runpod_id"] == tagged["id"]
     assert hostvars["gw-worker-1"]["runpod_gpu_count"] == 2
+    # What the Slurm roles read: node name = pod name (the image's slurmd -N), reached by DNS.
+    assert hostvars["gw-worker-1"]["slurm_node_name"] == "gw-worker-1"
+    assert hostvars["gw-worker-1"]["slurm_node_address"] == f"{worker['id']}.runpod.internal"
+    assert hostvars["gw-worker-1"]["slurm_node_gpus"] == 2
+    assert hostvars["gw-worker-1"]["slurm_node_gpu_type"] == "rtx4090"
     assert hostvars["gw-worker-1"]["runpod_cost_per_hr"] == pytest.approx(2 * 0.34)
     assert hostvars["gw-worker-1"]["runpod_id"] == worker["id"]
     assert "ansible_host" not in hostvars["gw-worker-2"] and hostvars["gw-worker-2"]["runpod_status"] == "EXITED"

@@ -99,3 +99,18 @@ def test_playbooks_pass_syntax_check(tmp_path: Path) -> None:
             timeout=120,
         )
         assert result.returncode == 0, f"{playbook}: {result.stdout}{result.stderr}"
+
+
+def test_provision_refuses_to_hand_over_without_the_pods_in_the_inventory(
+    fake_runpod: FakeRunPod, run_playbook: Any, tmp_path: Path
+) -> None:
+    # With a plain inventory (here: just localhost), site.yml must not run: it would configure
+    # this machine instead of the pods.
+    work = tmp_path / "ansible"
+    shutil.copytree(ANSIBLE_DIR, work)
+    if not (work / "site.yml").exists():
+        (work / "site.yml").write_text("- name: stand-in\n  hosts: all\n  gather_facts: false\n  tasks: []\n")
+    run = run_playbook(str(work / "provision.yml"), extravars={**FAST, "runpod_workers": 0})
+    assert run.status == "failed"
+    assert "no RunPod head pod in the inventory" in run.stdout
+    assert names(fake_runpod) == ["t-head"]

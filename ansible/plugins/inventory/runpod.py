@@ -17,6 +17,10 @@ description:
     C(ansible_host)/C(ansible_port) from the public mapping of 22/tcp and C(ansible_user).
     Pods still starting or stopped go only into C(runpod) and C(runpod_not_ready) (nothing to
     connect to yet).
+  - For the Slurm roles, ready pods also get C(slurm_node_name) (the pod name, which the pod
+    image passes to slurmd as its node name), C(slurm_node_address) (the pod's internal DNS
+    name), C(slurm_node_gpus) (its GPU count) and C(slurm_node_gpu_type) (its GPU's display
+    name, lowercased, alphanumerics only, e.g. C(rtx4090)). host_vars/group_vars override them.
   - Every pod gets C(runpod_id), C(runpod_status), C(runpod_role), C(runpod_cost_per_hr),
     C(runpod_gpu_type), C(runpod_gpu_count), C(runpod_image), C(runpod_ports),
     C(runpod_public_ip) and C(runpod_internal_dns) (C(<pod_id>.runpod.internal)).
@@ -34,6 +38,10 @@ options:
     default: "-head$"
   head_group: {description: Group of the head pod(s)., type: str, default: slurm_head}
   worker_group: {description: Group of the worker pods., type: str, default: slurm_workers}
+  monitoring_group:
+    description: Group the head pods also join (site.yml puts the monitoring stack there); empty for none.
+    type: str
+    default: monitoring
   ansible_user: {description: User to connect as., type: str, default: root}
   ssh_common_args:
     description:
@@ -109,6 +117,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         role_env = self.get_option("role_env")
         head_group = self.inventory.add_group(self.get_option("head_group"))
         worker_group = self.inventory.add_group(self.get_option("worker_group"))
+        monitoring_name = self.get_option("monitoring_group")
+        monitoring = self.inventory.add_group(monitoring_name) if monitoring_name else None
         all_pods = self.inventory.add_group("runpod")
         not_ready = self.inventory.add_group("runpod_not_ready")
         strict = self.get_option("strict")
@@ -135,8 +145,14 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                     ansible_port=facts["ssh"]["port"],
                     ansible_user=self.get_option("ansible_user"),
                     ansible_ssh_common_args=self.get_option("ssh_common_args"),
+                    slurm_node_name=facts["name"],
+                    slurm_node_address=facts["internal_dns"],
+                    slurm_node_gpus=facts["gpu_count"] or 0,
+                    slurm_node_gpu_type=re.sub(r"[^a-z0-9]", "", str(facts["gpu_type"] or "gpu").lower()) or "gpu",
                 )
                 self.inventory.add_child(head_group if role == "head" else worker_group, host)
+                if role == "head" and monitoring:
+                    self.inventory.add_child(monitoring, host)
             else:
                 self.inventory.add_child(not_ready, host)
             for key, value in hostvars.items():
