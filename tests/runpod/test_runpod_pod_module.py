@@ -205,8 +205,12 @@ def test_unknown_gpu_type_and_duplicate_names(sdk: FakeRunPod, run_playbook: Any
             pod_task("unknown gpu", ignore_errors=True, name="gw-y", image="img:1", gpu_type="NVIDIA Nope"),
             pod_task("duplicate", ignore_errors=True, name="gw-dup", image="img", gpu_type=L4),
             pod_task("remove both", name="gw-dup", state="absent"),
+            pod_task("stop a missing pod", ignore_errors=True, name="gw-none", state="stopped"),
+            pod_task("bad port", ignore_errors=True, name="gw-z", image="i", gpu_type=L4, ports=["22"]),
         ),
     )
+    assert "pod gw-none does not exist" in run.result("stop a missing pod")["msg"]
+    assert "ports must look like 22/tcp" in run.result("bad port")["msg"]
     assert "No GPU found" in run.result("unknown gpu")["msg"]
     assert "2 pods are named gw-dup" in run.result("duplicate")["msg"]
     assert len(run.result("remove both")["terminated"]) == 2

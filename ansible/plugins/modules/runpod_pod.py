@@ -146,7 +146,12 @@ class PodManager:
     # ------------------------------------------------------------- API calls
 
     def find(self) -> list[dict[str, Any]]:
-        return [p for p in list_pods(self.params["name"]) if p.get("name") == self.params["name"]]
+        # A pod on its way out may still be listed as TERMINATED: it no longer counts.
+        return [
+            p
+            for p in list_pods(self.params["name"])
+            if p.get("name") == self.params["name"] and p.get("desiredStatus") != "TERMINATED"
+        ]
 
     def get(self, pod_id: str) -> dict[str, Any] | None:
         return sdk_call(f"read pod {pod_id}", runpod.get_pod, pod_id)
@@ -247,13 +252,11 @@ class PodManager:
                 terminated.append(pod["id"])
                 if not check:
                     try:
-                        runpod.terminate_pod(pod["id"])
-                    except runpod_error.QueryError as exc:
+                        sdk_call(f"terminate pod {pod['id']}", runpod.terminate_pod, pod["id"])
+                    except PodError as exc:
                         # Already gone between the listing and now: that is what we wanted.
                         if "not found" not in str(exc).lower():
-                            raise PodError(f"cannot terminate pod {pod['id']}: {exc}") from None
-                    except runpod_error.AuthenticationError:
-                        raise PodError(f"RunPod rejected the API key (HTTP 401): {AUTH_HINT}") from None
+                            raise
             if terminated and not check and params["wait"]:
                 deadline = time.monotonic() + params["wait_timeout"]
                 while any((p := self.get(i)) and p.get("desiredStatus") != "TERMINATED" for i in terminated):
