@@ -175,7 +175,11 @@ services_for_role() {
     if [[ -n ${WATCHDOG_SERVICES:-} ]]; then
         # An explicit list, e.g. when Ansible's roles manage the rest.
         read -r -a SERVICES <<<"${WATCHDOG_SERVICES//,/ }"
-        return
+        local name
+        for name in "${SERVICES[@]}"; do
+            declare -F "svc_$name" >/dev/null || die "WATCHDOG_SERVICES: unknown service '$name'"
+        done
+        return 0
     fi
     SERVICES=(munged)
     [[ -n ${PUBLIC_KEY:-} ]] && SERVICES+=(sshd)
@@ -316,10 +320,10 @@ supervise() {
 
 main() {
     check_env
+    services_for_role
     install_munge_key
     bootstrap_slurm_conf
     setup_ssh
-    services_for_role
     log info "msg=\"starting\" role=$ROLE node=$NODE_NAME services=$(
         IFS=,
         echo "${SERVICES[*]}"
