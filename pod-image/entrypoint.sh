@@ -15,6 +15,7 @@ HEAD_ADDR="${WATCHDOG_HEAD_ADDR:-}"
 NODE_NAME="${WATCHDOG_NODE_NAME:-$(hostname)}"
 MUNGE_KEY_PATH="${WATCHDOG_MUNGE_KEY_PATH:-/etc/munge/munge.key}"
 MUNGED_USER="${WATCHDOG_MUNGED_USER:-munge}"
+MUNGE_RUN_DIR="${WATCHDOG_MUNGE_RUN_DIR:-/run/munge}"
 SLURM_CONF_PATH="${SLURM_CONF:-/etc/slurm/slurm.conf}"
 SLURMCTLD_PORT="${WATCHDOG_SLURMCTLD_PORT:-6817}"
 SLURM_BOOTSTRAP="${WATCHDOG_SLURM_BOOTSTRAP:-1}"
@@ -131,7 +132,10 @@ setup_ssh() {
 # Each svc_<name> runs in a background subshell and execs the program, so the supervisor's
 # pid for the child is the program itself.
 svc_munged() {
+    # /run may be a fresh tmpfs: munged needs its socket directory, owned by its user.
+    mkdir -p "$MUNGE_RUN_DIR"
     if [[ $(id -u) == 0 && -n $MUNGED_USER ]]; then
+        chown "$MUNGED_USER:" "$MUNGE_RUN_DIR" 2>/dev/null || true
         exec runuser -u "$MUNGED_USER" -- munged -F --key-file="$MUNGE_KEY_PATH"
     fi
     exec munged -F --key-file="$MUNGE_KEY_PATH"

@@ -103,6 +103,7 @@ def start_pod(procs: ProcessManager, tmp_path: Path) -> Callable[..., Pod]:
             "HOME": str(root),
             "WATCHDOG_MUNGE_KEY_PATH": str(root / "etc" / "munge.key"),
             "SLURM_CONF": str(root / "etc" / "slurm.conf"),
+            "WATCHDOG_MUNGE_RUN_DIR": str(root / "run" / "munge"),
             "WATCHDOG_POLL_INTERVAL": "0.1",
             "WATCHDOG_BACKOFF_INITIAL": "1",
             "WATCHDOG_BACKOFF_MAX": "2",
