@@ -52,3 +52,6 @@ bench: venv
 
 clean: down
 	rm -rf $(VENV) .run build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+dashboards: venv  ## regenerate grafana/dashboards/*.json from grafana/*.py (docs/grafana.md)
+	@$(BIN)/python -m grafana.generate
