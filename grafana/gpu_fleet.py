@@ -24,13 +24,13 @@ from grafana.promql import CLUSTER, GPU_NODES, THROTTLE_REASONS, of_model, sel
 
 UID = "gpu-watchdog-fleet"
 
-# H100 SXM slows down near 87 C; GPUTemperatureHigh warns before that.
-TEMPERATURE_STEPS = ((None, OK), (80.0, WARN), (85.0, BAD))
-UNCORRECTED = 'type=~"uncorrected|double_bit"'
+# GPUTemperatureHigh: warning at 85 C, critical at 90 C (H100 SXM slows down near 89 C).
+TEMPERATURE_STEPS = ((None, OK), (85.0, WARN), (90.0, BAD))
+UNCORRECTED = 'type="uncorrectable"'
 REMAP_BAD = 'state=~"failure|pending"'
 THROTTLING = f'reason=~"{THROTTLE_REASONS}"'
-# GPU exporter targets are the ones with a `node` target label (docs/architecture.md).
-GPU_TARGETS = 'job=~".*gpu.*", cluster=~"$cluster", node=~"$node"'
+# The scrape job of the GPU exporters, as in the rules (GPUExporterDown) and every generated config.
+GPU_TARGETS = 'job="gpu", cluster=~"$cluster", node=~"$node"'
 
 
 def _gpu(metric: str, extra: str = "") -> str:
@@ -102,7 +102,8 @@ def build() -> models.Dashboard:
             "Double-bit (uncorrectable) ECC errors over the time range: the application on that GPU "
             "saw corrupted memory. Alert GPUDoubleBitECC.",
             Query(
-                f"sum({_gpu_over('increase', 'nvidia_gpu_ecc_errors_total', '$__range', UNCORRECTED)}) or vector(0)",
+                "sum(max without (counter) "
+                f"({_gpu_over('increase', 'nvidia_gpu_ecc_errors_total', '$__range', UNCORRECTED)})) or vector(0)",
                 instant=True,
             ),
             "none",
@@ -133,7 +134,7 @@ def build() -> models.Dashboard:
     ).add(
         stat(
             "Hottest GPU",
-            "Highest GPU die temperature now. Warn at 80 C, critical at 85 C (GPUTemperatureHigh).",
+            "Highest GPU die temperature now. Warning at 85 C, critical at 90 C (GPUTemperatureHigh).",
             Query(f"max({_gpu('nvidia_gpu_temperature_celsius')})", instant=True),
             "celsius",
             steps=TEMPERATURE_STEPS,
@@ -163,8 +164,8 @@ def build() -> models.Dashboard:
         ),
         stat(
             "Oldest exporter snapshot",
-            "Age of the oldest last GPU collection: a stuck NVML loop or a dead exporter shows here "
-            "before its series go stale.",
+            "Age of the oldest last GPU collection: a stuck NVML loop shows here before its series "
+            "go stale. GPUExporterDown fires above 120 s.",
             Query(
                 f"max(time() - gpu_exporter_last_collect_timestamp_seconds{{{GPU_NODES}}})",
                 instant=True,
@@ -174,7 +175,7 @@ def build() -> models.Dashboard:
         ),
         stat(
             "GPU exporters down",
-            "GPU exporter targets Prometheus cannot scrape (alert GPUExporterDown).",
+            "GPU exporter targets (scrape job `gpu`) Prometheus cannot scrape (alert GPUExporterDown).",
             Query(f"count(up{{{GPU_TARGETS}}} == 0) or vector(0)", instant=True),
             "none",
             steps=((None, OK), (1.0, BAD)),
@@ -202,7 +203,7 @@ def build() -> models.Dashboard:
     board.row("Thermals and power").add(
         timeseries(
             "Temperature",
-            "GPU die temperature per GPU. Dashed lines: warning (80 C) and critical (85 C).",
+            "GPU die temperature per GPU. Dashed lines: warning (85 C) and critical (90 C), as GPUTemperatureHigh.",
             [Query(_gpu("nvidia_gpu_temperature_celsius"), legend="{{node}} gpu {{gpu}}")],
             "celsius",
             steps=TEMPERATURE_STEPS,

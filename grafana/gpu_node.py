@@ -145,7 +145,7 @@ def build() -> models.Dashboard:
         ),
         timeseries(
             "Temperature",
-            "GPU die temperature. Dashed lines: warning (80 C) and critical (85 C).",
+            "GPU die temperature. Dashed lines: warning (85 C) and critical (90 C), as GPUTemperatureHigh.",
             [Query(_gpu("nvidia_gpu_temperature_celsius"), legend="gpu {{gpu}}")],
             "celsius",
             steps=TEMPERATURE_STEPS,

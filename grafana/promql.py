@@ -16,7 +16,7 @@ JOBS = f'{CLUSTER}, user=~"$user", account=~"$account"'
 
 # Clocks-event reasons that mean the GPU slows itself down to protect itself (as opposed to
 # idle or application clocks): what GPUThermalThrottling alerts on.
-THROTTLE_REASONS = "thermal|hw_slowdown|sw_thermal|hw_thermal_slowdown|hw_power_brake_slowdown"
+THROTTLE_REASONS = "thermal|hw_thermal|sw_thermal|hw_slowdown|hw_power_brake"
 
 # Utilization under this counts as idle for "allocated but idle" (GPUIdleWhileAllocated).
 IDLE_UTILIZATION = 0.05

@@ -44,7 +44,7 @@ def build() -> models.Dashboard:
                 "partition",
                 "Partition",
                 "Slurm partition.",
-                f"label_values(slurm_partition_gpus_total{{{CLUSTER}}}, partition)",
+                f"label_values(slurm_partition_gpus{{{CLUSTER}}}, partition)",
             ),
             query_variable(
                 "node",
@@ -86,8 +86,7 @@ def build() -> models.Dashboard:
             "GPUs allocated",
             "Allocated GPUs over configured GPUs, selected partitions.",
             Query(
-                f"sum(slurm_partition_gpus_allocated{{{PARTITIONS}}}) / "
-                f"sum(slurm_partition_gpus_total{{{PARTITIONS}}})",
+                f"sum(slurm_partition_gpus_allocated{{{PARTITIONS}}}) / sum(slurm_partition_gpus{{{PARTITIONS}}})",
                 instant=True,
             ),
             "percentunit",
@@ -96,7 +95,7 @@ def build() -> models.Dashboard:
             "CPUs allocated",
             "Allocated CPUs over configured CPUs, selected nodes.",
             Query(
-                f"sum(slurm_node_cpus_allocated{{{SLURM_NODES}}}) / sum(slurm_node_cpus_total{{{SLURM_NODES}}})",
+                f"sum(slurm_node_cpus_allocated{{{SLURM_NODES}}}) / sum(slurm_node_cpus{{{SLURM_NODES}}})",
                 instant=True,
             ),
             "percentunit",
@@ -131,7 +130,7 @@ def build() -> models.Dashboard:
             "Allocated over configured GPUs per node (GPU nodes only).",
             Query(
                 f"sum by (node) (slurm_node_gpus_allocated{{{SLURM_NODES}}}) / "
-                f"(sum by (node) (slurm_node_gpus_total{{{SLURM_NODES}}}) > 0)",
+                f"(sum by (node) (slurm_node_gpus{{{SLURM_NODES}}}) > 0)",
                 legend="{{node}}",
                 instant=True,
             ),
@@ -143,7 +142,7 @@ def build() -> models.Dashboard:
             "Allocated over configured CPUs per node.",
             Query(
                 f"sum by (node) (slurm_node_cpus_allocated{{{SLURM_NODES}}}) / "
-                f"sum by (node) (slurm_node_cpus_total{{{SLURM_NODES}}})",
+                f"sum by (node) (slurm_node_cpus{{{SLURM_NODES}}})",
                 legend="{{node}}",
                 instant=True,
             ),
@@ -159,7 +158,7 @@ def build() -> models.Dashboard:
             [
                 Query(
                     f"sum by (partition) (slurm_partition_gpus_allocated{{{PARTITIONS}}}) / "
-                    f"(sum by (partition) (slurm_partition_gpus_total{{{PARTITIONS}}}) > 0)",
+                    f"(sum by (partition) (slurm_partition_gpus{{{PARTITIONS}}}) > 0)",
                     legend="{{partition}}",
                 )
             ],
@@ -175,7 +174,7 @@ def build() -> models.Dashboard:
                 Query(
                     f"sum by (gpu_type) (slurm_node_gpus_allocated{{{SLURM_NODES}}})", legend="{{gpu_type}} allocated"
                 ),
-                Query(f"sum by (gpu_type) (slurm_node_gpus_total{{{SLURM_NODES}}})", legend="{{gpu_type}} configured"),
+                Query(f"sum by (gpu_type) (slurm_node_gpus{{{SLURM_NODES}}})", legend="{{gpu_type}} configured"),
             ],
             "none",
             min_value=0,

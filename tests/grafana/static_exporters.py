@@ -20,7 +20,7 @@ from tests.harness.processes import LOOPBACK, free_port
 GPUS = 4
 GPU_NODE = "gpu-node-1"
 FAKE_NODES = ("fake-node-1", "fake-node-2")
-THROTTLE = ("gpu_idle", "power_cap", "sw_thermal", "hw_slowdown", "thermal")
+THROTTLE = ("idle", "power_cap", "hw_slowdown", "sw_thermal", "thermal", "hw_power_brake")
 
 
 @dataclass
@@ -117,9 +117,9 @@ class StaticExporters:
                 yield _line(
                     "nvidia_gpu_clocks_event_reasons", {**g, "reason": reason}, int(f.throttle.get(gpu) == reason)
                 )
-            for type_ in ("corrected", "uncorrected"):
+            for type_ in ("correctable", "uncorrectable"):
                 for counter in ("volatile", "aggregate"):
-                    bad = type_ == "uncorrected" and gpu in f.ecc_dbe
+                    bad = type_ == "uncorrectable" and gpu in f.ecc_dbe
                     yield _line(
                         "nvidia_gpu_ecc_errors_total", {**g, "type": type_, "counter": counter}, 2 if bad else 0
                     )
@@ -155,13 +155,13 @@ class StaticExporters:
             yield _line("slurm_node_state", {"node": node, "state": "down"}, 1)
             yield _line("slurm_node_reason_info", {"node": node, "state": "down", "reason": "Not responding"}, 1)
         for node in (GPU_NODE, *FAKE_NODES):
-            yield _line("slurm_node_cpus_total", {"node": node}, 8)
+            yield _line("slurm_node_cpus", {"node": node}, 8)
             yield _line("slurm_node_cpus_allocated", {"node": node}, 2 if node == GPU_NODE else 0)
             yield _line("slurm_node_memory_total_bytes", {"node": node}, 64e9)
             yield _line("slurm_node_memory_allocated_bytes", {"node": node}, 8e9 if node == GPU_NODE else 0)
-            yield _line("slurm_node_gpus_total", {"node": node, "gpu_type": "h100"}, GPUS)
+            yield _line("slurm_node_gpus", {"node": node, "gpu_type": "h100"}, GPUS)
             yield _line("slurm_node_gpus_allocated", {"node": node, "gpu_type": "h100"}, 2 if node == GPU_NODE else 0)
-        yield _line("slurm_partition_gpus_total", {"partition": "gpu"}, GPUS * 3)
+        yield _line("slurm_partition_gpus", {"partition": "gpu"}, GPUS * 3)
         yield _line("slurm_partition_gpus_allocated", {"partition": "gpu"}, 2)
         for state, count in (("running", 1), ("pending", 1)):
             yield _line("slurm_jobs", {"state": state, "partition": "gpu"}, count)
