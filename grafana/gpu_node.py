@@ -220,12 +220,11 @@ def build() -> models.Dashboard:
             width=8,
         ),
         timeseries(
-            "ECC errors and retired pages",
-            "ECC error counters per GPU, type and counter, and pages retired per cause.",
-            [
-                Query(_gpu("nvidia_gpu_ecc_errors_total"), legend="gpu {{gpu}} {{type}} {{counter}}"),
-                Query(_gpu("nvidia_gpu_retired_pages"), legend="gpu {{gpu}} retired {{cause}}"),
-            ],
+            "ECC errors",
+            "ECC error counters per GPU, type (correctable, uncorrectable) and counter (volatile "
+            "since the driver loaded, aggregate over the GPU's life). H100 and later repair memory "
+            "by row remapping (next panel) rather than page retirement.",
+            [Query(_gpu("nvidia_gpu_ecc_errors_total"), legend="gpu {{gpu}} {{type}} {{counter}}")],
             "none",
             width=8,
         ),

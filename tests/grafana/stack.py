@@ -1,19 +1,26 @@
-"""The monitored stack the dashboard queries run against: exporters, Alertmanager, Prometheus
-with the rules of alert_rules/ loaded, and a way to inject GPU faults."""
+"""The monitored stack the dashboard queries run against: the GPU exporter (sim backend) and the
+Slurm exporter against a real private Slurm cluster, Alertmanager, and Prometheus with the rules
+of alert_rules/ loaded; plus a way to inject GPU faults.
+
+While the real exporters are not in the tree, a stand-in at the wire (static_exporters.py)
+serves series of the same names and labels; `MonitoredStack.source` says which one a run used.
+"""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from tests.grafana.static_exporters import GPU_NODE, StaticExporters
-from tests.harness.processes import ManagedProcess, ProcessManager
+from tests.harness.processes import LOOPBACK, ManagedProcess, ProcessManager, free_port, http_get
 from tests.harness.promstack import (
     AlertmanagerServer,
     MissingBinary,
@@ -25,15 +32,24 @@ from tests.harness.promstack import (
 
 REPO = Path(__file__).resolve().parents[2]
 RULES_DIR = REPO / "alert_rules"
+BIN = Path(sys.executable).parent
 CLUSTER = "grafana-test"
+# The scrape job names every generated config uses and the rules select on.
 GPU_JOB = "gpu"
 SLURM_JOB = "slurm"
+GPUS = 4
+ACCOUNT = "research"
 
-# Shown by the report: which exporters this run scraped.
+SOURCE_REAL = "real gpu-exporter --backend sim and slurm-exporter on a private Slurm cluster"
 SOURCE_STATIC = "static stand-in exposition (tests/grafana/static_exporters.py)"
 
-# Used only while alert_rules/ has no alert rules yet: one rule of the same shape so that the
-# ALERTS-based panels have something to show. Dropped as soon as the real rules exist.
+
+def real_exporters_available() -> bool:
+    return (REPO / "exporters" / "gpu" / "sim").is_dir() and (REPO / "tests" / "harness" / "slurm.py").is_file()
+
+
+# Used only while alert_rules/ has no alert rules: rules of the same shape so that the
+# ALERTS-based panels have something to show.
 STAND_IN_ALERT_RULES = {
     "groups": [
         {
@@ -43,13 +59,11 @@ STAND_IN_ALERT_RULES = {
                     "alert": "GPUFellOffBus",
                     "expr": "nvidia_gpu_up == 0",
                     "labels": {"severity": "critical", "component": "gpu"},
-                    "annotations": {"summary": "GPU {{ $labels.gpu }} on {{ $labels.node }} fell off the bus"},
                 },
                 {
                     "alert": "SlurmNodeDown",
                     "expr": 'slurm_node_state{state="down"} == 1',
-                    "labels": {"severity": "warning", "component": "slurm"},
-                    "annotations": {"summary": "Slurm node {{ $labels.node }} is down"},
+                    "labels": {"severity": "critical", "component": "slurm"},
                 },
             ],
         }
@@ -58,9 +72,8 @@ STAND_IN_ALERT_RULES = {
 
 
 def rule_files(workdir: Path) -> tuple[list[Path], bool]:
-    """alert_rules/*.rules.yml with every `for:` shortened to 1s (the test checks the ALERTS
-    series' shape, not the rules' timing, which promtool tests cover), and whether they held
-    alert rules at all (else a stand-in rule is added)."""
+    """alert_rules/*.rules.yml with every `for:` cut to 1s (this test checks the ALERTS series'
+    shape; promtool tests the timing), and whether they held alert rules at all."""
     out_dir = workdir / "rules"
     out_dir.mkdir()
     paths: list[Path] = []
@@ -88,7 +101,6 @@ class MonitoredStack:
     inject: Callable[[], None]
     started: float = field(default_factory=time.time)
     cleanups: list[Callable[[], Any]] = field(default_factory=list)
-    processes: list[ManagedProcess] = field(default_factory=list)
 
     def inject_faults(self) -> None:
         self.inject()
@@ -102,57 +114,190 @@ class MonitoredStack:
     def stop(self) -> None:
         for cleanup in reversed(self.cleanups):
             cleanup()
-        for proc in reversed(self.processes):
-            proc.stop()
 
 
-def _scrape(job: str, address: str, path: str, labels: dict[str, str]) -> dict[str, Any]:
+def _scrape(job: str, address: str, labels: dict[str, str], path: str = "/metrics") -> dict[str, Any]:
     return {"job_name": job, "metrics_path": path, "static_configs": [{"targets": [address], "labels": labels}]}
+
+
+# GPU faults, injected after the baseline checks. GPU 0 (held by a job) gets what the per-GPU
+# panels show, so the first GPU the `gpu` variable lists has it; the others get the faults that
+# make a GPU unreadable or unusable. (gpu, kind, values)
+FAULTS: list[tuple[int, str, tuple[str, ...]]] = [
+    (0, "throttle", ("thermal",)),
+    (0, "xid", ("13",)),
+    (1, "xid", ("79",)),
+    (2, "ecc_dbe", ()),
+    (2, "row_remap_failure", ()),
+    (3, "lost", ()),
+]
+# Before Prometheus starts: GPU 0 idle from the first sample, so its 10-minute average (the
+# idle-while-allocated recording rule) is 0 within the test.
+IDLE_GPU = 0
+PROCESS_PID = "4242"
 
 
 def start_stack(procs: ProcessManager, workdir: Path) -> MonitoredStack:
     try:
         alertmanager = start_alertmanager(
-            procs,
-            workdir,
-            {"route": {"receiver": "null", "group_wait": "1s"}, "receivers": [{"name": "null"}]},
+            procs, workdir, {"route": {"receiver": "null", "group_wait": "1s"}, "receivers": [{"name": "null"}]}
         )
+        if real_exporters_available():
+            return _start_real(procs, workdir, alertmanager)
+        return _start_static(procs, workdir, alertmanager)
     except MissingBinary as exc:
-        import pytest
-
         pytest.fail(str(exc), pytrace=False)
-    processes: list[ManagedProcess] = [alertmanager.process]
-    exporters = StaticExporters().start()
-    scrape_configs = [
-        # `node` (the Slurm NodeName) and `cluster` are target labels, as docs/architecture.md says.
-        _scrape(GPU_JOB, exporters.address, "/gpu", {"node": GPU_NODE, "cluster": CLUSTER}),
-        _scrape(SLURM_JOB, exporters.address, "/slurm", {"cluster": CLUSTER}),
-        _scrape("alertmanager", f"127.0.0.1:{alertmanager.port}", "/metrics", {}),
-    ]
+
+
+def _start_prometheus(
+    procs: ProcessManager, workdir: Path, alertmanager: AlertmanagerServer, scrape_configs: list[dict[str, Any]]
+) -> tuple[PrometheusServer, bool]:
     rules, real_rules = rule_files(workdir)
+    scrape_configs = [*scrape_configs, _scrape("alertmanager", f"{LOOPBACK}:{alertmanager.port}", {})]
     config = prometheus_config(
         rule_files=rules, alertmanager_urls=[alertmanager.url], extra_scrape_configs=scrape_configs
     )
-    try:
-        prometheus = start_prometheus(procs, workdir, config=config)
-    except MissingBinary as exc:
-        import pytest
+    return start_prometheus(procs, workdir, config=config), real_rules
 
+
+def _wait_ready(prometheus: PrometheusServer) -> None:
+    prometheus.wait_for(f'up{{job="{GPU_JOB}"}} == 1 and on () up{{job="{SLURM_JOB}"}} == 1', timeout=60)
+    prometheus.wait_for("count(nvidia_gpu_utilization_ratio offset 12s)", timeout=60)  # history for rates
+
+
+def _start_real(procs: ProcessManager, workdir: Path, alertmanager: AlertmanagerServer) -> MonitoredStack:
+    from tests.harness.slurm import SlurmUnavailable, start_cluster, wait_for_job_state
+
+    try:
+        cluster = start_cluster(procs, fake_nodes=2)
+    except SlurmUnavailable as exc:
         pytest.fail(str(exc), pytrace=False)
-    processes.append(prometheus.process)
+    faults_file = workdir / "sim-faults.yml"
+
+    def sim(gpu: int, kind: str, *values: str) -> None:
+        subprocess.run(
+            [
+                str(BIN / "gpu-watchdog"),
+                "sim",
+                "inject",
+                "--faults",
+                str(faults_file),
+                "--gpu",
+                str(gpu),
+                kind,
+                *values,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+
+    try:
+        sim(IDLE_GPU, "utilization", "0")
+        gpu_port, slurm_port = free_port(), free_port()
+        gpu_exporter = procs.start(
+            f"gpu-exporter-{gpu_port}",
+            [
+                str(BIN / "gpu-exporter"),
+                f"--listen={LOOPBACK}:{gpu_port}",
+                "--backend=sim",
+                f"--sim-gpus={GPUS}",
+                f"--sim-faults={faults_file}",
+                "--interval=1",
+            ],
+        )
+        slurm_exporter = procs.start(
+            f"slurm-exporter-{slurm_port}",
+            [str(BIN / "slurm-exporter"), f"--listen={LOOPBACK}:{slurm_port}", "--interval=1", "--backend=cli"],
+            env=cluster.env,
+        )
+        gpu_exporter.wait_http(f"http://{LOOPBACK}:{gpu_port}/metrics")
+        slurm_exporter.wait_http(f"http://{LOOPBACK}:{slurm_port}/metrics", timeout=60)
+        _wait_for_metric(slurm_exporter, f"http://{LOOPBACK}:{slurm_port}/metrics", "slurm_up 1.0")
+
+        # Submitted after the exporter's first poll, so their waits are observed. Two jobs hold
+        # the node's 4 GPUs (GPU 0 and 1 for the first); in the other partition a CPU job runs
+        # and a GPU job waits on Resources, so both partitions have jobs, waits and a queue.
+        # (--mem: without it a job takes all of the node's memory and the next one waits.)
+        job_args = (f"--account={ACCOUNT}", "--mem=1000", "-w", cluster.hostname)
+        holding = [cluster.sbatch("--gres=gpu:h100:2", "-p", "gpu", *job_args) for _ in range(2)]
+        cpu_job = cluster.sbatch("-p", "debug", *job_args)
+        cluster.sbatch("--gres=gpu:h100:4", "-p", "debug", *job_args)
+        for job in [*holding, cpu_job]:
+            wait_for_job_state(cluster, job, "RUNNING")
+        # A drained node with the reason an admin gave (the fake nodes also go down, later).
+        cluster.scontrol("update", f"nodename={cluster.fake_nodes[0]}", "state=drain", "reason=bad PSU")
+        _wait_for_metric(slurm_exporter, f"http://{LOOPBACK}:{slurm_port}/metrics", 'reason="bad PSU"')
+
+        node_labels = {"node": cluster.hostname, "cluster": CLUSTER}
+        prometheus, real_rules = _start_prometheus(
+            procs,
+            workdir,
+            alertmanager,
+            [
+                # `node` (the Slurm NodeName) and `cluster` as target labels, as docs/architecture.md says.
+                _scrape(GPU_JOB, f"{LOOPBACK}:{gpu_port}", node_labels),
+                _scrape(SLURM_JOB, f"{LOOPBACK}:{slurm_port}", {"cluster": CLUSTER}),
+            ],
+        )
+        _wait_ready(prometheus)
+    except BaseException:
+        cluster.stop()
+        raise
 
     def inject() -> None:
-        # GPU 0 (held by a job) gets what the per-GPU panels show, so the first GPU the `gpu`
-        # variable lists has it; the others get the faults that make a GPU unreadable or unusable.
+        sim(IDLE_GPU, "process", PROCESS_PID, holding[0])
+        for gpu, kind, values in FAULTS:
+            sim(gpu, kind, *values)
+
+    stack = MonitoredStack(
+        prometheus=prometheus,
+        alertmanager=alertmanager,
+        gpu_node=cluster.hostname,
+        source=SOURCE_REAL,
+        real_alert_rules=real_rules,
+        inject=inject,
+    )
+    stack.cleanups.append(cluster.stop)
+    for proc in (alertmanager.process, gpu_exporter, slurm_exporter, prometheus.process):
+        stack.cleanups.append(proc.stop)
+    return stack
+
+
+def _wait_for_metric(proc: ManagedProcess, url: str, line: str) -> None:
+    proc.wait_ready(lambda: line in http_get(url)[1].decode(), 60, what=f"{line!r} at {url}")
+
+
+def _start_static(procs: ProcessManager, workdir: Path, alertmanager: AlertmanagerServer) -> MonitoredStack:
+    from tests.grafana.static_exporters import GPU_NODE, StaticExporters
+
+    exporters = StaticExporters().start()
+    exporters.faults.utilization[IDLE_GPU] = 0.0
+    prometheus, real_rules = _start_prometheus(
+        procs,
+        workdir,
+        alertmanager,
+        [
+            _scrape(GPU_JOB, exporters.address, {"node": GPU_NODE, "cluster": CLUSTER}, "/gpu"),
+            _scrape(SLURM_JOB, exporters.address, {"cluster": CLUSTER}, "/slurm"),
+        ],
+    )
+    _wait_ready(prometheus)
+
+    def inject() -> None:
         faults = exporters.faults
-        faults.utilization[0] = 0.0
-        faults.processes[0] = (4242, "101")
-        faults.throttle[0] = "thermal"
-        faults.xid[0] = 13
-        faults.xid[1] = 79
-        faults.ecc_dbe.add(2)
-        faults.row_remap_failure.add(2)
-        faults.lost.add(3)
+        faults.processes[IDLE_GPU] = (int(PROCESS_PID), "101")
+        for gpu, kind, values in FAULTS:
+            if kind == "throttle":
+                faults.throttle[gpu] = values[0]
+            elif kind == "xid":
+                faults.xid[gpu] = int(values[0])
+            elif kind == "ecc_dbe":
+                faults.ecc_dbe.add(gpu)
+            elif kind == "row_remap_failure":
+                faults.row_remap_failure.add(gpu)
+            elif kind == "lost":
+                faults.lost.add(gpu)
 
     stack = MonitoredStack(
         prometheus=prometheus,
@@ -161,9 +306,6 @@ def start_stack(procs: ProcessManager, workdir: Path) -> MonitoredStack:
         source=SOURCE_STATIC,
         real_alert_rules=real_rules,
         inject=inject,
-        processes=processes,
     )
-    stack.cleanups.append(exporters.stop)
-    prometheus.wait_for(f'up{{job="{GPU_JOB}"}} == 1 and on () up{{job="{SLURM_JOB}"}} == 1')
-    prometheus.wait_for("count(nvidia_gpu_utilization_ratio offset 12s)")  # enough history for rates
+    stack.cleanups.extend([exporters.stop, alertmanager.process.stop, prometheus.process.stop])
     return stack
