@@ -6,7 +6,7 @@ regenerating produces byte-identical JSON) and points its queries at the `$datas
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from grafana_foundation_sdk.builders import annotationslist as annolist_builder
@@ -115,9 +115,11 @@ def stat(
     *,
     steps: Sequence[tuple[float | None, str]] = ((None, INFO),),
     mappings: list[models.ValueMapping] | None = None,
+    show_name: bool = False,
     width: int = 4,
     height: int = 4,
 ) -> PanelSpec:
+    """A big number; `show_name` shows the series name (its legend) instead, e.g. a state."""
     panel = (
         stat_builder.Panel()
         .title(title)
@@ -130,6 +132,8 @@ def stat(
     )
     if mappings:
         panel = panel.mappings(mappings)
+    if show_name:
+        panel = panel.text_mode(common_models.BigValueTextMode.NAME).graph_mode(common_models.BigValueGraphMode.NONE)
     return PanelSpec(panel, [query], width, height)
 
 
@@ -181,11 +185,16 @@ def table(
     *,
     unit: str = "none",
     hidden_columns: Sequence[str] = ("Time", "__name__", "instance", "job"),
+    columns: Mapping[str, tuple[str, str]] | None = None,
     steps: Sequence[tuple[float | None, str]] = ((None, INFO),),
     width: int = 24,
     height: int = 8,
 ) -> PanelSpec:
-    """A table of instant rows; several queries are merged into one row per label set."""
+    """A table of instant rows; several queries are merged into one row per label set.
+
+    `columns` names and sets the unit of value columns: {"Value #B": ("utilization", "percentunit")}.
+    """
+    columns = columns or {}
     panel = (
         table_builder.Panel()
         .title(title)
@@ -197,10 +206,16 @@ def table(
         .with_transformation(models.DataTransformerConfig(id_val="merge", options={}))
         .with_transformation(
             models.DataTransformerConfig(
-                id_val="organize", options={"excludeByName": {name: True for name in hidden_columns}}
+                id_val="organize",
+                options={
+                    "excludeByName": {name: True for name in hidden_columns},
+                    "renameByName": {column: name for column, (name, _unit) in columns.items()},
+                },
             )
         )
     )
+    for name, column_unit in columns.values():
+        panel = panel.override_by_name(name, [models.DynamicConfigValue(id_val="unit", value=column_unit)])
     return PanelSpec(panel, queries, width, height)
 
 

@@ -264,6 +264,7 @@ def build() -> models.Dashboard:
                 Query(f"max by (node, gpu) ({_gpu('nvidia_gpu_last_xid')}) > 0", instant=True, table=True),
             ],
             hidden_columns=("Time",),
+            columns={"Value #A": ("events", "none"), "Value #B": ("last XID", "none")},
             steps=((None, WARN),),
             width=12,
         ),

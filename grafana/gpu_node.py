@@ -15,6 +15,7 @@ from grafana.common import (
     findings_annotation,
     firing_alerts_annotation,
     query_variable,
+    stat,
     state_timeline,
     table,
     timeseries,
@@ -63,7 +64,48 @@ def build() -> models.Dashboard:
         .link_to("gpu-watchdog dashboards")
     )
 
-    board.row("GPUs of $node").add(
+    board.row("$node").add(
+        stat(
+            "GPUs readable",
+            "GPUs of the node NVML can read (recording rule node:nvidia_gpu_up:sum).",
+            Query('node:nvidia_gpu_up:sum{node=~"$node"}', instant=True),
+            "none",
+        ),
+        stat(
+            "Mean GPU utilization",
+            "Mean utilization of the node's GPUs (node:nvidia_gpu_utilization_ratio:avg).",
+            Query('node:nvidia_gpu_utilization_ratio:avg{node=~"$node"}', instant=True),
+            "percentunit",
+        ),
+        stat(
+            "GPU memory in use",
+            "Framebuffer memory used over installed, all GPUs of the node (node:nvidia_gpu_memory_used:ratio).",
+            Query('node:nvidia_gpu_memory_used:ratio{node=~"$node"}', instant=True),
+            "percentunit",
+            steps=((None, OK), (0.9, WARN), (0.97, BAD)),
+        ),
+        stat(
+            "GPU power draw",
+            "Power drawn by all GPUs of the node (node:nvidia_gpu_power_watts:sum).",
+            Query('node:nvidia_gpu_power_watts:sum{node=~"$node"}', instant=True),
+            "watt",
+        ),
+        stat(
+            "Idle allocated GPUs",
+            "GPUs of this node a Slurm job holds whose 10-minute mean utilization is under 5 % "
+            "(node_gpu:nvidia_gpu_idle_allocated:bool; GPUIdleWhileAllocated after 30 minutes).",
+            Query('sum(node_gpu:nvidia_gpu_idle_allocated:bool{node=~"$node"}) or vector(0)', instant=True),
+            "none",
+            steps=((None, OK), (1.0, WARN)),
+        ),
+        stat(
+            "Slurm state",
+            "The node's state in Slurm (slurm_node_state): idle, mixed, allocated, drained, down...",
+            Query('max by (state) (slurm_node_state{node=~"$node"})', legend="{{state}}", instant=True),
+            "none",
+            show_name=True,
+        ),
+    ).add(
         table(
             "GPUs",
             "One row per GPU: model, driver, state and the Slurm job holding it (empty when idle).",
@@ -82,6 +124,12 @@ def build() -> models.Dashboard:
                 ),
             ],
             hidden_columns=("Time", "Value #A", "Value #F"),
+            columns={
+                "Value #B": ("readable", "none"),
+                "Value #C": ("utilization", "percentunit"),
+                "Value #D": ("temperature", "celsius"),
+                "Value #E": ("last XID", "none"),
+            },
             height=8,
         ),
     )

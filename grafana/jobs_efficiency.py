@@ -28,6 +28,8 @@ UID = "gpu-watchdog-jobs"
 EFFICIENCY_STEPS = ((None, BAD), (IDLE_UTILIZATION, WARN), (0.5, OK))
 
 ALLOCATED_UTILIZATION = with_job(sel("nvidia_gpu_utilization_ratio", CLUSTER), JOBS)
+# 1 per allocated GPU idle over 10 minutes (alert_rules/recording.rules.yml); keeps the job labels.
+IDLE_ALLOCATED = sel("node_gpu:nvidia_gpu_idle_allocated:bool", JOBS)
 
 
 def build() -> models.Dashboard:
@@ -85,12 +87,27 @@ def build() -> models.Dashboard:
         ),
         stat(
             "Allocated but idle",
-            f"Allocated GPUs under {IDLE_UTILIZATION:.0%} utilization right now (the alert "
-            "GPUIdleWhileAllocated waits for this to last).",
-            Query(f"count(({ALLOCATED_UTILIZATION}) < {IDLE_UTILIZATION}) or vector(0)", instant=True),
+            f"Allocated GPUs whose 10-minute mean utilization is under {IDLE_UTILIZATION:.0%} "
+            "(recording rule node_gpu:nvidia_gpu_idle_allocated:bool; the alert "
+            "GPUIdleWhileAllocated fires when this lasts 30 minutes).",
+            Query(f"sum({IDLE_ALLOCATED}) or vector(0)", instant=True),
             "none",
             steps=((None, OK), (1.0, WARN)),
             width=6,
+        ),
+        timeseries(
+            "Cluster: GPUs allocated vs. GPU utilization",
+            "Share of all GPUs Slurm has allocated (cluster:slurm_gpus_allocated:ratio) against "
+            "the mean utilization of all GPUs (cluster:nvidia_gpu_utilization_ratio:avg). Whole "
+            "cluster, not filtered by user or account.",
+            [
+                Query("cluster:slurm_gpus_allocated:ratio", legend="allocated"),
+                Query("cluster:nvidia_gpu_utilization_ratio:avg", legend="utilized"),
+            ],
+            "percentunit",
+            min_value=0,
+            max_value=1,
+            width=12,
         ),
         timeseries(
             "Allocated vs. busy GPUs",
@@ -102,7 +119,7 @@ def build() -> models.Dashboard:
             ],
             "none",
             min_value=0,
-            width=24,
+            width=12,
         ),
     )
 
@@ -114,22 +131,15 @@ def build() -> models.Dashboard:
                 Query(f"count by (job_id, user, account) (slurm_job_gpu_info{{{JOBS}}})", instant=True, table=True),
                 Query(f"avg by (job_id, user, account) ({ALLOCATED_UTILIZATION})", instant=True, table=True),
             ],
-            unit="none",
+            columns={"Value #A": ("GPUs", "none"), "Value #B": ("mean utilization", "percentunit")},
             width=12,
         ),
         table(
             "Idle while allocated",
-            f"GPUs a job holds that run under {IDLE_UTILIZATION:.0%} utilization now, with the job, "
-            "user and account to talk to.",
-            [
-                Query(
-                    f"max by (node, gpu, job_id, user, account) ({ALLOCATED_UTILIZATION}) < {IDLE_UTILIZATION}",
-                    instant=True,
-                    table=True,
-                )
-            ],
-            unit="percentunit",
-            steps=EFFICIENCY_STEPS,
+            f"GPUs a job holds whose 10-minute mean utilization is under {IDLE_UTILIZATION:.0%}, with "
+            "the job, user and account to talk to (node_gpu:nvidia_gpu_idle_allocated:bool).",
+            [Query(f"{IDLE_ALLOCATED} == 1", instant=True, table=True)],
+            hidden_columns=("Time", "__name__", "instance", "job", "Value"),
             width=12,
         ),
         bargauge(
@@ -167,10 +177,11 @@ def build() -> models.Dashboard:
         ),
         timeseries(
             "GPUs allocated per account",
-            "Allocation rate per account: GPU-seconds per second, i.e. GPUs held on average.",
+            "GPUs held per account, averaged over 5 minutes (user_account:slurm_gpu_seconds:rate5m, "
+            "GPU-seconds per second).",
             [
                 Query(
-                    f"sum by (account) (rate(slurm_gpu_seconds_total{{{JOBS}}}[$__rate_interval]))",
+                    'sum by (account) (user_account:slurm_gpu_seconds:rate5m{user=~"$user", account=~"$account"})',
                     legend="{{account}}",
                 )
             ],

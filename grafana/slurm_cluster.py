@@ -66,6 +66,7 @@ def build() -> models.Dashboard:
             "none",
             steps=((None, BAD), (1.0, OK)),
             mappings=value_text({"0": ("DOWN", BAD), "1": ("UP", OK)}),
+            width=3,
         ),
         stat(
             "Data age",
@@ -73,6 +74,7 @@ def build() -> models.Dashboard:
             Query(f"max(slurm_exporter_snapshot_age_seconds{{{CLUSTER}}})", instant=True),
             "s",
             steps=((None, OK), (60.0, WARN), (300.0, BAD)),
+            width=3,
         ),
         stat(
             "Nodes down or drained",
@@ -81,15 +83,23 @@ def build() -> models.Dashboard:
             Query(f"count(max by (node) (slurm_node_reason_info{{{SLURM_NODES}}})) or vector(0)", instant=True),
             "none",
             steps=((None, OK), (1.0, WARN)),
+            width=3,
+        ),
+        stat(
+            "Nodes in maintenance",
+            "Nodes whose drain/down reason or reservation says maintenance "
+            "(node:slurm_node_in_maintenance:bool): their node and GPU alerts are held back.",
+            Query("count(node:slurm_node_in_maintenance:bool == 1) or vector(0)", instant=True),
+            "none",
+            width=3,
         ),
         stat(
             "GPUs allocated",
-            "Allocated GPUs over configured GPUs, selected partitions.",
-            Query(
-                f"sum(slurm_partition_gpus_allocated{{{PARTITIONS}}}) / sum(slurm_partition_gpus{{{PARTITIONS}}})",
-                instant=True,
-            ),
+            "Allocated over configured GPUs, whole cluster, counted per node so that a node in "
+            "several partitions counts once (cluster:slurm_gpus_allocated:ratio).",
+            Query("cluster:slurm_gpus_allocated:ratio", instant=True),
             "percentunit",
+            width=3,
         ),
         stat(
             "CPUs allocated",
@@ -99,6 +109,7 @@ def build() -> models.Dashboard:
                 instant=True,
             ),
             "percentunit",
+            width=3,
         ),
         stat(
             "Jobs pending",
@@ -106,6 +117,7 @@ def build() -> models.Dashboard:
             Query(f'sum(slurm_jobs{{{PARTITIONS}, state="pending"}}) or vector(0)', instant=True),
             "none",
             steps=((None, OK), (50.0, WARN)),
+            width=3,
         ),
     )
 
@@ -154,14 +166,8 @@ def build() -> models.Dashboard:
     board.row("Allocation over time").add(
         timeseries(
             "GPU allocation by partition",
-            "Allocated over configured GPUs per partition.",
-            [
-                Query(
-                    f"sum by (partition) (slurm_partition_gpus_allocated{{{PARTITIONS}}}) / "
-                    f"(sum by (partition) (slurm_partition_gpus{{{PARTITIONS}}}) > 0)",
-                    legend="{{partition}}",
-                )
-            ],
+            "Allocated over configured GPUs per partition (partition:slurm_gpus_allocated:ratio).",
+            [Query(f"partition:slurm_gpus_allocated:ratio{{{PARTITIONS}}}", legend="{{partition}}")],
             "percentunit",
             min_value=0,
             max_value=1,
