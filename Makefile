@@ -18,6 +18,7 @@ help:
 	@echo "make test    install test dependencies and run the whole suite (lint included)"
 	@echo "make lint    ruff + mypy only"
 	@echo "make bench   run the benchmarks under bench/"
+	@echo "make dashboards  regenerate grafana/dashboards/*.json from grafana/*.py"
 
 system-deps:
 	@scripts/install-system-deps.sh $(APT_PACKAGES)
@@ -52,3 +53,6 @@ bench: venv
 
 clean: down
 	rm -rf $(VENV) .run build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+dashboards: venv  ## regenerate grafana/dashboards/*.json from grafana/*.py (docs/grafana.md)
+	@$(BIN)/python -m grafana.generate

@@ -1,0 +1,287 @@
+"""GPU node: every GPU of one node, its clocks-event reasons, memory, processes and their Slurm jobs."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.models import dashboard as models
+
+from grafana.common import (
+    BAD,
+    OK,
+    WARN,
+    Board,
+    Query,
+    cluster_variable,
+    datasource_variable,
+    findings_annotation,
+    firing_alerts_annotation,
+    query_variable,
+    stat,
+    state_timeline,
+    table,
+    timeseries,
+    value_text,
+)
+from grafana.gpu_fleet import TEMPERATURE_STEPS
+from grafana.promql import CLUSTER, GPUS, sel, with_job
+
+UID = "gpu-watchdog-node"
+NODE = f'{CLUSTER}, node=~"$node"'
+
+
+def _gpu(metric: str, extra: str = "") -> str:
+    return sel(metric, GPUS, extra)
+
+
+def build() -> models.Dashboard:
+    board = (
+        Board(
+            UID,
+            "GPU node",
+            "Every GPU of one node: health, clocks-event reasons, memory, power, and the processes "
+            "and Slurm jobs on each GPU. Purple marks are gpu-watchdog findings for this node.",
+            extra_tags=["gpu"],
+        )
+        .variables(
+            datasource_variable(),
+            cluster_variable(),
+            query_variable(
+                "node",
+                "Node",
+                "Slurm node name (the `node` target label of the GPU exporter).",
+                f"label_values(nvidia_gpu_up{{{CLUSTER}}}, node)",
+                multi=False,
+                include_all=False,
+            ),
+            query_variable(
+                "gpu",
+                "GPU",
+                "GPU index on the node (nvidia-smi's index; Slurm's GRES index).",
+                f"label_values(nvidia_gpu_up{{{NODE}}}, gpu)",
+            ),
+        )
+        # The agent tags each finding with the node name, so this shows only this node's findings.
+        .annotations(findings_annotation(extra_tags=["$node"]), firing_alerts_annotation(NODE))
+        .link_to("gpu-watchdog dashboards")
+    )
+
+    board.row("$node").add(
+        stat(
+            "GPUs readable",
+            "GPUs of the node NVML can read (recording rule node:nvidia_gpu_up:sum).",
+            Query('node:nvidia_gpu_up:sum{node=~"$node"}', instant=True),
+            "none",
+        ),
+        stat(
+            "Mean GPU utilization",
+            "Mean utilization of the node's GPUs (node:nvidia_gpu_utilization_ratio:avg).",
+            Query('node:nvidia_gpu_utilization_ratio:avg{node=~"$node"}', instant=True),
+            "percentunit",
+        ),
+        stat(
+            "GPU memory in use",
+            "Framebuffer memory used over installed, all GPUs of the node (node:nvidia_gpu_memory_used:ratio).",
+            Query('node:nvidia_gpu_memory_used:ratio{node=~"$node"}', instant=True),
+            "percentunit",
+            steps=((None, OK), (0.9, WARN), (0.97, BAD)),
+        ),
+        stat(
+            "GPU power draw",
+            "Power drawn by all GPUs of the node (node:nvidia_gpu_power_watts:sum).",
+            Query('node:nvidia_gpu_power_watts:sum{node=~"$node"}', instant=True),
+            "watt",
+        ),
+        stat(
+            "Idle allocated GPUs",
+            "GPUs of this node a Slurm job holds whose 10-minute mean utilization is under 5 % "
+            "(node_gpu:nvidia_gpu_idle_allocated:bool; GPUIdleWhileAllocated after 30 minutes).",
+            Query('sum(node_gpu:nvidia_gpu_idle_allocated:bool{node=~"$node"}) or vector(0)', instant=True),
+            "none",
+            steps=((None, OK), (1.0, WARN)),
+        ),
+        stat(
+            "Slurm state",
+            "The node's state in Slurm (slurm_node_state): idle, mixed, allocated, drained, down...",
+            Query('max by (state) (slurm_node_state{node=~"$node"})', legend="{{state}}", instant=True),
+            "none",
+            show_name=True,
+        ),
+    ).add(
+        table(
+            "GPUs",
+            "One row per GPU: model, driver, state and the Slurm job holding it (empty when idle).",
+            [
+                Query(
+                    f"max by (gpu, uuid, name, driver_version, mig_mode) ({_gpu('nvidia_gpu_info')})",
+                    instant=True,
+                    table=True,
+                ),
+                Query(f"max by (gpu) ({_gpu('nvidia_gpu_up')})", instant=True, table=True),
+                Query(f"max by (gpu) ({_gpu('nvidia_gpu_utilization_ratio')})", instant=True, table=True),
+                Query(f"max by (gpu) ({_gpu('nvidia_gpu_temperature_celsius')})", instant=True, table=True),
+                Query(f"max by (gpu) ({_gpu('nvidia_gpu_last_xid')})", instant=True, table=True),
+                Query(
+                    f"max by (gpu, job_id, user, account) ({with_job(_gpu('nvidia_gpu_up'))})", instant=True, table=True
+                ),
+            ],
+            hidden_columns=("Time", "Value #A", "Value #F"),
+            columns={
+                "Value #B": ("readable", "none"),
+                "Value #C": ("utilization", "percentunit"),
+                "Value #D": ("temperature", "celsius"),
+                "Value #E": ("last XID", "none"),
+            },
+            height=8,
+        ),
+    )
+
+    board.row("Health and clocks").add(
+        state_timeline(
+            "GPU readable",
+            "nvidia_gpu_up per GPU: red when the GPU cannot be read (lost, fell off the bus).",
+            [Query(f"max by (gpu) ({_gpu('nvidia_gpu_up')})", legend="gpu {{gpu}}")],
+            "none",
+            value_text({"0": ("lost", BAD), "1": ("up", OK)}),
+            steps=((None, BAD), (1.0, OK)),
+            width=12,
+        ),
+        state_timeline(
+            "Clocks-event reasons",
+            "Which clocks-event reasons are active per GPU. thermal / hw_slowdown / sw_thermal mean "
+            "the GPU protects itself (GPUThermalThrottling); power_cap means power bound.",
+            [
+                Query(
+                    f"max by (gpu, reason) ({_gpu('nvidia_gpu_clocks_event_reasons')}) == 1",
+                    legend="gpu {{gpu}} {{reason}}",
+                )
+            ],
+            "none",
+            value_text({"1": ("active", WARN)}),
+            steps=((None, WARN),),
+            width=12,
+        ),
+    )
+
+    board.row("Utilization, memory, thermals").add(
+        timeseries(
+            "GPU utilization",
+            "Fraction of time a kernel ran, per GPU.",
+            [Query(_gpu("nvidia_gpu_utilization_ratio"), legend="gpu {{gpu}}")],
+            "percentunit",
+            min_value=0,
+            max_value=1,
+            width=8,
+        ),
+        timeseries(
+            "Memory used",
+            "Framebuffer memory used per GPU; the dashed line is the installed memory.",
+            [
+                Query(_gpu("nvidia_gpu_memory_used_bytes"), legend="gpu {{gpu}}"),
+                Query(f"max({_gpu('nvidia_gpu_memory_total_bytes')})", legend="installed"),
+            ],
+            "bytes",
+            min_value=0,
+            width=8,
+        ),
+        timeseries(
+            "Memory bandwidth utilization",
+            "Fraction of time device memory was read or written, per GPU.",
+            [Query(_gpu("nvidia_gpu_memory_utilization_ratio"), legend="gpu {{gpu}}")],
+            "percentunit",
+            min_value=0,
+            max_value=1,
+            width=8,
+        ),
+        timeseries(
+            "Temperature",
+            "GPU die temperature. Dashed lines: warning (85 C) and critical (90 C), as GPUTemperatureHigh.",
+            [Query(_gpu("nvidia_gpu_temperature_celsius"), legend="gpu {{gpu}}")],
+            "celsius",
+            steps=TEMPERATURE_STEPS,
+            width=8,
+        ),
+        timeseries(
+            "Power",
+            "Power drawn per GPU and the enforced power limit.",
+            [
+                Query(_gpu("nvidia_gpu_power_watts"), legend="gpu {{gpu}}"),
+                Query(f"max({_gpu('nvidia_gpu_power_limit_watts')})", legend="limit"),
+            ],
+            "watt",
+            min_value=0,
+            width=8,
+        ),
+        timeseries(
+            "Clocks",
+            "SM and memory clocks per GPU; SM clocks dropping under load with a throttle reason "
+            "active is the signature of thermal or power slowdown.",
+            [
+                Query(_gpu("nvidia_gpu_sm_clock_hertz"), legend="gpu {{gpu}} SM"),
+                Query(_gpu("nvidia_gpu_memory_clock_hertz"), legend="gpu {{gpu}} memory"),
+            ],
+            "hertz",
+            width=8,
+        ),
+    )
+
+    board.row("Processes and jobs").add(
+        table(
+            "Processes on the GPUs",
+            "Compute processes per GPU with their GPU memory and the Slurm job id taken from the "
+            "process's cgroup or environment; user and account come from the Slurm exporter.",
+            [
+                Query(
+                    f"sum by (gpu, pid, slurm_job_id) ({_gpu('nvidia_gpu_process_memory_used_bytes')})",
+                    instant=True,
+                    table=True,
+                ),
+            ],
+            unit="bytes",
+            width=12,
+        ),
+        table(
+            "Slurm jobs on this node's GPUs",
+            "Which job holds which GPU (slurm_job_gpu_info) and how busy that GPU is right now.",
+            [
+                Query(
+                    f"max by (gpu, job_id, user, account) ({with_job(_gpu('nvidia_gpu_utilization_ratio'))})",
+                    instant=True,
+                    table=True,
+                ),
+            ],
+            unit="percentunit",
+            steps=((None, BAD), (0.05, WARN), (0.5, OK)),
+            width=12,
+        ),
+    )
+
+    board.row("Errors").add(
+        timeseries(
+            "XID events",
+            "XID events per GPU and code (increase per interval).",
+            [
+                Query(
+                    f"sum by (gpu, xid) (increase({_gpu('nvidia_gpu_xid_errors_total')}[$__rate_interval]))",
+                    legend="gpu {{gpu}} XID {{xid}}",
+                )
+            ],
+            "none",
+            width=8,
+        ),
+        timeseries(
+            "ECC errors",
+            "ECC error counters per GPU, type (correctable, uncorrectable) and counter (volatile "
+            "since the driver loaded, aggregate over the GPU's life). H100 and later repair memory "
+            "by row remapping (next panel) rather than page retirement.",
+            [Query(_gpu("nvidia_gpu_ecc_errors_total"), legend="gpu {{gpu}} {{type}} {{counter}}")],
+            "none",
+            width=8,
+        ),
+        timeseries(
+            "Remapped rows",
+            "Row remapping per GPU and state: pending needs a GPU reset, failure needs an RMA.",
+            [Query(_gpu("nvidia_gpu_remapped_rows"), legend="gpu {{gpu}} {{state}}")],
+            "none",
+            width=8,
+        ),
+    )
+    return board.build()

@@ -1,0 +1,193 @@
+"""Jobs and efficiency: GPUs allocated vs. used per user/account/job, idle-while-allocated, GPU-hours."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.models import dashboard as models
+
+from grafana.common import (
+    BAD,
+    INFO,
+    OK,
+    WARN,
+    Board,
+    Query,
+    bargauge,
+    cluster_variable,
+    datasource_variable,
+    findings_annotation,
+    query_variable,
+    stat,
+    table,
+    timeseries,
+)
+from grafana.promql import CLUSTER, IDLE_UTILIZATION, JOBS, sel, with_job
+
+UID = "gpu-watchdog-jobs"
+
+# Utilization of allocated GPUs: under 5 % is idle (GPUIdleWhileAllocated), under 50 % poor.
+EFFICIENCY_STEPS = ((None, BAD), (IDLE_UTILIZATION, WARN), (0.5, OK))
+
+ALLOCATED_UTILIZATION = with_job(sel("nvidia_gpu_utilization_ratio", CLUSTER), JOBS)
+# 1 per allocated GPU idle over 10 minutes (alert_rules/recording.rules.yml); keeps the job labels.
+IDLE_ALLOCATED = sel("node_gpu:nvidia_gpu_idle_allocated:bool", JOBS)
+
+
+def build() -> models.Dashboard:
+    board = (
+        Board(
+            UID,
+            "Jobs and efficiency",
+            "GPUs Slurm allocated against GPUs actually busy, per user, account and job; GPUs "
+            "allocated but idle; GPU-hours per account. Joins Slurm's job-to-GPU map with the GPU "
+            "exporter on (node, gpu).",
+            extra_tags=["slurm", "gpu"],
+        )
+        .variables(
+            datasource_variable(),
+            cluster_variable(),
+            query_variable(
+                "account",
+                "Account",
+                "Slurm account.",
+                f"label_values(slurm_gpu_seconds_total{{{CLUSTER}}}, account)",
+            ),
+            query_variable(
+                "user",
+                "User",
+                "Slurm user.",
+                f'label_values(slurm_gpu_seconds_total{{{CLUSTER}, account=~"$account"}}, user)',
+            ),
+        )
+        .annotations(findings_annotation())
+        .link_to("gpu-watchdog dashboards")
+    )
+
+    board.row("Allocated vs. used").add(
+        stat(
+            "GPUs allocated",
+            "GPUs held by running jobs of the selected users and accounts (slurm_job_gpu_info).",
+            Query(f"count(slurm_job_gpu_info{{{JOBS}}}) or vector(0)", instant=True),
+            "none",
+            width=6,
+        ),
+        stat(
+            "GPUs busy (equivalent)",
+            "Sum of the utilization of the allocated GPUs: how many fully busy GPUs the allocation is worth.",
+            Query(f"sum({ALLOCATED_UTILIZATION}) or vector(0)", instant=True),
+            "none",
+            width=6,
+        ),
+        stat(
+            "Allocated GPU utilization",
+            "Mean utilization of allocated GPUs. Red under 5 % (idle), orange under 50 %.",
+            Query(f"avg({ALLOCATED_UTILIZATION})", instant=True),
+            "percentunit",
+            steps=EFFICIENCY_STEPS,
+            width=6,
+        ),
+        stat(
+            "Allocated but idle",
+            f"Allocated GPUs whose 10-minute mean utilization is under {IDLE_UTILIZATION:.0%} "
+            "(recording rule node_gpu:nvidia_gpu_idle_allocated:bool; the alert "
+            "GPUIdleWhileAllocated fires when this lasts 30 minutes).",
+            Query(f"sum({IDLE_ALLOCATED}) or vector(0)", instant=True),
+            "none",
+            steps=((None, OK), (1.0, WARN)),
+            width=6,
+        ),
+        timeseries(
+            "Cluster: GPUs allocated vs. GPU utilization",
+            "Share of all GPUs Slurm has allocated (cluster:slurm_gpus_allocated:ratio) against "
+            "the mean utilization of all GPUs (cluster:nvidia_gpu_utilization_ratio:avg). Whole "
+            "cluster, not filtered by user or account.",
+            [
+                Query("cluster:slurm_gpus_allocated:ratio", legend="allocated"),
+                Query("cluster:nvidia_gpu_utilization_ratio:avg", legend="utilized"),
+            ],
+            "percentunit",
+            min_value=0,
+            max_value=1,
+            width=12,
+        ),
+        timeseries(
+            "Allocated vs. busy GPUs",
+            "GPUs allocated to jobs against the busy-GPU equivalent of those allocations. The gap "
+            "is paid-for capacity doing nothing.",
+            [
+                Query(f"count(slurm_job_gpu_info{{{JOBS}}})", legend="allocated"),
+                Query(f"sum({ALLOCATED_UTILIZATION})", legend="busy (sum of utilization)"),
+            ],
+            "none",
+            min_value=0,
+            width=12,
+        ),
+    )
+
+    board.row("Who").add(
+        table(
+            "Jobs holding GPUs",
+            "Each running job with GPUs: how many, and their mean utilization now.",
+            [
+                Query(f"count by (job_id, user, account) (slurm_job_gpu_info{{{JOBS}}})", instant=True, table=True),
+                Query(f"avg by (job_id, user, account) ({ALLOCATED_UTILIZATION})", instant=True, table=True),
+            ],
+            columns={"Value #A": ("GPUs", "none"), "Value #B": ("mean utilization", "percentunit")},
+            width=12,
+        ),
+        table(
+            "Idle while allocated",
+            f"GPUs a job holds whose 10-minute mean utilization is under {IDLE_UTILIZATION:.0%}, with "
+            "the job, user and account to talk to (node_gpu:nvidia_gpu_idle_allocated:bool).",
+            [Query(f"{IDLE_ALLOCATED} == 1", instant=True, table=True)],
+            hidden_columns=("Time", "__name__", "instance", "job", "Value"),
+            width=12,
+        ),
+        bargauge(
+            "GPUs allocated per user",
+            "GPUs allocated to each user's running jobs (slurm_user_gpus_allocated).",
+            Query(
+                f"sum by (user, account) (slurm_user_gpus_allocated{{{JOBS}}})",
+                legend="{{user}} ({{account}})",
+                instant=True,
+            ),
+            "none",
+            width=12,
+        ),
+        bargauge(
+            "Busy-GPU equivalent per user",
+            "Sum of the utilization of each user's allocated GPUs; compare with the panel to the left.",
+            Query(f"sum by (user, account) ({ALLOCATED_UTILIZATION})", legend="{{user}} ({{account}})", instant=True),
+            "none",
+            width=12,
+        ),
+    )
+
+    board.row("GPU-hours").add(
+        bargauge(
+            "GPU-hours per account",
+            "Allocated GPU-hours per account over the dashboard time range (slurm_gpu_seconds_total / 3600).",
+            Query(
+                f"sum by (account) (increase(slurm_gpu_seconds_total{{{JOBS}}}[$__range])) / 3600",
+                legend="{{account}}",
+                instant=True,
+            ),
+            "suffix: GPU-h",
+            steps=((None, INFO),),
+            width=12,
+        ),
+        timeseries(
+            "GPUs allocated per account",
+            "GPUs held per account, averaged over 5 minutes (user_account:slurm_gpu_seconds:rate5m, "
+            "GPU-seconds per second).",
+            [
+                Query(
+                    'sum by (account) (user_account:slurm_gpu_seconds:rate5m{user=~"$user", account=~"$account"})',
+                    legend="{{account}}",
+                )
+            ],
+            "none",
+            stacked=True,
+            width=12,
+        ),
+    )
+    return board.build()

@@ -1,0 +1,39 @@
+"""PromQL building blocks the dashboards share: selectors over the template variables, joins.
+
+GPU series carry `node` (a Prometheus target label: the Slurm NodeName, see
+docs/architecture.md) and `gpu` (the index); `slurm_job_gpu_info{job_id,user,account,node,gpu}`
+carries the same two, so "which job holds this GPU" is a join `on (node, gpu)`.
+"""
+
+from __future__ import annotations
+
+CLUSTER = 'cluster=~"$cluster"'
+GPU_NODES = f'{CLUSTER}, node=~"$node"'
+GPUS = f'{GPU_NODES}, gpu=~"$gpu"'
+SLURM = CLUSTER
+SLURM_NODES = f'{CLUSTER}, node=~"$node"'
+JOBS = f'{CLUSTER}, user=~"$user", account=~"$account"'
+
+# Clocks-event reasons that mean the GPU slows itself down to protect itself (as opposed to
+# idle or application clocks): what GPUThermalThrottling alerts on.
+THROTTLE_REASONS = "thermal|hw_thermal|sw_thermal|hw_slowdown|hw_power_brake"
+
+# Utilization under this counts as idle for "allocated but idle" (GPUIdleWhileAllocated).
+IDLE_UTILIZATION = 0.05
+
+
+def sel(metric: str, selector: str, extra: str = "") -> str:
+    """`metric{selector, extra}`."""
+    inner = f"{selector}, {extra}" if extra else selector
+    return f"{metric}{{{inner}}}"
+
+
+def of_model(expr: str, selector: str = GPU_NODES) -> str:
+    """Keep only GPUs whose `nvidia_gpu_info` model name matches `$model`."""
+    info = sel("nvidia_gpu_info", selector, 'name=~"$model"')
+    return f"(({expr}) and on (node, gpu) {info})"
+
+
+def with_job(expr: str, job_selector: str = CLUSTER) -> str:
+    """Attach job_id/user/account of the Slurm job holding each GPU (drops GPUs no job holds)."""
+    return f"({expr}) * on (node, gpu) group_left (job_id, user, account) {sel('slurm_job_gpu_info', job_selector)}"
