@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 
 from agent_webhook import __version__
-from exporters.gpu.sim_cli import sim
 from agent_webhook.cli_findings import findings_command, investigate_command
-from agent_webhook.investigation.cli_ask import ask
 from agent_webhook.deploy_cli import deploy
+from agent_webhook.investigation.cli_ask import ask
+from exporters.gpu.sim_cli import sim
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

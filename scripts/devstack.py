@@ -131,17 +131,20 @@ def slurm_exporter_argv() -> list[str] | None:
     """Only when a Slurm controller answers `scontrol ping` (issue 10 starts Slurm itself)."""
     binary, scontrol = _binary("slurm-exporter"), shutil.which("scontrol")
     if not binary or not scontrol:
+        return None
     try:
         ping = subprocess.run([scontrol, "ping"], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
+        return None
     if ping.returncode != 0 or "is UP" not in ping.stdout:
+        return None
     return [binary, "--listen", f"{HOST}:{9341 + PORT_OFFSET}", "--interval", "15"]
-
-
 
 
 def agent_webhook_argv() -> list[str] | None:
     binary = _binary("agent-webhook")
+    if not binary:
+        return None
     state = RUN / "agent-webhook"
     state.mkdir(parents=True, exist_ok=True)
     token = state / "token"
@@ -152,11 +155,14 @@ def agent_webhook_argv() -> list[str] | None:
         fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32) + "\n")
+    return [
+        binary,
         f"--listen={HOST}:{9095 + PORT_OFFSET}",
         f"--db={state / 'agent.db'}",
         f"--token-file={token}",
         f"--prometheus-url=http://{HOST}:{9090 + PORT_OFFSET}",
         f"--alertmanager-url=http://{HOST}:{9093 + PORT_OFFSET}",
+    ]
 
 
 SERVICES: list[Service] = [
