@@ -117,7 +117,7 @@ def start_pod(procs: ProcessManager, tmp_path: Path) -> Callable[..., Pod]:
     return start
 
 
-def wait_running(pod: Pod, names: set[str], timeout: float = 10) -> None:
+def wait_running(pod: Pod, names: set[str], timeout: float = 30) -> None:
     wait_until(lambda: names <= pod.running(), timeout, what=f"{sorted(names)} to run; calls: {pod.calls()}")
 
 
@@ -147,7 +147,7 @@ def test_head_starts_its_services_and_stops_cleanly_on_sigterm(start_pod: Callab
     assert MUNGE_KEY_B64 not in pod.proc.log_tail()
 
     pod.proc.popen.send_signal(signal.SIGTERM)
-    assert pod.proc.popen.wait(10) == 0
+    assert pod.proc.popen.wait(30) == 0
     signalled = {c.split()[1] for c in pod.calls() if c.startswith("signal ") and c.endswith(" TERM")}
     assert signalled == wanted
 
@@ -170,7 +170,7 @@ def test_worker_runs_configless_slurmd_and_forwards_sigint(start_pod: Callable[.
     assert not (pod.root / "etc" / "slurm.conf").exists()  # workers fetch it (configless)
 
     pod.proc.popen.send_signal(signal.SIGINT)
-    assert pod.proc.popen.wait(10) == 0
+    assert pod.proc.popen.wait(30) == 0
     signalled = {c.split()[1] for c in pod.calls() if c.startswith("signal ") and c.endswith(" INT")}
     assert signalled == {"munged", "slurmd", "gpu-exporter"}
 
@@ -194,7 +194,7 @@ def test_crashed_child_is_restarted_with_backoff_and_sighup_restarts_all(start_p
     wait_until(lambda: pod.pid_of("munged") != first_munged and len(pod.running()) == 3, 10, what="reload")
     assert pod.proc.alive()
     pod.proc.popen.send_signal(signal.SIGTERM)
-    assert pod.proc.popen.wait(10) == 0
+    assert pod.proc.popen.wait(30) == 0
 
 
 @pytest.mark.parametrize(
