@@ -108,27 +108,24 @@ def handle_key(handle: Any) -> int:
     return int(ctypes.cast(handle, ctypes.c_void_p).value or 0)
 
 
+# Which member of NVML's value union holds the number, by nvmlValueType_t.
+_FIELD_VALUE_ATTR = {
+    pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+    pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+    pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
+}
+
+
 def field_value(entry: Any) -> float | None:
     """The numeric value of one c_nvmlFieldValue_t, or None when NVML returned an error for it."""
     if entry.nvmlReturn != pynvml.NVML_SUCCESS:
         return None
-    kind = entry.valueType
-    value = entry.value
-    if kind == pynvml.NVML_VALUE_TYPE_DOUBLE:
-        return float(value.dVal)
-    if kind == pynvml.NVML_VALUE_TYPE_UNSIGNED_INT:
-        return float(value.uiVal)
-    if kind == pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG:
-        return float(value.ulVal)
-    if kind == pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG:
-        return float(value.ullVal)
-    if kind == pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG:
-        return float(value.sllVal)
-    if kind == pynvml.NVML_VALUE_TYPE_SIGNED_INT:
-        return float(value.siVal)
-    if kind == pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT:
-        return float(value.usVal)
-    return None
+    attr = _FIELD_VALUE_ATTR.get(entry.valueType)
+    return float(getattr(entry.value, attr)) if attr else None
 
 
 class NvmlBackend:
