@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from agent_webhook.store import Synchronous
+from exporters.common.sections import mapping_section, reject_unknown
 from exporters.common.server import ListenAddressError, parse_listen
 from exporters.common.webconfig import WebConfig, WebConfigError, load_web_config
 
@@ -158,17 +159,11 @@ def _url(value: Any, where: str) -> str:
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-    return value
+    return mapping_section(value, where, ConfigError)
 
 
 def _unknown(section: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    extra = sorted(str(k) for k in set(section) - allowed)
-    if extra:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(extra)}")
+    reject_unknown(section, allowed, where, ConfigError)
 
 
 def load_file(path: Path | None) -> tuple[dict[str, Any], Path]:

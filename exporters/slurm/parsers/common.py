@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -26,6 +27,21 @@ class Parsed(Generic[T]):
         self.errors += 1
         if len(self.samples) < 3:
             self.samples.append(f"{why}: {line[:200]!r}")
+
+    def rows(self, text: str, width: int, *, free_text_last: bool = True) -> Iterator[tuple[str, list[str]]]:
+        """Each non-blank line of `|`-separated output with its `width` fields; others are skipped.
+
+        With `free_text_last` the last field keeps any further `|` (a reason an admin typed);
+        without, a line with more fields is malformed.
+        """
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            cols = line.split("|", width - 1) if free_text_last else line.split("|")
+            if len(cols) != width:
+                self.skip(line, f"expected {width} fields")
+                continue
+            yield line, cols
 
 
 def nullable(value: str) -> str:

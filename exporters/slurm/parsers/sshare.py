@@ -30,13 +30,7 @@ def _float(text: str) -> float | None:
 
 def parse(text: str) -> Parsed[Share]:
     result: Parsed[Share] = Parsed()
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        cols = line.split("|")
-        if len(cols) != len(FIELDS):
-            result.skip(line, f"expected {len(FIELDS)} fields")
-            continue
+    for line, cols in result.rows(text, len(FIELDS), free_text_last=False):
         account, user, _raw_shares, norm, raw_usage, eff, fairshare = cols
         if not account.strip():
             result.skip(line, "no account")
