@@ -203,6 +203,10 @@ def ratio_timeseries(title: str, description: str, queries: Sequence[Query], *, 
     return timeseries(title, description, queries, "percentunit", min_value=0, max_value=1, width=width)
 
 
+# Table columns to hide for a table of label sets, e.g. an `_info` series (its value is always 1).
+LABELS_ONLY = ("Time", "__name__", "instance", "job", "Value")
+
+
 def table(
     title: str,
     description: str,
@@ -340,10 +344,6 @@ def findings_list(title: str, description: str, tags: Sequence[str], width: int 
         .navigate_to_panel(False)
     )
     return PanelSpec(panel, [], width, height)
-
-
-# Table columns to hide for a table of label sets, e.g. an `_info` series (its value is always 1).
-LABELS_ONLY = ("Time", "__name__", "instance", "job", "Value")
 
 
 def findings_annotation(extra_tags: Sequence[str] = ()) -> dashboard_builder.AnnotationQuery:

@@ -105,3 +105,11 @@ def parse_int(value: str) -> int | None:
         return int(value)
     except ValueError:
         return None
+
+
+def parse_float(value: str) -> float | None:
+    value = nullable(value)
+    try:
+        return float(value)
+    except ValueError:
+        return None
