@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 # Slurm prints these where a value is not set.
 NULL_VALUES = frozenset({"", "N/A", "n/a", "(null)", "None", "NONE", "Unknown", "UNKNOWN", "(N/A)"})
@@ -99,17 +100,17 @@ def split_top_level(text: str, sep: str = ",") -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def parse_int(value: str) -> int | None:
+def _number(value: str, kind: type[N]) -> N | None:
     value = nullable(value)
     try:
-        return int(value)
+        return kind(value)
     except ValueError:
         return None
+
+
+def parse_int(value: str) -> int | None:
+    return _number(value, int)
 
 
 def parse_float(value: str) -> float | None:
-    value = nullable(value)
-    try:
-        return float(value)
-    except ValueError:
-        return None
+    return _number(value, float)
