@@ -13,7 +13,6 @@ the receiver open. `llm` and `slurm` (and whatever else the investigation lists 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import stat
@@ -24,27 +23,17 @@ from typing import Any
 
 import yaml
 
+from agent_webhook.investigation.config import CONFIG_KEYS
 from agent_webhook.store import Synchronous
+from exporters.common.sections import mapping_section, reject_unknown
 from exporters.common.server import ListenAddressError, parse_listen
 from exporters.common.webconfig import WebConfig, WebConfigError, load_web_config
 
 log = logging.getLogger(__name__)
 
 SINK_TYPES = ("slack", "webhook", "grafana", "stdout")
-# What the investigation reads when it does not say (agent_webhook.investigation.CONFIG_KEYS).
-_DEFAULT_INVESTIGATION_KEYS = ("prometheus_url", "alertmanager_url", "llm", "slurm")
-
-
-def _investigation_keys() -> tuple[str, ...]:
-    try:
-        module = importlib.import_module("agent_webhook.investigation.config")
-    except ImportError:
-        return _DEFAULT_INVESTIGATION_KEYS
-    keys = getattr(module, "CONFIG_KEYS", _DEFAULT_INVESTIGATION_KEYS)
-    return tuple(dict.fromkeys((*_DEFAULT_INVESTIGATION_KEYS, *keys)))
-
-
-INVESTIGATION_KEYS = _investigation_keys()
+# The agent.yml keys the investigation reads; passed through to it as given.
+INVESTIGATION_KEYS = CONFIG_KEYS
 _TOP_KEYS = {
     "listen",
     "db",
@@ -158,17 +147,11 @@ def _url(value: Any, where: str) -> str:
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-    return value
+    return mapping_section(value, where, ConfigError)
 
 
 def _unknown(section: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    extra = sorted(str(k) for k in set(section) - allowed)
-    if extra:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(extra)}")
+    reject_unknown(section, allowed, where, ConfigError)
 
 
 def load_file(path: Path | None) -> tuple[dict[str, Any], Path]:

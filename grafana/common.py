@@ -25,6 +25,8 @@ from grafana_foundation_sdk.models import dashboard as models
 from grafana_foundation_sdk.models import heatmap as heatmap_models
 from grafana_foundation_sdk.models import prometheus as prometheus_models
 
+from grafana.promql import CLUSTER
+
 # The provisioned datasource (grafana/provisioning/datasources/gpu-watchdog.yml) has this uid;
 # the `datasource` variable defaults to it, and every query goes through the variable.
 DATASOURCE_UID = "gpu-watchdog-prometheus"
@@ -37,6 +39,8 @@ FINDINGS_TAG = "gpu-watchdog"
 DASHBOARD_TAGS = ["gpu-watchdog"]
 
 GRID_WIDTH = 24
+# Title of the dropdown on every dashboard that links to the other gpu-watchdog dashboards.
+DASHBOARDS_LINK = "gpu-watchdog dashboards"
 
 # Colours by meaning, so every dashboard reads the same.
 OK, WARN, BAD, INFO = "green", "orange", "red", "blue"
@@ -110,7 +114,7 @@ class PanelSpec:
 def stat(
     title: str,
     description: str,
-    query: Query,
+    query: Query | str,
     unit: str,
     *,
     steps: Sequence[tuple[float | None, str]] = ((None, INFO),),
@@ -119,7 +123,12 @@ def stat(
     width: int = 4,
     height: int = 4,
 ) -> PanelSpec:
-    """A big number; `show_name` shows the series name (its legend) instead, e.g. a state."""
+    """A big number; `show_name` shows the series name (its legend) instead, e.g. a state.
+
+    A plain expression is an instant query: a stat shows the value now.
+    """
+    if isinstance(query, str):
+        query = Query(query, instant=True)
     panel = (
         stat_builder.Panel()
         .title(title)
@@ -135,6 +144,17 @@ def stat(
     if show_name:
         panel = panel.text_mode(common_models.BigValueTextMode.NAME).graph_mode(common_models.BigValueGraphMode.NONE)
     return PanelSpec(panel, [query], width, height)
+
+
+def count_stat(
+    title: str, description: str, expr: str, *, alarm: str | None = WARN, at: float = 1.0, width: int = 4
+) -> PanelSpec:
+    """How many things are in a state, e.g. lost GPUs: green at 0, `alarm` from `at` on.
+
+    `or vector(0)` makes "none" read 0 rather than "No data". `alarm=None`: a plain count.
+    """
+    steps: Sequence[tuple[float | None, str]] = ((None, OK), (at, alarm)) if alarm else ((None, INFO),)
+    return stat(title, description, f"{expr} or vector(0)", "none", steps=steps, width=width)
 
 
 def timeseries(
@@ -178,10 +198,19 @@ def timeseries(
     return PanelSpec(panel, queries, width, height)
 
 
+def ratio_timeseries(title: str, description: str, queries: Sequence[Query], *, width: int = 12) -> PanelSpec:
+    """A fraction over time (utilization, allocation) on a fixed 0-100 % axis."""
+    return timeseries(title, description, queries, "percentunit", min_value=0, max_value=1, width=width)
+
+
+# Table columns to hide for a table of label sets, e.g. an `_info` series (its value is always 1).
+LABELS_ONLY = ("Time", "__name__", "instance", "job", "Value")
+
+
 def table(
     title: str,
     description: str,
-    queries: Sequence[Query],
+    exprs: Sequence[str],
     *,
     unit: str = "none",
     hidden_columns: Sequence[str] = ("Time", "__name__", "instance", "job"),
@@ -190,7 +219,7 @@ def table(
     width: int = 24,
     height: int = 8,
 ) -> PanelSpec:
-    """A table of instant rows; several queries are merged into one row per label set.
+    """A table of the rows `exprs` return now; several queries are merged into one row per label set.
 
     `columns` names and sets the unit of value columns: {"Value #B": ("utilization", "percentunit")}.
     """
@@ -216,7 +245,7 @@ def table(
     )
     for name, column_unit in columns.values():
         panel = panel.override_by_name(name, [models.DynamicConfigValue(id_val="unit", value=column_unit)])
-    return PanelSpec(panel, queries, width, height)
+    return PanelSpec(panel, [Query(expr, instant=True, table=True) for expr in exprs], width, height)
 
 
 def heatmap(
@@ -290,6 +319,13 @@ def state_timeline(
         .fill_opacity(70)
     )
     return PanelSpec(panel, queries, width, height)
+
+
+def flag_timeline(title: str, description: str, query: Query, state: str, colour: str, *, width: int) -> PanelSpec:
+    """When a 0/1 series (an alert, a clocks-event reason) is 1: a bar named `state` in `colour`."""
+    return state_timeline(
+        title, description, [query], "none", value_text({"1": (state, colour)}), steps=((None, colour),), width=width
+    )
 
 
 def findings_list(title: str, description: str, tags: Sequence[str], width: int = 24, height: int = 10) -> PanelSpec:
@@ -395,6 +431,30 @@ def query_variable(
     return variable
 
 
+def node_variable(
+    description: str, metric: str, *, multi: bool = True, include_all: bool = True
+) -> dashboard_builder.QueryVariable:
+    """The `node` variable: the nodes `metric` has in the selected cluster."""
+    return query_variable(
+        "node",
+        "Node",
+        description,
+        f"label_values({metric}{{{CLUSTER}}}, node)",
+        multi=multi,
+        include_all=include_all,
+    )
+
+
+def gpu_node_variable(*, multi: bool = True, include_all: bool = True) -> dashboard_builder.QueryVariable:
+    """Nodes that run a GPU exporter."""
+    return node_variable(
+        "Slurm node name (the `node` target label of the GPU exporter).",
+        "nvidia_gpu_up",
+        multi=multi,
+        include_all=include_all,
+    )
+
+
 def cluster_variable() -> dashboard_builder.QueryVariable:
     # Neither exporter is guaranteed to put a `cluster` label on its series: slurm-exporter may
     # (its --cluster flag), GPU series get one only if the scrape config adds it as a target
@@ -495,3 +555,22 @@ class Board:
 
     def build(self) -> models.Dashboard:
         return self._builder.build()
+
+
+def watchdog_board(
+    uid: str,
+    title: str,
+    description: str,
+    *,
+    extra_tags: Sequence[str],
+    variables: Sequence[cogbuilder.Builder[models.VariableModel]],
+    annotations: Sequence[cogbuilder.Builder[models.AnnotationQuery]],
+) -> Board:
+    """A gpu-watchdog dashboard: the datasource and cluster variables before its own, and a link
+    to the other dashboards."""
+    return (
+        Board(uid, title, description, extra_tags=extra_tags)
+        .variables(datasource_variable(), cluster_variable(), *variables)
+        .annotations(*annotations)
+        .link_to(DASHBOARDS_LINK)
+    )

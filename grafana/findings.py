@@ -7,21 +7,16 @@ from grafana_foundation_sdk.models import dashboard as models
 from grafana.common import (
     BAD,
     FINDINGS_TAG,
-    OK,
-    WARN,
-    Board,
     Query,
-    cluster_variable,
-    datasource_variable,
+    count_stat,
     findings_annotation,
     findings_list,
     firing_alerts_annotation,
+    flag_timeline,
     query_variable,
-    stat,
-    state_timeline,
     table,
     timeseries,
-    value_text,
+    watchdog_board,
 )
 from grafana.promql import CLUSTER
 
@@ -30,60 +25,48 @@ FIRING = f'alertstate="firing", {CLUSTER}, severity=~"$severity"'
 
 
 def build() -> models.Dashboard:
-    board = (
-        Board(
-            UID,
-            "Findings and alerts",
-            "What is wrong right now and what the gpu-watchdog agent found out about it: firing "
-            "alerts from Prometheus, Alertmanager's view, and the agent's findings (Grafana "
-            f"annotations tagged {FINDINGS_TAG}).",
-            extra_tags=["alerts"],
-        )
-        .variables(
-            datasource_variable(),
-            cluster_variable(),
+    board = watchdog_board(
+        UID,
+        "Findings and alerts",
+        "What is wrong right now and what the gpu-watchdog agent found out about it: firing "
+        "alerts from Prometheus, Alertmanager's view, and the agent's findings (Grafana "
+        f"annotations tagged {FINDINGS_TAG}).",
+        extra_tags=["alerts"],
+        variables=[
             query_variable(
                 "severity",
                 "Severity",
                 "Alert severity label (critical, warning, info).",
                 f"label_values(ALERTS{{{CLUSTER}}}, severity)",
             ),
-        )
-        .annotations(findings_annotation(), firing_alerts_annotation(CLUSTER))
-        .link_to("gpu-watchdog dashboards")
+        ],
+        annotations=[findings_annotation(), firing_alerts_annotation(CLUSTER)],
     )
 
     board.row("Now").add(
-        stat(
+        count_stat(
             "Alerts firing",
             "Alert instances firing now (Prometheus ALERTS), selected severities.",
-            Query(f"count(ALERTS{{{FIRING}}}) or vector(0)", instant=True),
-            "none",
-            steps=((None, OK), (1.0, WARN)),
+            f"count(ALERTS{{{FIRING}}})",
             width=6,
         ),
-        stat(
+        count_stat(
             "Critical alerts firing",
             "Firing alerts with severity=critical.",
-            Query(f'count(ALERTS{{alertstate="firing", {CLUSTER}, severity="critical"}}) or vector(0)', instant=True),
-            "none",
-            steps=((None, OK), (1.0, BAD)),
+            f'count(ALERTS{{alertstate="firing", {CLUSTER}, severity="critical"}})',
+            alarm=BAD,
             width=6,
         ),
-        stat(
+        count_stat(
             "Alerts pending",
             "Alerts whose condition holds but whose `for:` duration has not elapsed yet.",
-            Query(f'count(ALERTS{{alertstate="pending", {CLUSTER}}}) or vector(0)', instant=True),
-            "none",
-            steps=((None, OK), (1.0, WARN)),
+            f'count(ALERTS{{alertstate="pending", {CLUSTER}}})',
             width=6,
         ),
-        stat(
+        count_stat(
             "Alertmanager active alerts",
             "Alerts Alertmanager holds as active (not silenced or inhibited), from its own metrics.",
-            Query('sum(alertmanager_alerts{state="active"}) or vector(0)', instant=True),
-            "none",
-            steps=((None, OK), (1.0, WARN)),
+            'sum(alertmanager_alerts{state="active"})',
             width=6,
         ),
         table(
@@ -91,13 +74,7 @@ def build() -> models.Dashboard:
             "Every firing alert instance with the labels that say where: node, gpu, component, "
             "severity. The agent's finding for each appears below and as a purple mark on the "
             "GPU and Slurm dashboards.",
-            [
-                Query(
-                    f"max by (alertname, severity, component, node, gpu) (ALERTS{{{FIRING}}})",
-                    instant=True,
-                    table=True,
-                )
-            ],
+            [f"max by (alertname, severity, component, node, gpu) (ALERTS{{{FIRING}}})"],
             hidden_columns=("Time", "Value"),
             width=24,
         ),
@@ -114,18 +91,12 @@ def build() -> models.Dashboard:
     )
 
     board.row("History").add(
-        state_timeline(
+        flag_timeline(
             "Alert history",
             "When each alert fired, per node.",
-            [
-                Query(
-                    f"max by (alertname, node) (ALERTS{{{FIRING}}})",
-                    legend="{{alertname}} {{node}}",
-                )
-            ],
-            "none",
-            value_text({"1": ("firing", BAD)}),
-            steps=((None, BAD),),
+            Query(f"max by (alertname, node) (ALERTS{{{FIRING}}})", legend="{{alertname}} {{node}}"),
+            "firing",
+            BAD,
             width=24,
         ),
         timeseries(

@@ -8,17 +8,18 @@ from grafana.common import (
     BAD,
     OK,
     WARN,
-    Board,
     Query,
-    cluster_variable,
-    datasource_variable,
+    count_stat,
     findings_annotation,
     firing_alerts_annotation,
+    gpu_node_variable,
     heatmap,
     query_variable,
+    ratio_timeseries,
     stat,
     table,
     timeseries,
+    watchdog_board,
 )
 from grafana.promql import CLUSTER, GPU_NODES, THROTTLE_REASONS, of_model, sel
 
@@ -44,121 +45,90 @@ def _gpu_over(function: str, metric: str, window: str, extra: str = "") -> str:
 
 
 def build() -> models.Dashboard:
-    board = (
-        Board(
-            UID,
-            "GPU fleet",
-            "Every GPU at a glance: lost GPUs, XIDs, ECC and row remapping, throttling, "
-            "temperature, power and utilization. Purple marks are gpu-watchdog findings.",
-            extra_tags=["gpu"],
-        )
-        .variables(
-            datasource_variable(),
-            cluster_variable(),
-            query_variable(
-                "node",
-                "Node",
-                "Slurm node name (the `node` target label of the GPU exporter).",
-                f"label_values(nvidia_gpu_up{{{CLUSTER}}}, node)",
-            ),
+    board = watchdog_board(
+        UID,
+        "GPU fleet",
+        "Every GPU at a glance: lost GPUs, XIDs, ECC and row remapping, throttling, "
+        "temperature, power and utilization. Purple marks are gpu-watchdog findings.",
+        extra_tags=["gpu"],
+        variables=[
+            gpu_node_variable(),
             query_variable(
                 "model",
                 "GPU model",
                 "GPU product name from nvidia_gpu_info.",
                 f'label_values(nvidia_gpu_info{{{CLUSTER}, node=~"$node"}}, name)',
             ),
-        )
-        .annotations(findings_annotation(), firing_alerts_annotation('component="gpu"'))
-        .link_to("gpu-watchdog dashboards")
+        ],
+        annotations=[findings_annotation(), firing_alerts_annotation('component="gpu"')],
     )
 
     board.row("Health").add(
-        stat(
+        count_stat(
             "GPUs reporting",
             "GPUs whose exporter can read them (nvidia_gpu_up == 1).",
-            Query(f"count({_gpu('nvidia_gpu_up')} == 1) or vector(0)", instant=True),
-            "none",
+            f"count({_gpu('nvidia_gpu_up')} == 1)",
+            alarm=None,
         ),
-        stat(
+        count_stat(
             "GPUs lost",
             "GPUs the exporter knows but cannot read (fell off the bus, XID 79): nvidia_gpu_up == 0. "
             "Anything above zero needs a node drain and a GPU reset or RMA (alert GPUFellOffBus).",
-            Query(f"count({_gpu('nvidia_gpu_up')} == 0) or vector(0)", instant=True),
-            "none",
-            steps=((None, OK), (1.0, BAD)),
+            f"count({_gpu('nvidia_gpu_up')} == 0)",
+            alarm=BAD,
         ),
-        stat(
+        count_stat(
             "GPUs with XIDs",
             "GPUs that reported an XID during the time range (nvidia_gpu_last_xid above 0; it keeps "
             "the latest code until the exporter restarts). The XID table below has codes and counts.",
-            Query(
-                f"count({_gpu_over('max_over_time', 'nvidia_gpu_last_xid', '$__range')} > 0) or vector(0)", instant=True
-            ),
-            "none",
-            steps=((None, OK), (1.0, WARN)),
+            f"count({_gpu_over('max_over_time', 'nvidia_gpu_last_xid', '$__range')} > 0)",
         ),
-        stat(
+        count_stat(
             "Uncorrectable ECC errors",
             "Double-bit (uncorrectable) ECC errors over the time range: the application on that GPU "
             "saw corrupted memory. Alert GPUDoubleBitECC.",
-            Query(
-                "sum(max without (counter) "
-                f"({_gpu_over('increase', 'nvidia_gpu_ecc_errors_total', '$__range', UNCORRECTED)})) or vector(0)",
-                instant=True,
-            ),
-            "none",
-            steps=((None, OK), (1.0, BAD)),
+            "sum(max without (counter) "
+            f"({_gpu_over('increase', 'nvidia_gpu_ecc_errors_total', '$__range', UNCORRECTED)}))",
+            alarm=BAD,
         ),
-        stat(
+        count_stat(
             "Row remap failures / pending",
             "GPUs with a failed row remap (RMA) or a remap pending until the next GPU reset. "
             "Alerts GPURowRemapFailure and GPURowRemapPending.",
-            Query(
-                f"count({_gpu('nvidia_gpu_remapped_rows', REMAP_BAD)} > 0) or vector(0)",
-                instant=True,
-            ),
-            "none",
-            steps=((None, OK), (1.0, BAD)),
+            f"count({_gpu('nvidia_gpu_remapped_rows', REMAP_BAD)} > 0)",
+            alarm=BAD,
         ),
-        stat(
+        count_stat(
             "GPUs throttling",
             f"GPUs with a protective clocks-event reason active ({THROTTLE_REASONS.replace('|', ', ')}). "
             "Alert GPUThermalThrottling.",
-            Query(
-                f"count(max by (node, gpu) ({_gpu('nvidia_gpu_clocks_event_reasons', THROTTLING)}) == 1) or vector(0)",
-                instant=True,
-            ),
-            "none",
-            steps=((None, OK), (1.0, WARN)),
+            f"count(max by (node, gpu) ({_gpu('nvidia_gpu_clocks_event_reasons', THROTTLING)}) == 1)",
         ),
     ).add(
         stat(
             "Hottest GPU",
             "Highest GPU die temperature now. Warning at 85 C, critical at 90 C (GPUTemperatureHigh).",
-            Query(f"max({_gpu('nvidia_gpu_temperature_celsius')})", instant=True),
+            f"max({_gpu('nvidia_gpu_temperature_celsius')})",
             "celsius",
             steps=TEMPERATURE_STEPS,
         ),
         stat(
             "Fleet power draw",
             "Sum of the power drawn by the selected GPUs.",
-            Query(f"sum({_gpu('nvidia_gpu_power_watts')})", instant=True),
+            f"sum({_gpu('nvidia_gpu_power_watts')})",
             "watt",
         ),
         stat(
             "Mean GPU utilization",
             "Mean fraction of time a kernel ran, over the selected GPUs.",
-            Query(f"avg({_gpu('nvidia_gpu_utilization_ratio')})", instant=True),
+            f"avg({_gpu('nvidia_gpu_utilization_ratio')})",
             "percentunit",
             steps=((None, WARN), (0.3, OK)),
         ),
         stat(
             "GPU memory in use",
             "Framebuffer memory used over memory installed, selected GPUs.",
-            Query(
-                f"sum({_gpu('nvidia_gpu_memory_used_bytes')}) / sum({_gpu('nvidia_gpu_memory_total_bytes')})",
-                instant=True,
-            ),
+            f"sum({_gpu('nvidia_gpu_memory_used_bytes')}) / sum({_gpu('nvidia_gpu_memory_total_bytes')})",
             "percentunit",
             steps=((None, OK), (0.9, WARN), (0.97, BAD)),
         ),
@@ -166,19 +136,15 @@ def build() -> models.Dashboard:
             "Oldest exporter snapshot",
             "Age of the oldest last GPU collection: a stuck NVML loop shows here before its series "
             "go stale. GPUExporterDown fires above 120 s.",
-            Query(
-                f"max(time() - gpu_exporter_last_collect_timestamp_seconds{{{GPU_NODES}}})",
-                instant=True,
-            ),
+            f"max(time() - gpu_exporter_last_collect_timestamp_seconds{{{GPU_NODES}}})",
             "s",
             steps=((None, OK), (30.0, WARN), (120.0, BAD)),
         ),
-        stat(
+        count_stat(
             "GPU exporters down",
             "GPU exporter targets (scrape job `gpu`) Prometheus cannot scrape (alert GPUExporterDown).",
-            Query(f"count(up{{{GPU_TARGETS}}} == 0) or vector(0)", instant=True),
-            "none",
-            steps=((None, OK), (1.0, BAD)),
+            f"count(up{{{GPU_TARGETS}}} == 0)",
+            alarm=BAD,
         ),
     )
 
@@ -190,13 +156,10 @@ def build() -> models.Dashboard:
             Query(_gpu("nvidia_gpu_utilization_ratio"), legend="{{node}} gpu {{gpu}}"),
             "percentunit",
         ),
-        timeseries(
+        ratio_timeseries(
             "Utilization per node",
             "Mean GPU utilization of each node's selected GPUs.",
             [Query(f"avg by (node) ({_gpu('nvidia_gpu_utilization_ratio')})", legend="{{node}}")],
-            "percentunit",
-            min_value=0,
-            max_value=1,
         ),
     )
 
@@ -256,12 +219,8 @@ def build() -> models.Dashboard:
             "(docs/runbooks/GPUXidError.md). Counted totals, not increases: a counter born at its "
             "first event would show an increase of zero.",
             [
-                Query(
-                    f"max by (node, gpu, xid) ({_gpu('nvidia_gpu_xid_errors_total')})",
-                    instant=True,
-                    table=True,
-                ),
-                Query(f"max by (node, gpu) ({_gpu('nvidia_gpu_last_xid')}) > 0", instant=True, table=True),
+                f"max by (node, gpu, xid) ({_gpu('nvidia_gpu_xid_errors_total')})",
+                f"max by (node, gpu) ({_gpu('nvidia_gpu_last_xid')}) > 0",
             ],
             hidden_columns=("Time",),
             columns={"Value #A": ("events", "none"), "Value #B": ("last XID", "none")},

@@ -8,18 +8,21 @@ from grafana.common import (
     BAD,
     OK,
     WARN,
-    Board,
+    PanelSpec,
     Query,
-    cluster_variable,
-    datasource_variable,
+    count_stat,
     findings_annotation,
     firing_alerts_annotation,
+    flag_timeline,
+    gpu_node_variable,
     query_variable,
+    ratio_timeseries,
     stat,
     state_timeline,
     table,
     timeseries,
     value_text,
+    watchdog_board,
 )
 from grafana.gpu_fleet import TEMPERATURE_STEPS
 from grafana.promql import CLUSTER, GPUS, sel, with_job
@@ -32,71 +35,75 @@ def _gpu(metric: str, extra: str = "") -> str:
     return sel(metric, GPUS, extra)
 
 
+def _per_gpu(metric: str, legend_suffix: str = "") -> Query:
+    """One series per selected GPU, named by its index (and `legend_suffix`)."""
+    return Query(_gpu(metric), legend="gpu {{gpu}}" + (f" {legend_suffix}" if legend_suffix else ""))
+
+
+def _against_limit(title: str, description: str, metric: str, limit: tuple[str, str], unit: str) -> PanelSpec:
+    """`metric` per GPU with the highest `limit` metric of the selected GPUs as a reference line."""
+    limit_metric, limit_legend = limit
+    return timeseries(
+        title,
+        description,
+        [_per_gpu(metric), Query(f"max({_gpu(limit_metric)})", legend=limit_legend)],
+        unit,
+        min_value=0,
+        width=8,
+    )
+
+
 def build() -> models.Dashboard:
-    board = (
-        Board(
-            UID,
-            "GPU node",
-            "Every GPU of one node: health, clocks-event reasons, memory, power, and the processes "
-            "and Slurm jobs on each GPU. Purple marks are gpu-watchdog findings for this node.",
-            extra_tags=["gpu"],
-        )
-        .variables(
-            datasource_variable(),
-            cluster_variable(),
-            query_variable(
-                "node",
-                "Node",
-                "Slurm node name (the `node` target label of the GPU exporter).",
-                f"label_values(nvidia_gpu_up{{{CLUSTER}}}, node)",
-                multi=False,
-                include_all=False,
-            ),
+    board = watchdog_board(
+        UID,
+        "GPU node",
+        "Every GPU of one node: health, clocks-event reasons, memory, power, and the processes "
+        "and Slurm jobs on each GPU. Purple marks are gpu-watchdog findings for this node.",
+        extra_tags=["gpu"],
+        variables=[
+            gpu_node_variable(multi=False, include_all=False),
             query_variable(
                 "gpu",
                 "GPU",
                 "GPU index on the node (nvidia-smi's index; Slurm's GRES index).",
                 f"label_values(nvidia_gpu_up{{{NODE}}}, gpu)",
             ),
-        )
+        ],
         # The agent tags each finding with the node name, so this shows only this node's findings.
-        .annotations(findings_annotation(extra_tags=["$node"]), firing_alerts_annotation(NODE))
-        .link_to("gpu-watchdog dashboards")
+        annotations=[findings_annotation(extra_tags=["$node"]), firing_alerts_annotation(NODE)],
     )
 
     board.row("$node").add(
         stat(
             "GPUs readable",
             "GPUs of the node NVML can read (recording rule node:nvidia_gpu_up:sum).",
-            Query('node:nvidia_gpu_up:sum{node=~"$node"}', instant=True),
+            'node:nvidia_gpu_up:sum{node=~"$node"}',
             "none",
         ),
         stat(
             "Mean GPU utilization",
             "Mean utilization of the node's GPUs (node:nvidia_gpu_utilization_ratio:avg).",
-            Query('node:nvidia_gpu_utilization_ratio:avg{node=~"$node"}', instant=True),
+            'node:nvidia_gpu_utilization_ratio:avg{node=~"$node"}',
             "percentunit",
         ),
         stat(
             "GPU memory in use",
             "Framebuffer memory used over installed, all GPUs of the node (node:nvidia_gpu_memory_used:ratio).",
-            Query('node:nvidia_gpu_memory_used:ratio{node=~"$node"}', instant=True),
+            'node:nvidia_gpu_memory_used:ratio{node=~"$node"}',
             "percentunit",
             steps=((None, OK), (0.9, WARN), (0.97, BAD)),
         ),
         stat(
             "GPU power draw",
             "Power drawn by all GPUs of the node (node:nvidia_gpu_power_watts:sum).",
-            Query('node:nvidia_gpu_power_watts:sum{node=~"$node"}', instant=True),
+            'node:nvidia_gpu_power_watts:sum{node=~"$node"}',
             "watt",
         ),
-        stat(
+        count_stat(
             "Idle allocated GPUs",
             "GPUs of this node a Slurm job holds whose 10-minute mean utilization is under 5 % "
             "(node_gpu:nvidia_gpu_idle_allocated:bool; GPUIdleWhileAllocated after 30 minutes).",
-            Query('sum(node_gpu:nvidia_gpu_idle_allocated:bool{node=~"$node"}) or vector(0)', instant=True),
-            "none",
-            steps=((None, OK), (1.0, WARN)),
+            'sum(node_gpu:nvidia_gpu_idle_allocated:bool{node=~"$node"})',
         ),
         stat(
             "Slurm state",
@@ -110,18 +117,12 @@ def build() -> models.Dashboard:
             "GPUs",
             "One row per GPU: model, driver, state and the Slurm job holding it (empty when idle).",
             [
-                Query(
-                    f"max by (gpu, uuid, name, driver_version, mig_mode) ({_gpu('nvidia_gpu_info')})",
-                    instant=True,
-                    table=True,
-                ),
-                Query(f"max by (gpu) ({_gpu('nvidia_gpu_up')})", instant=True, table=True),
-                Query(f"max by (gpu) ({_gpu('nvidia_gpu_utilization_ratio')})", instant=True, table=True),
-                Query(f"max by (gpu) ({_gpu('nvidia_gpu_temperature_celsius')})", instant=True, table=True),
-                Query(f"max by (gpu) ({_gpu('nvidia_gpu_last_xid')})", instant=True, table=True),
-                Query(
-                    f"max by (gpu, job_id, user, account) ({with_job(_gpu('nvidia_gpu_up'))})", instant=True, table=True
-                ),
+                f"max by (gpu, uuid, name, driver_version, mig_mode) ({_gpu('nvidia_gpu_info')})",
+                f"max by (gpu) ({_gpu('nvidia_gpu_up')})",
+                f"max by (gpu) ({_gpu('nvidia_gpu_utilization_ratio')})",
+                f"max by (gpu) ({_gpu('nvidia_gpu_temperature_celsius')})",
+                f"max by (gpu) ({_gpu('nvidia_gpu_last_xid')})",
+                f"max by (gpu, job_id, user, account) ({with_job(_gpu('nvidia_gpu_up'))})",
             ],
             hidden_columns=("Time", "Value #A", "Value #F"),
             columns={
@@ -144,79 +145,62 @@ def build() -> models.Dashboard:
             steps=((None, BAD), (1.0, OK)),
             width=12,
         ),
-        state_timeline(
+        flag_timeline(
             "Clocks-event reasons",
             "Which clocks-event reasons are active per GPU. thermal / hw_slowdown / sw_thermal mean "
             "the GPU protects itself (GPUThermalThrottling); power_cap means power bound.",
-            [
-                Query(
-                    f"max by (gpu, reason) ({_gpu('nvidia_gpu_clocks_event_reasons')}) == 1",
-                    legend="gpu {{gpu}} {{reason}}",
-                )
-            ],
-            "none",
-            value_text({"1": ("active", WARN)}),
-            steps=((None, WARN),),
+            Query(
+                f"max by (gpu, reason) ({_gpu('nvidia_gpu_clocks_event_reasons')}) == 1",
+                legend="gpu {{gpu}} {{reason}}",
+            ),
+            "active",
+            WARN,
             width=12,
         ),
     )
 
     board.row("Utilization, memory, thermals").add(
-        timeseries(
+        ratio_timeseries(
             "GPU utilization",
             "Fraction of time a kernel ran, per GPU.",
-            [Query(_gpu("nvidia_gpu_utilization_ratio"), legend="gpu {{gpu}}")],
-            "percentunit",
-            min_value=0,
-            max_value=1,
+            [_per_gpu("nvidia_gpu_utilization_ratio")],
             width=8,
         ),
-        timeseries(
+        _against_limit(
             "Memory used",
             "Framebuffer memory used per GPU; the dashed line is the installed memory.",
-            [
-                Query(_gpu("nvidia_gpu_memory_used_bytes"), legend="gpu {{gpu}}"),
-                Query(f"max({_gpu('nvidia_gpu_memory_total_bytes')})", legend="installed"),
-            ],
+            "nvidia_gpu_memory_used_bytes",
+            ("nvidia_gpu_memory_total_bytes", "installed"),
             "bytes",
-            min_value=0,
-            width=8,
         ),
-        timeseries(
+        ratio_timeseries(
             "Memory bandwidth utilization",
             "Fraction of time device memory was read or written, per GPU.",
-            [Query(_gpu("nvidia_gpu_memory_utilization_ratio"), legend="gpu {{gpu}}")],
-            "percentunit",
-            min_value=0,
-            max_value=1,
+            [_per_gpu("nvidia_gpu_memory_utilization_ratio")],
             width=8,
         ),
         timeseries(
             "Temperature",
             "GPU die temperature. Dashed lines: warning (85 C) and critical (90 C), as GPUTemperatureHigh.",
-            [Query(_gpu("nvidia_gpu_temperature_celsius"), legend="gpu {{gpu}}")],
+            [_per_gpu("nvidia_gpu_temperature_celsius")],
             "celsius",
             steps=TEMPERATURE_STEPS,
             width=8,
         ),
-        timeseries(
+        _against_limit(
             "Power",
             "Power drawn per GPU and the enforced power limit.",
-            [
-                Query(_gpu("nvidia_gpu_power_watts"), legend="gpu {{gpu}}"),
-                Query(f"max({_gpu('nvidia_gpu_power_limit_watts')})", legend="limit"),
-            ],
+            "nvidia_gpu_power_watts",
+            ("nvidia_gpu_power_limit_watts", "limit"),
             "watt",
-            min_value=0,
-            width=8,
         ),
         timeseries(
             "Clocks",
             "SM and memory clocks per GPU; SM clocks dropping under load with a throttle reason "
             "active is the signature of thermal or power slowdown.",
             [
-                Query(_gpu("nvidia_gpu_sm_clock_hertz"), legend="gpu {{gpu}} SM"),
-                Query(_gpu("nvidia_gpu_memory_clock_hertz"), legend="gpu {{gpu}} memory"),
+                _per_gpu("nvidia_gpu_sm_clock_hertz", "SM"),
+                _per_gpu("nvidia_gpu_memory_clock_hertz", "memory"),
             ],
             "hertz",
             width=8,
@@ -229,11 +213,7 @@ def build() -> models.Dashboard:
             "Compute processes per GPU with their GPU memory and the Slurm job id taken from the "
             "process's cgroup or environment; user and account come from the Slurm exporter.",
             [
-                Query(
-                    f"sum by (gpu, pid, slurm_job_id) ({_gpu('nvidia_gpu_process_memory_used_bytes')})",
-                    instant=True,
-                    table=True,
-                ),
+                f"sum by (gpu, pid, slurm_job_id) ({_gpu('nvidia_gpu_process_memory_used_bytes')})",
             ],
             unit="bytes",
             width=12,
@@ -242,11 +222,7 @@ def build() -> models.Dashboard:
             "Slurm jobs on this node's GPUs",
             "Which job holds which GPU (slurm_job_gpu_info) and how busy that GPU is right now.",
             [
-                Query(
-                    f"max by (gpu, job_id, user, account) ({with_job(_gpu('nvidia_gpu_utilization_ratio'))})",
-                    instant=True,
-                    table=True,
-                ),
+                f"max by (gpu, job_id, user, account) ({with_job(_gpu('nvidia_gpu_utilization_ratio'))})",
             ],
             unit="percentunit",
             steps=((None, BAD), (0.05, WARN), (0.5, OK)),
@@ -272,14 +248,14 @@ def build() -> models.Dashboard:
             "ECC error counters per GPU, type (correctable, uncorrectable) and counter (volatile "
             "since the driver loaded, aggregate over the GPU's life). H100 and later repair memory "
             "by row remapping (next panel) rather than page retirement.",
-            [Query(_gpu("nvidia_gpu_ecc_errors_total"), legend="gpu {{gpu}} {{type}} {{counter}}")],
+            [_per_gpu("nvidia_gpu_ecc_errors_total", "{{type}} {{counter}}")],
             "none",
             width=8,
         ),
         timeseries(
             "Remapped rows",
             "Row remapping per GPU and state: pending needs a GPU reset, failure needs an RMA.",
-            [Query(_gpu("nvidia_gpu_remapped_rows"), legend="gpu {{gpu}} {{state}}")],
+            [_per_gpu("nvidia_gpu_remapped_rows", "{{state}}")],
             "none",
             width=8,
         ),

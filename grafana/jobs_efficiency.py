@@ -7,18 +7,19 @@ from grafana_foundation_sdk.models import dashboard as models
 from grafana.common import (
     BAD,
     INFO,
+    LABELS_ONLY,
     OK,
     WARN,
-    Board,
     Query,
     bargauge,
-    cluster_variable,
-    datasource_variable,
+    count_stat,
     findings_annotation,
     query_variable,
+    ratio_timeseries,
     stat,
     table,
     timeseries,
+    watchdog_board,
 )
 from grafana.promql import CLUSTER, IDLE_UTILIZATION, JOBS, sel, with_job
 
@@ -33,18 +34,14 @@ IDLE_ALLOCATED = sel("node_gpu:nvidia_gpu_idle_allocated:bool", JOBS)
 
 
 def build() -> models.Dashboard:
-    board = (
-        Board(
-            UID,
-            "Jobs and efficiency",
-            "GPUs Slurm allocated against GPUs actually busy, per user, account and job; GPUs "
-            "allocated but idle; GPU-hours per account. Joins Slurm's job-to-GPU map with the GPU "
-            "exporter on (node, gpu).",
-            extra_tags=["slurm", "gpu"],
-        )
-        .variables(
-            datasource_variable(),
-            cluster_variable(),
+    board = watchdog_board(
+        UID,
+        "Jobs and efficiency",
+        "GPUs Slurm allocated against GPUs actually busy, per user, account and job; GPUs "
+        "allocated but idle; GPU-hours per account. Joins Slurm's job-to-GPU map with the GPU "
+        "exporter on (node, gpu).",
+        extra_tags=["slurm", "gpu"],
+        variables=[
             query_variable(
                 "account",
                 "Account",
@@ -57,45 +54,42 @@ def build() -> models.Dashboard:
                 "Slurm user.",
                 f'label_values(slurm_gpu_seconds_total{{{CLUSTER}, account=~"$account"}}, user)',
             ),
-        )
-        .annotations(findings_annotation())
-        .link_to("gpu-watchdog dashboards")
+        ],
+        annotations=[findings_annotation()],
     )
 
     board.row("Allocated vs. used").add(
-        stat(
+        count_stat(
             "GPUs allocated",
             "GPUs held by running jobs of the selected users and accounts (slurm_job_gpu_info).",
-            Query(f"count(slurm_job_gpu_info{{{JOBS}}}) or vector(0)", instant=True),
-            "none",
+            f"count(slurm_job_gpu_info{{{JOBS}}})",
+            alarm=None,
             width=6,
         ),
-        stat(
+        count_stat(
             "GPUs busy (equivalent)",
             "Sum of the utilization of the allocated GPUs: how many fully busy GPUs the allocation is worth.",
-            Query(f"sum({ALLOCATED_UTILIZATION}) or vector(0)", instant=True),
-            "none",
+            f"sum({ALLOCATED_UTILIZATION})",
+            alarm=None,
             width=6,
         ),
         stat(
             "Allocated GPU utilization",
             "Mean utilization of allocated GPUs. Red under 5 % (idle), orange under 50 %.",
-            Query(f"avg({ALLOCATED_UTILIZATION})", instant=True),
+            f"avg({ALLOCATED_UTILIZATION})",
             "percentunit",
             steps=EFFICIENCY_STEPS,
             width=6,
         ),
-        stat(
+        count_stat(
             "Allocated but idle",
             f"Allocated GPUs whose 10-minute mean utilization is under {IDLE_UTILIZATION:.0%} "
             "(recording rule node_gpu:nvidia_gpu_idle_allocated:bool; the alert "
             "GPUIdleWhileAllocated fires when this lasts 30 minutes).",
-            Query(f"sum({IDLE_ALLOCATED}) or vector(0)", instant=True),
-            "none",
-            steps=((None, OK), (1.0, WARN)),
+            f"sum({IDLE_ALLOCATED})",
             width=6,
         ),
-        timeseries(
+        ratio_timeseries(
             "Cluster: GPUs allocated vs. GPU utilization",
             "Share of all GPUs Slurm has allocated (cluster:slurm_gpus_allocated:ratio) against "
             "the mean utilization of all GPUs (cluster:nvidia_gpu_utilization_ratio:avg). Whole "
@@ -104,10 +98,6 @@ def build() -> models.Dashboard:
                 Query("cluster:slurm_gpus_allocated:ratio", legend="allocated"),
                 Query("cluster:nvidia_gpu_utilization_ratio:avg", legend="utilized"),
             ],
-            "percentunit",
-            min_value=0,
-            max_value=1,
-            width=12,
         ),
         timeseries(
             "Allocated vs. busy GPUs",
@@ -128,8 +118,8 @@ def build() -> models.Dashboard:
             "Jobs holding GPUs",
             "Each running job with GPUs: how many, and their mean utilization now.",
             [
-                Query(f"count by (job_id, user, account) (slurm_job_gpu_info{{{JOBS}}})", instant=True, table=True),
-                Query(f"avg by (job_id, user, account) ({ALLOCATED_UTILIZATION})", instant=True, table=True),
+                f"count by (job_id, user, account) (slurm_job_gpu_info{{{JOBS}}})",
+                f"avg by (job_id, user, account) ({ALLOCATED_UTILIZATION})",
             ],
             columns={"Value #A": ("GPUs", "none"), "Value #B": ("mean utilization", "percentunit")},
             width=12,
@@ -138,8 +128,8 @@ def build() -> models.Dashboard:
             "Idle while allocated",
             f"GPUs a job holds whose 10-minute mean utilization is under {IDLE_UTILIZATION:.0%}, with "
             "the job, user and account to talk to (node_gpu:nvidia_gpu_idle_allocated:bool).",
-            [Query(f"{IDLE_ALLOCATED} == 1", instant=True, table=True)],
-            hidden_columns=("Time", "__name__", "instance", "job", "Value"),
+            [f"{IDLE_ALLOCATED} == 1"],
+            hidden_columns=LABELS_ONLY,
             width=12,
         ),
         bargauge(

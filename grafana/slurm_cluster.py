@@ -6,21 +6,23 @@ from grafana_foundation_sdk.models import dashboard as models
 
 from grafana.common import (
     BAD,
+    LABELS_ONLY,
     OK,
     WARN,
-    Board,
     Query,
     bargauge,
-    cluster_variable,
-    datasource_variable,
+    count_stat,
     findings_annotation,
     firing_alerts_annotation,
     heatmap,
+    node_variable,
     query_variable,
+    ratio_timeseries,
     stat,
     table,
     timeseries,
     value_text,
+    watchdog_board,
 )
 from grafana.promql import CLUSTER, SLURM_NODES
 
@@ -29,32 +31,22 @@ PARTITIONS = f'{CLUSTER}, partition=~"$partition"'
 
 
 def build() -> models.Dashboard:
-    board = (
-        Board(
-            UID,
-            "Slurm cluster",
-            "Slurm as the scheduler sees it: nodes by state with drain reasons, CPU and GPU "
-            "allocation, the queue by state and pending reason, job wait times, scheduler health.",
-            extra_tags=["slurm"],
-        )
-        .variables(
-            datasource_variable(),
-            cluster_variable(),
+    board = watchdog_board(
+        UID,
+        "Slurm cluster",
+        "Slurm as the scheduler sees it: nodes by state with drain reasons, CPU and GPU "
+        "allocation, the queue by state and pending reason, job wait times, scheduler health.",
+        extra_tags=["slurm"],
+        variables=[
             query_variable(
                 "partition",
                 "Partition",
                 "Slurm partition.",
                 f"label_values(slurm_partition_gpus{{{CLUSTER}}}, partition)",
             ),
-            query_variable(
-                "node",
-                "Node",
-                "Slurm node name.",
-                f"label_values(slurm_node_state{{{CLUSTER}}}, node)",
-            ),
-        )
-        .annotations(findings_annotation(), firing_alerts_annotation('component="slurm"'))
-        .link_to("gpu-watchdog dashboards")
+            node_variable("Slurm node name.", "slurm_node_state"),
+        ],
+        annotations=[findings_annotation(), firing_alerts_annotation('component="slurm"')],
     )
 
     board.row("Health").add(
@@ -62,7 +54,7 @@ def build() -> models.Dashboard:
             "Controller",
             "slurm_up: 1 when the last poll of slurmctld succeeded. When it is 0 the exporter "
             "keeps serving the last good data (see snapshot age). Alert SlurmControllerDown.",
-            Query(f"min(slurm_up{{{CLUSTER}}})", instant=True),
+            f"min(slurm_up{{{CLUSTER}}})",
             "none",
             steps=((None, BAD), (1.0, OK)),
             mappings=value_text({"0": ("DOWN", BAD), "1": ("UP", OK)}),
@@ -71,52 +63,46 @@ def build() -> models.Dashboard:
         stat(
             "Data age",
             "How old the Slurm data served by the exporter is: grows while slurmctld does not answer.",
-            Query(f"max(slurm_exporter_snapshot_age_seconds{{{CLUSTER}}})", instant=True),
+            f"max(slurm_exporter_snapshot_age_seconds{{{CLUSTER}}})",
             "s",
             steps=((None, OK), (60.0, WARN), (300.0, BAD)),
             width=3,
         ),
-        stat(
+        count_stat(
             "Nodes down or drained",
             "Nodes in a down, drained, draining or failing state (any reason). The table below "
             "lists them with their reason.",
-            Query(f"count(max by (node) (slurm_node_reason_info{{{SLURM_NODES}}})) or vector(0)", instant=True),
-            "none",
-            steps=((None, OK), (1.0, WARN)),
+            f"count(max by (node) (slurm_node_reason_info{{{SLURM_NODES}}}))",
             width=3,
         ),
-        stat(
+        count_stat(
             "Nodes in maintenance",
             "Nodes whose drain/down reason or reservation says maintenance "
             "(node:slurm_node_in_maintenance:bool): their node and GPU alerts are held back.",
-            Query("count(node:slurm_node_in_maintenance:bool == 1) or vector(0)", instant=True),
-            "none",
+            "count(node:slurm_node_in_maintenance:bool == 1)",
+            alarm=None,
             width=3,
         ),
         stat(
             "GPUs allocated",
             "Allocated over configured GPUs, whole cluster, counted per node so that a node in "
             "several partitions counts once (cluster:slurm_gpus_allocated:ratio).",
-            Query("cluster:slurm_gpus_allocated:ratio", instant=True),
+            "cluster:slurm_gpus_allocated:ratio",
             "percentunit",
             width=3,
         ),
         stat(
             "CPUs allocated",
             "Allocated CPUs over configured CPUs, selected nodes.",
-            Query(
-                f"sum(slurm_node_cpus_allocated{{{SLURM_NODES}}}) / sum(slurm_node_cpus{{{SLURM_NODES}}})",
-                instant=True,
-            ),
+            f"sum(slurm_node_cpus_allocated{{{SLURM_NODES}}}) / sum(slurm_node_cpus{{{SLURM_NODES}}})",
             "percentunit",
             width=3,
         ),
-        stat(
+        count_stat(
             "Jobs pending",
             "Jobs waiting in the queue, selected partitions (all reasons).",
-            Query(f'sum(slurm_jobs{{{PARTITIONS}, state="pending"}}) or vector(0)', instant=True),
-            "none",
-            steps=((None, OK), (50.0, WARN)),
+            f'sum(slurm_jobs{{{PARTITIONS}, state="pending"}})',
+            at=50.0,
             width=3,
         ),
     )
@@ -133,8 +119,8 @@ def build() -> models.Dashboard:
             "Down, drained and failing nodes",
             "Each node that is down, drained or failing with the reason an admin or Slurm gave "
             "(alerts SlurmNodeDown, SlurmNodeDrained, SlurmNodeNotResponding).",
-            [Query(f"slurm_node_reason_info{{{SLURM_NODES}}}", instant=True, table=True)],
-            hidden_columns=("Time", "__name__", "instance", "job", "Value"),
+            [f"slurm_node_reason_info{{{SLURM_NODES}}}"],
+            hidden_columns=LABELS_ONLY,
             width=16,
         ),
         bargauge(
@@ -164,13 +150,10 @@ def build() -> models.Dashboard:
     )
 
     board.row("Allocation over time").add(
-        timeseries(
+        ratio_timeseries(
             "GPU allocation by partition",
             "Allocated over configured GPUs per partition (partition:slurm_gpus_allocated:ratio).",
             [Query(f"partition:slurm_gpus_allocated:ratio{{{PARTITIONS}}}", legend="{{partition}}")],
-            "percentunit",
-            min_value=0,
-            max_value=1,
             width=8,
         ),
         timeseries(
@@ -186,7 +169,7 @@ def build() -> models.Dashboard:
             min_value=0,
             width=8,
         ),
-        timeseries(
+        ratio_timeseries(
             "Memory allocation",
             "Allocated over configured memory, selected nodes.",
             [
@@ -196,9 +179,6 @@ def build() -> models.Dashboard:
                     legend="memory",
                 )
             ],
-            "percentunit",
-            min_value=0,
-            max_value=1,
             width=8,
         ),
     )

@@ -29,28 +29,29 @@ class GuardrailError(ValueError):
     """Input rejected by a guardrail; the message is safe to show the model."""
 
 
+def _matching(value: str, pattern: re.Pattern[str], what: str, shown: int, expected: str = "") -> str:
+    """`value` if it is a string `pattern` matches; else a GuardrailError quoting at most `shown`
+    characters of it (the model may have sent anything, at any length)."""
+    if not isinstance(value, str) or not pattern.match(value):
+        hint = f": expected {expected}" if expected else ""
+        raise GuardrailError(f"invalid {what} {str(value)[:shown]!r}{hint}")
+    return value
+
+
 def check_node(node: str) -> str:
-    if not isinstance(node, str) or not NODE_RE.match(node):
-        raise GuardrailError(f"invalid node name {str(node)[:80]!r}: expected {NODE_RE.pattern}")
-    return node
+    return _matching(node, NODE_RE, "node name", 80, NODE_RE.pattern)
 
 
 def check_gpu(gpu: str) -> str:
-    if not isinstance(gpu, str) or not GPU_RE.match(gpu):
-        raise GuardrailError(f"invalid gpu index {str(gpu)[:20]!r}: expected a number")
-    return gpu
+    return _matching(gpu, GPU_RE, "gpu index", 20, "a number")
 
 
 def check_metric(name: str) -> str:
-    if not isinstance(name, str) or not METRIC_RE.match(name):
-        raise GuardrailError(f"invalid metric name {str(name)[:80]!r}")
-    return name
+    return _matching(name, METRIC_RE, "metric name", 80)
 
 
 def check_job_id(job_id: str) -> str:
-    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
-        raise GuardrailError(f"invalid Slurm job id {str(job_id)[:40]!r}: expected digits (or ARRAY_TASK)")
-    return job_id
+    return _matching(job_id, JOB_ID_RE, "Slurm job id", 40, "digits (or ARRAY_TASK)")
 
 
 def check_query(query: str) -> str:

@@ -31,6 +31,8 @@ from typing import Any
 import bcrypt
 import yaml
 
+from exporters.common.sections import mapping_section, reject_unknown
+
 
 class WebConfigError(ValueError):
     """The web config file is unreadable or invalid; the message says which key and why."""
@@ -145,17 +147,12 @@ _DUMMY_HASH = bcrypt.hashpw(b"not-a-user", bcrypt.gensalt(rounds=10))
 
 
 def _expect_mapping(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise WebConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-    return value
+    return mapping_section(value, where, WebConfigError)
 
 
 def _check_keys(section: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(section) - allowed)
-    if unknown:
-        raise WebConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    # exporter-toolkit calls them fields.
+    reject_unknown(section, allowed, where, WebConfigError, noun="field")
 
 
 def _resolve(base: Path, value: Any, where: str) -> Path:

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from agent_webhook.config import ConfigError, build_config, investigation_mapping, load_config
-from agent_webhook.wiring import FallbackInvestigator, make_investigator
+from agent_webhook.investigation import Investigation
+from agent_webhook.wiring import make_investigator
 
 AGENT = str(Path(sys.executable).parent / "agent-webhook")
 
@@ -84,13 +85,8 @@ def test_empty_token_file_is_rejected(tmp_path: Path) -> None:
         build_config({"token_file": "tok"}, tmp_path)
 
 
-def test_fallback_investigator_until_the_investigation_lands() -> None:
-    try:
-        import agent_webhook.investigation  # noqa: F401
-    except ImportError:
-        assert isinstance(make_investigator(load_config(None)), FallbackInvestigator)
-    else:
-        assert not isinstance(make_investigator(load_config(None)), FallbackInvestigator)
+def test_make_investigator_builds_the_investigation() -> None:
+    assert isinstance(make_investigator(load_config(None)), Investigation)
 
 
 def test_env_overrides_file_and_flag_overrides_env(tmp_path: Path) -> None:

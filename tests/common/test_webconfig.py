@@ -81,6 +81,8 @@ def test_tls_paths_resolve_relative_to_the_file(tmp_path: Path) -> None:
         ("basic_auth_users:\n  alice: plaintext\n", "expected a bcrypt hash"),
         ("basic_auth_users:\n  alice: '$2b$10$tooshort'\n", "invalid bcrypt hash"),
         ("http_server_config:\n  http3: true\n", "unknown field(s) http3"),
+        # YAML keys need not be strings: listed, not a TypeError from sorting mixed types.
+        ("1: x\nbasic_auth_user: {}\n", "unknown field(s) 1, basic_auth_user"),
         ("key: [unclosed\n", "not valid YAML"),
     ],
 )

@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from exporters.common.sections import reject_unknown
+
 # Names of `throttle` reasons: the `reason` label values of nvidia_gpu_clocks_event_reasons.
 THROTTLE_REASONS = (
     "idle",
@@ -131,9 +133,7 @@ def _coerce(kind: str, value: Any, where: str) -> Any:
 def parse_entry(entry: Any, where: str) -> Fault:
     if not isinstance(entry, dict):
         raise FaultFileError(f"{where}: expected a mapping, got {type(entry).__name__}")
-    unknown = sorted(set(entry) - {"id", "gpu", "kind", "value", "injected_at", "job_id"})
-    if unknown:
-        raise FaultFileError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    reject_unknown(entry, {"id", "gpu", "kind", "value", "injected_at", "job_id"}, where, FaultFileError)
     gpu = entry.get("gpu")
     if not isinstance(gpu, int) or isinstance(gpu, bool) or gpu < 0:
         raise FaultFileError(f"{where}: gpu must be a GPU index (integer >= 0), got {gpu!r}")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 # Slurm prints these where a value is not set.
 NULL_VALUES = frozenset({"", "N/A", "n/a", "(null)", "None", "NONE", "Unknown", "UNKNOWN", "(N/A)"})
@@ -26,6 +28,21 @@ class Parsed(Generic[T]):
         self.errors += 1
         if len(self.samples) < 3:
             self.samples.append(f"{why}: {line[:200]!r}")
+
+    def rows(self, text: str, width: int, *, free_text_last: bool = True) -> Iterator[tuple[str, list[str]]]:
+        """Each non-blank line of `|`-separated output with its `width` fields; others are skipped.
+
+        With `free_text_last` the last field keeps any further `|` (a reason an admin typed);
+        without, a line with more fields is malformed.
+        """
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            cols = line.split("|", width - 1) if free_text_last else line.split("|")
+            if len(cols) != width:
+                self.skip(line, f"expected {width} fields")
+                continue
+            yield line, cols
 
 
 def nullable(value: str) -> str:
@@ -83,9 +100,17 @@ def split_top_level(text: str, sep: str = ",") -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def parse_int(value: str) -> int | None:
+def _number(value: str, kind: type[N]) -> N | None:
     value = nullable(value)
     try:
-        return int(value)
+        return kind(value)
     except ValueError:
         return None
+
+
+def parse_int(value: str) -> int | None:
+    return _number(value, int)
+
+
+def parse_float(value: str) -> float | None:
+    return _number(value, float)

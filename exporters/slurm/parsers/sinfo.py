@@ -70,14 +70,7 @@ def split_state(long_state: str, complete: str) -> tuple[str, frozenset[str]]:
 def parse(text: str) -> Parsed[Node]:
     result: Parsed[Node] = Parsed()
     by_name: dict[str, Node] = {}
-    for raw in text.splitlines():
-        line = raw.rstrip("\n")
-        if not line.strip():
-            continue
-        cols = line.split("|", len(FIELDS) - 1)
-        if len(cols) != len(FIELDS):
-            result.skip(line, f"expected {len(FIELDS)} fields")
-            continue
+    for line, cols in result.rows(text, len(FIELDS)):
         name, partition, complete, long_state, cpus, memory, alloc_mem, gres, gres_used, reason = cols
         name = name.strip()
         partition = nullable(partition).rstrip("*")

@@ -87,13 +87,7 @@ def job_gpus(alloc: str, per_node: str, per_job: str, per_task: str, *, nodes: i
 
 def parse(text: str) -> Parsed[Job]:
     result: Parsed[Job] = Parsed()
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        cols = line.split("|", len(FIELDS) - 1)
-        if len(cols) != len(FIELDS):
-            result.skip(line, f"expected {len(FIELDS)} fields")
-            continue
+    for line, cols in result.rows(text, len(FIELDS)):
         (job_id, display_id, partition, user, account, state, submit, start, end, num_nodes, num_tasks) = cols[:11]
         alloc, per_node, per_job, per_task, nodes, reason = cols[11:]
         job_id = job_id.strip()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from exporters.slurm.parsers.common import Parsed, nullable
+from exporters.slurm.parsers.common import Parsed, nullable, parse_float
 
 FIELDS = ("Account", "User", "RawShares", "NormShares", "RawUsage", "EffectvUsage", "FairShare")
 ARGS = ["-h", "-P", "-a", "-o", ",".join(FIELDS)]
@@ -20,23 +20,9 @@ class Share:
     fairshare: float | None
 
 
-def _float(text: str) -> float | None:
-    text = nullable(text)
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
 def parse(text: str) -> Parsed[Share]:
     result: Parsed[Share] = Parsed()
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        cols = line.split("|")
-        if len(cols) != len(FIELDS):
-            result.skip(line, f"expected {len(FIELDS)} fields")
-            continue
+    for line, cols in result.rows(text, len(FIELDS), free_text_last=False):
         account, user, _raw_shares, norm, raw_usage, eff, fairshare = cols
         if not account.strip():
             result.skip(line, "no account")
@@ -45,10 +31,10 @@ def parse(text: str) -> Parsed[Share]:
             Share(
                 account=account.strip(),
                 user=nullable(user),
-                norm_shares=_float(norm),
-                raw_usage=_float(raw_usage),
-                effective_usage=_float(eff),
-                fairshare=_float(fairshare),
+                norm_shares=parse_float(norm),
+                raw_usage=parse_float(raw_usage),
+                effective_usage=parse_float(eff),
+                fairshare=parse_float(fairshare),
             )
         )
     return result
