@@ -13,14 +13,19 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from agent_webhook.config import AgentConfig, ConfigError, investigation_mapping
 from agent_webhook.degraded import basic_diagnosis
+from agent_webhook.metrics import AgentMetrics
 from agent_webhook.model import Alert, Diagnosis, Evidence, Investigator
+from agent_webhook.store import Store
 from exporters.common.logs import redact
+
+if TYPE_CHECKING:
+    from agent_webhook.actions import ActionEngine
 
 log = logging.getLogger(__name__)
 _EXCERPT_CHARS = 2000
@@ -50,6 +55,13 @@ def make_investigator(config: AgentConfig, on_event: ProgressCallback | None = N
         return with_progress
     built: Investigator = investigation.build_investigator(inv_config)
     return built
+
+
+def make_action_engine(config: AgentConfig, store: Store, metrics: AgentMetrics) -> ActionEngine:
+    """The scale-action engine; with actions disabled it only records "disabled" refusals."""
+    from agent_webhook.actions import ActionEngine
+
+    return ActionEngine(config.actions, store, metrics)
 
 
 def alert_expression(alert: Alert) -> str | None:
