@@ -7,8 +7,8 @@ import os
 import re
 import sys
 from collections.abc import Iterator, Mapping
-from datetime import datetime
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
