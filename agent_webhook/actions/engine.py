@@ -99,12 +99,11 @@ class ActionEngine:
             return None
         started = time.time()
         try:
-            decision = await self._decide(alert, kind)
+            decision = await self._decide(alert, kind, started)
         except Exception as exc:  # a bug or a dead store must not take the worker down
             log.exception("scale decision failed", extra={"alertname": alert.alertname, "action": kind})
             decision = Decision(kind, "failed", "internal_error", redact(f"{type(exc).__name__}: {exc}")[:_MAX_ERROR])
-        decision.decided_at = iso(started)
-        decision.dry_run = self.config.dry_run and self.config.enabled
+        decision.decided_at = decision.decided_at or iso(started)
         self._observe(decision)
         log.info(
             "scale decision",
@@ -126,7 +125,7 @@ class ActionEngine:
         if decision.outcome == "taken":
             self.metrics.last_action.labels(decision.action).set(time.time())
 
-    async def _decide(self, alert: Alert, kind: ActionKind) -> Decision:
+    async def _decide(self, alert: Alert, kind: ActionKind, started: float) -> Decision:
         if not self.config.enabled:
             return Decision(kind, "refused", "disabled", "actions are disabled (actions.enabled: false)")
         async with self._lock:
@@ -148,6 +147,8 @@ class ActionEngine:
                     kind, "failed", "internal_error", redact(f"{type(exc).__name__}: {exc}")[:_MAX_ERROR]
                 )
             decision.spend_cap_dollars_per_hour = self.config.spend_cap_dollars_per_hour
+            decision.dry_run = self.config.dry_run
+            decision.decided_at = iso(started)
             await self.store.run(
                 self.store.action_record,
                 alert.fingerprint,

@@ -205,3 +205,48 @@ def test_disabled_actions_are_recorded_as_refused(
     metrics = get_json(f"{svc.url}/metrics").body.decode()
     assert 'agent_webhook_actions_total{action="scale_up",outcome="refused"} 1.0' in metrics
     assert 'agent_webhook_actions_not_taken_total{action="scale_up",reason="disabled"} 1.0' in metrics
+
+
+def test_an_interrupted_action_is_never_retried_and_starts_the_cooldown(tmp_path: Path) -> None:
+    """kill -9 mid-playbook leaves a `pending` reservation: the re-run must not act again."""
+    import asyncio
+
+    from agent_webhook.actions import ActionEngine
+    from agent_webhook.metrics import AgentMetrics
+
+    db = tmp_path / "agent.db"
+    crashed = Store(db)
+    crashed.open()
+    assert crashed.action_claim(BACKLOG.fingerprint, BACKLOG.starts_at, BACKLOG.alertname, "scale_up") is None
+    crashed.close()  # the process "dies" here, before recording how the action ended
+
+    async def decide(*alerts: Alert) -> list[dict[str, Any] | None]:
+        store = Store(db)
+        await store.run(store.open)
+        try:
+            engine = ActionEngine(cfg(cooldown_seconds=600), store, AgentMetrics())
+            return [await engine.handle(a) for a in alerts]
+        finally:
+            store.shutdown()
+
+    other = Alert(
+        fingerprint="fp2",
+        status="firing",
+        labels=dict(BACKLOG.labels),
+        annotations={},
+        starts_at="2026-11-23T10:30:00Z",
+        ends_at=None,
+    )
+    rerun, newer = asyncio.run(decide(BACKLOG, other))
+    assert rerun is not None and rerun["reason"] == "duplicate" and "interrupted" in rerun["detail"]
+    assert newer is not None and newer["reason"] == "cooldown", newer
+    assert newer["dry_run"] is True and newer["decided_at"]
+
+
+def test_findings_cli_line_shows_the_decision() -> None:
+    from agent_webhook.cli_findings import _line
+
+    finding = {"id": "f-1", "alertname": "RunPodPodIdle", "status": "firing", "summary": "idle"}
+    assert "\n" not in _line(finding | {"action": None})
+    action = {"action": "scale_down", "outcome": "refused", "reason": "busy_node", "detail": "still runs jobs"}
+    assert _line(finding | {"action": action}).endswith("\n    Action scale_down: refused [busy_node]: still runs jobs")
