@@ -9,7 +9,8 @@ new pods over SSH, which cannot run here.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import runpod
 from agent_webhook.config import AgentConfig, build_config
 from tests.agent.conftest import TOKEN, ScriptedInvestigator, ServiceThread, get_json, make_payload, post_alerts
 from tests.fakes.runpod_api import DEFAULT_API_KEY, FakeRunPod
+from tests.harness.processes import wait_until
+from tests.harness.promstack import AlertmanagerServer
 from tests.harness.slurm import SlurmCluster, wait_for_job_state
 from tests.runpod.conftest import ANSIBLE_DIR, drained_at
 
@@ -174,6 +177,45 @@ def test_backlog_scales_up_once_although_alertmanager_repeats(agents: Agents, sd
     (after_restart,) = decision(svc, "bk2")
     assert after_restart["reason"] == "cooldown", after_restart
     assert sdk.operations().count("podFindAndDeployOnDemand") == deploys + 1
+
+
+def test_real_alertmanager_pair_renotifying_gives_one_scale_up(
+    agents: Agents, sdk: FakeRunPod, alertmanager_factory: Callable[..., AlertmanagerServer]
+) -> None:
+    """No cooldown at all: only the one-decision-per-alert rule stands between resends and pods."""
+    create_pods("t-head", "t-worker-1")
+    deploys = sdk.operations().count("podFindAndDeployOnDemand")
+    svc = agents.start(agents.config(max_workers=4, scale_up_step=1, cooldown_seconds=0))
+    receiver = {
+        "url": f"{svc.url}/alerts",
+        "send_resolved": True,
+        "http_config": {"authorization": {"type": "Bearer", "credentials_file": str(agents.token_file)}},
+    }
+    route = {"receiver": "agent", "group_by": ["alertname"], "group_wait": "0s", "group_interval": "1s"}
+    config = {
+        "route": route | {"repeat_interval": "1s"},
+        "receivers": [{"name": "agent", "webhook_configs": [receiver]}],
+    }
+    # Two Alertmanagers that cannot gossip (an HA pair in a partition), each re-notifying every second.
+    am, peer = alertmanager_factory(config), alertmanager_factory(config)
+    started = datetime.now(UTC) - timedelta(seconds=5)
+    alert = {
+        "labels": {"alertname": "SlurmGPUQueueBacklog", "partition": "gpu", "severity": "warning"},
+        "annotations": {"summary": "GPU jobs pending in partition gpu"},
+        "startsAt": started.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    }
+
+    def notified() -> bool:
+        am.post_alerts([alert])
+        peer.post_alerts([alert])
+        return metric(svc, 'agent_webhook_notifications_total{code="202"}') >= 6
+
+    wait_until(notified, 60, interval=0.5, what="six notifications from the Alertmanager pair")
+    svc.wait_idle(PLAYBOOK_WAIT)
+    (finding,) = svc.findings()
+    assert finding["action"]["outcome"] == "taken" and finding["action"]["add"] == ["t-worker-2"], finding["action"]
+    assert sdk.operations().count("podFindAndDeployOnDemand") == deploys + 1
+    assert metric(svc, 'agent_webhook_actions_total{action="scale_up",outcome="taken"}') == 1
 
 
 def test_bounds_and_spend_cap_refuse_without_touching_pods(agents: Agents, sdk: FakeRunPod) -> None:
