@@ -149,14 +149,19 @@ class ActionEngine:
             decision.spend_cap_dollars_per_hour = self.config.spend_cap_dollars_per_hour
             decision.dry_run = self.config.dry_run
             decision.decided_at = iso(started)
-            await self.store.run(
-                self.store.action_record,
-                alert.fingerprint,
-                alert.starts_at,
-                decision.outcome,
-                decision.reason or "",
-                decision.as_dict(),
-            )
+            try:
+                await self.store.run(
+                    self.store.action_record,
+                    alert.fingerprint,
+                    alert.starts_at,
+                    decision.outcome,
+                    decision.reason or "",
+                    decision.as_dict(),
+                )
+            except Exception as exc:
+                # The reservation stays `pending` (still one decision, still a cooldown); what was
+                # done is reported in the finding and the log rather than lost in an exception.
+                log.error("cannot record the scale decision", extra={"error": f"{type(exc).__name__}: {exc}"})
             return decision
 
     async def _decide_claimed(self, alert: Alert, kind: ActionKind) -> Decision:
