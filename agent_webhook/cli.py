@@ -66,7 +66,10 @@ def main(config_path: str | None, log_level: str, log_format: str, **overrides: 
             "investigator": type(investigator).__name__,
         },
     )
-    app = build_app(config, investigator)
+    try:
+        app = build_app(config, investigator)
+    except ConfigError as exc:
+        fail(str(exc))
     try:
         run_app(app, config.listen, config.web_config)
     except OSError as exc:

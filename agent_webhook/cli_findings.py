@@ -27,6 +27,7 @@ import click
 from agent_webhook.config import AgentConfig, ConfigError, load_config
 from agent_webhook.model import Alert, Diagnosis
 from agent_webhook.payload import PayloadError, parse_payload
+from agent_webhook.sinks.render import action_text
 from agent_webhook.wiring import make_investigator
 from exporters.common.logs import redact, redact_value
 
@@ -98,10 +99,12 @@ def _line(finding: dict[str, Any]) -> str:
     if finding.get("gpu"):
         where += f"/gpu{finding['gpu']}"
     created = str(finding.get("created_at") or "")[:19].replace("T", " ")
-    return (
+    line = (
         f"{created}  {finding.get('status', ''):8} {finding.get('severity', ''):8} "
         f"{finding.get('alertname', ''):24} {where:20} {finding.get('id', '')}  {finding.get('summary', '')}"
     )
+    action = action_text(finding.get("action"))
+    return f"{line}\n    {action}" if action else line
 
 
 @click.command("findings")

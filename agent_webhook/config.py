@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ _TOP_KEYS = {
     "sinks",
     "sink_retry",
     "public_url",
+    "actions",
     *INVESTIGATION_KEYS,
 }
 _SINK_KEYS = {
@@ -62,6 +64,24 @@ _SINK_KEYS = {
     "timeout_seconds",
 }
 _RETRY_KEYS = {"initial_seconds", "max_seconds"}
+_ACTIONS_KEYS = {
+    "enabled",
+    "dry_run",
+    "min_workers",
+    "max_workers",
+    "scale_up_step",
+    "cooldown_seconds",
+    "spend_cap_dollars_per_hour",
+    "worker_cost_dollars_per_hour",
+    "name_prefix",
+    "ansible_dir",
+    "playbook",
+    "inventory",
+    "extra_vars",
+    "playbook_timeout_seconds",
+    "drain_timeout_seconds",
+    "api_key_file",
+}
 DEFAULT_LISTEN = "0.0.0.0:9095"
 
 
@@ -84,6 +104,29 @@ class SinkConfig:
 
 
 @dataclass
+class ActionsConfig:
+    """The `actions` section: guarded scale-up/scale-down of RunPod workers (docs/agent-webhook.md)."""
+
+    enabled: bool = False
+    # Safe default: enabling actions first shows what they would do; acting needs dry_run: false too.
+    dry_run: bool = True
+    min_workers: int = 0
+    max_workers: int = 4
+    scale_up_step: int = 1
+    cooldown_seconds: float = 900.0
+    spend_cap_dollars_per_hour: float | None = None
+    worker_cost_dollars_per_hour: float | None = None
+    name_prefix: str = "gw"
+    ansible_dir: Path | None = None
+    playbook: str = "scale.yml"
+    inventory: Path | None = None
+    extra_vars: dict[str, Any] = field(default_factory=dict)
+    playbook_timeout_seconds: float = 1800.0
+    drain_timeout_seconds: float = 600.0
+    api_key: str | None = field(default=None, repr=False)
+
+
+@dataclass
 class AgentConfig:
     listen: str = DEFAULT_LISTEN
     db: Path = Path("agent-webhook.db")
@@ -100,6 +143,7 @@ class AgentConfig:
     sink_retry_initial_seconds: float = 2.0
     sink_retry_max_seconds: float = 600.0
     public_url: str | None = None
+    actions: ActionsConfig = field(default_factory=ActionsConfig)
     # What the investigation reads (prometheus_url, alertmanager_url, llm, slurm), as given.
     investigation: dict[str, Any] = field(default_factory=dict)
 
@@ -221,6 +265,57 @@ def _sinks(raw: Any, base: Path) -> list[SinkConfig]:
     return sinks
 
 
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
+def _actions(raw: Any, base: Path) -> ActionsConfig:
+    section = _mapping(raw, "actions")
+    _unknown(section, _ACTIONS_KEYS, "actions")
+    cfg = ActionsConfig()
+    cfg.enabled = _bool(section.get("enabled", cfg.enabled), "actions.enabled")
+    cfg.dry_run = _bool(section.get("dry_run", cfg.dry_run), "actions.dry_run")
+    for key in ("min_workers", "max_workers", "scale_up_step"):
+        minimum = 0 if key == "min_workers" else 1
+        value = _number(section.get(key, getattr(cfg, key)), f"actions.{key}", minimum=minimum, integer=True)
+        setattr(cfg, key, int(value))
+    if cfg.min_workers > cfg.max_workers:
+        raise ConfigError(f"actions.min_workers ({cfg.min_workers}) is above actions.max_workers ({cfg.max_workers})")
+    cfg.cooldown_seconds = _number(
+        section.get("cooldown_seconds", cfg.cooldown_seconds), "actions.cooldown_seconds", minimum=0
+    )
+    for key in ("spend_cap_dollars_per_hour", "worker_cost_dollars_per_hour"):
+        if section.get(key) is not None:
+            value = _number(section[key], f"actions.{key}", minimum=0)
+            if value <= 0:
+                raise ConfigError(f"actions.{key}: must be above 0")
+            setattr(cfg, key, value)
+    if cfg.enabled and cfg.spend_cap_dollars_per_hour is None:
+        raise ConfigError("actions.spend_cap_dollars_per_hour: required when actions are enabled")
+    prefix = section.get("name_prefix", cfg.name_prefix)
+    if not isinstance(prefix, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", prefix):
+        raise ConfigError(f"actions.name_prefix: expected a pod name prefix (letters, digits, - _ .), got {prefix!r}")
+    cfg.name_prefix = prefix
+    playbook = section.get("playbook", cfg.playbook)
+    if not isinstance(playbook, str) or not playbook.endswith((".yml", ".yaml")):
+        raise ConfigError(f"actions.playbook: expected a playbook file name (.yml), got {playbook!r}")
+    cfg.playbook = playbook
+    for key in ("ansible_dir", "inventory"):
+        if section.get(key):
+            setattr(cfg, key, _path(section[key], f"actions.{key}", base))
+    extra = _mapping(section.get("extra_vars"), "actions.extra_vars")
+    if not all(isinstance(k, str) for k in extra):
+        raise ConfigError("actions.extra_vars: keys must be strings")
+    cfg.extra_vars = dict(extra)
+    for key in ("playbook_timeout_seconds", "drain_timeout_seconds"):
+        setattr(cfg, key, _number(section.get(key, getattr(cfg, key)), f"actions.{key}", minimum=1))
+    if section.get("api_key_file"):
+        cfg.api_key = _read_secret(_path(section["api_key_file"], "actions.api_key_file", base), "actions.api_key_file")
+    return cfg
+
+
 def build_config(raw: Mapping[str, Any], base: Path, overrides: Mapping[str, Any] | None = None) -> AgentConfig:
     """Validate the merged configuration. `overrides` (flags/env) win over `raw` (the file)."""
     merged: dict[str, Any] = dict(raw)
@@ -289,6 +384,7 @@ def build_config(raw: Mapping[str, Any], base: Path, overrides: Mapping[str, Any
     )
     if merged.get("public_url"):
         cfg.public_url = _url(merged["public_url"], "public_url")
+    cfg.actions = _actions(merged.get("actions"), base)
     for key in ("prometheus_url", "alertmanager_url"):
         if merged.get(key):
             merged[key] = _url(merged[key], key)

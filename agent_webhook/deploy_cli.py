@@ -191,8 +191,13 @@ def run_playbook(
     extra_vars: Mapping[str, Any],
     verbosity: int,
     event_handler: Callable[[Mapping[str, Any]], bool],
+    timeout: float | None = None,
+    envvars: Mapping[str, str] | None = None,
 ) -> tuple[int, list[dict[str, Any]], str]:
-    """Run one playbook with ansible-runner: (ansible-playbook's rc, per-host rows, runner status)."""
+    """Run one playbook with ansible-runner: (ansible-playbook's rc, per-host rows, runner status).
+
+    With `timeout` (seconds), ansible-runner kills the playbook after that long (status "timeout").
+    """
     import ansible_runner
 
     cmdline = []
@@ -207,6 +212,7 @@ def run_playbook(
     if (Path(bin_dir) / "ansible-playbook").exists() and bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     env = {"ANSIBLE_CONFIG": str(ansible_dir / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
+    env.update(envvars or {})
     with tempfile.TemporaryDirectory(prefix="gpu-watchdog-deploy-") as private:
         runner = ansible_runner.run(
             private_data_dir=private,
@@ -222,6 +228,7 @@ def run_playbook(
             quiet=True,
             event_handler=event_handler,
             suppress_env_files=True,
+            timeout=max(1, int(timeout)) if timeout else None,
         )
         rc = runner.rc if isinstance(runner.rc, int) else 1
         return rc, summary_rows(runner.stats), str(runner.status)

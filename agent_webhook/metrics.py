@@ -8,6 +8,10 @@ from agent_webhook import __version__
 from agent_webhook.model import Diagnosis
 from agent_webhook.store import Stats
 
+# Literal here rather than imported from agent_webhook.actions (which imports this module).
+ACTIONS = ("scale_up", "scale_down")
+OUTCOMES = ("taken", "dry_run", "refused", "failed")
+
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -67,6 +71,27 @@ class AgentMetrics:
         self.sink_pending = Gauge(
             "agent_webhook_sink_pending", "Finding events waiting to be delivered to a sink.", ["sink"], registry=r
         )
+        self.actions = Counter(
+            "agent_webhook_actions_total",
+            "Scale decisions by action (scale_up, scale_down) and outcome (taken, dry_run, refused, failed).",
+            ["action", "outcome"],
+            registry=r,
+        )
+        self.actions_not_taken = Counter(
+            "agent_webhook_actions_not_taken_total",
+            "Scale decisions refused or failed, by action and reason (cooldown, bounds, spend_cap, ...).",
+            ["action", "reason"],
+            registry=r,
+        )
+        self.last_action = Gauge(
+            "agent_webhook_last_action_timestamp_seconds",
+            "Unix time of the last scale action taken (not dry-run), by action.",
+            ["action"],
+            registry=r,
+        )
+        for action in ACTIONS:
+            for decided in OUTCOMES:
+                self.actions.labels(action, decided)
         for outcome in ("ok", "degraded", "timeout", "error", "abandoned"):
             self.investigations.labels(outcome)
         for status in ("firing", "resolved"):

@@ -80,6 +80,9 @@ class Diagnosis:
     # Counted by the service into agent_webhook_llm_calls_total / _llm_failures_total.
     llm_calls: int = 0  # chat-completion requests made (0 when no LLM is configured)
     llm_failures: int = 0  # of those, how many failed (error, timeout, unusable answer)
+    # Set by the service, not the investigation: the scale decision this alert led to
+    # (agent_webhook.actions.Decision.as_dict()), None for alerts that never lead to one.
+    action: dict[str, Any] | None = None
 
 
 class Investigator(Protocol):

@@ -35,6 +35,7 @@ from agent_webhook.model import Investigator
 from agent_webhook.payload import PayloadError, parse_payload, parse_time
 from agent_webhook.sinks import Sink, build_sinks
 from agent_webhook.store import READ, QueryError, Store, StoreError
+from agent_webhook.wiring import make_action_engine
 from agent_webhook.worker import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class Service:
         self.metrics = AgentMetrics()
         self.store = Store(config.db, synchronous=config.db_synchronous, sinks=[s.name for s in config.sinks])
         self._sinks_override = sinks
+        # Built here, not in start(): a bad actions setup (no playbook) is a ConfigError at launch.
+        self.actions = make_action_engine(config, self.store, self.metrics)
         self.session: aiohttp.ClientSession | None = None
         self.workers: WorkerPool | None = None
         self.delivery: Delivery | None = None
@@ -110,6 +113,7 @@ class Service:
             timeout_seconds=self.config.investigation_timeout_seconds,
             max_attempts=self.config.max_attempts,
             on_finding=self.delivery.wake,
+            actions=self.actions,
         )
         self.workers.start()
         self.delivery.start()

@@ -138,6 +138,20 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (finding_seq, sink, event)
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sink, state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS action_decisions (
+    id INTEGER PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    starts_at_key TEXT NOT NULL,
+    alertname TEXT NOT NULL,
+    action TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    decision TEXT,
+    decided_at REAL NOT NULL,
+    finished_at REAL,
+    UNIQUE (fingerprint, starts_at_key)
+);
+CREATE INDEX IF NOT EXISTS action_decisions_by_time ON action_decisions (outcome, decided_at);
 CREATE TABLE IF NOT EXISTS sink_refs (
     finding_seq INTEGER NOT NULL REFERENCES findings(seq),
     sink TEXT NOT NULL,
@@ -326,6 +340,9 @@ class Store:
             conn.execute("PRAGMA wal_autocheckpoint=0")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(findings)")}
+            if "action" not in columns:  # databases created before actions existed
+                conn.execute("ALTER TABLE findings ADD COLUMN action TEXT")
         except sqlite3.Error as exc:
             self._release_lock()
             raise StoreError(f"database {self.path}: {exc}") from None
@@ -590,8 +607,8 @@ class Store:
             cur = c.execute(
                 "INSERT INTO findings (id, alert_id, fingerprint, starts_at, alertname, node, gpu, status, severity,"
                 " summary, likely_cause, diagnosis, evidence, actions, llm_used, llm_model, triage_rule, degraded,"
-                " timings, labels, created_at, updated_at, resolved_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " timings, labels, created_at, updated_at, resolved_at, action)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     finding_id,
                     job.alert_id,
@@ -616,12 +633,70 @@ class Store:
                     now,
                     now,
                     now if status == "resolved" else None,
+                    json.dumps(redact_value("action", diagnosis.action)) if diagnosis.action is not None else None,
                 ),
             )
             seq = int(cur.lastrowid or 0)
             self._enqueue_sinks(c, seq, "new", now)
             c.execute("UPDATE jobs SET state='done', finished_at=? WHERE alert_id=?", (now, job.alert_id))
         return finding_id, True
+
+    # -- scale actions ----------------------------------------------------------------------
+
+    def action_claim(self, fingerprint: str, starts_at: str, alertname: str, action: str) -> dict[str, Any] | None:
+        """Reserve the one decision an alert (fingerprint + startsAt) may lead to.
+
+        Returns None when this call reserved it (the caller decides and then calls
+        :meth:`action_record`), or the earlier decision's row when one exists: a re-run after a
+        crash, or a re-delivery, must never act twice. A row still `pending` is one whose
+        process died mid-action; it is reported, not retried.
+        """
+        key = canonical_time(starts_at, "startsAt")
+        with self._tx(durable=True) as c:
+            row = c.execute(
+                "SELECT action, outcome, reason, decision, decided_at FROM action_decisions"
+                " WHERE fingerprint=? AND starts_at_key=?",
+                (fingerprint, key),
+            ).fetchone()
+            if row is not None:
+                return {
+                    "action": row["action"],
+                    "outcome": row["outcome"],
+                    "reason": row["reason"],
+                    "decision": json.loads(row["decision"]) if row["decision"] else None,
+                    "decided_at": float(row["decided_at"]),
+                }
+            c.execute(
+                "INSERT INTO action_decisions (fingerprint, starts_at_key, alertname, action, outcome, decided_at)"
+                " VALUES (?,?,?,?, 'pending', ?)",
+                (fingerprint, key, alertname, action, _now()),
+            )
+        return None
+
+    def action_record(self, fingerprint: str, starts_at: str, outcome: str, reason: str, decision: Any) -> None:
+        """Store how a reserved decision ended (taken, dry_run, refused, failed)."""
+        key = canonical_time(starts_at, "startsAt")
+        with self._tx(durable=True) as c:
+            c.execute(
+                "UPDATE action_decisions SET outcome=?, reason=?, decision=?, finished_at=?"
+                " WHERE fingerprint=? AND starts_at_key=?",
+                (outcome, reason, json.dumps(decision, default=str), _now(), fingerprint, key),
+            )
+
+    def last_action_at(self, outcomes: Sequence[str], exclude: tuple[str, str] | None = None) -> float | None:
+        """When the latest decision with one of these outcomes was taken (the cooldown's start).
+
+        `exclude` (fingerprint, startsAt) leaves out the decision being made now.
+        """
+        marks = ",".join("?" * len(outcomes))
+        # Only "?" placeholders are interpolated; the values are bound.
+        sql = f"SELECT MAX(decided_at) FROM action_decisions WHERE outcome IN ({marks})"  # noqa: S608
+        args: list[Any] = list(outcomes)
+        if exclude is not None:
+            sql += " AND NOT (fingerprint=? AND starts_at_key=?)"
+            args += [exclude[0], canonical_time(exclude[1], "startsAt")]
+        row = self.conn.execute(sql, args).fetchone()
+        return None if row[0] is None else float(row[0])
 
     # -- the sink outbox --------------------------------------------------------------------
 
@@ -767,6 +842,7 @@ def finding_json(row: sqlite3.Row) -> dict[str, Any]:
         "degraded": json.loads(row["degraded"]),
         "timings": json.loads(row["timings"]),
         "labels": json.loads(row["labels"]),
+        "action": json.loads(row["action"]) if row["action"] else None,
         "created_at": iso(row["created_at"]),
         "updated_at": iso(row["updated_at"]),
         "resolved_at": iso(row["resolved_at"]),

@@ -6,10 +6,17 @@ configured from the agent's config here.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from agent_webhook.config import AgentConfig, ConfigError, investigation_mapping
 from agent_webhook.investigation import InvestigationConfig, build_investigator
 from agent_webhook.investigation.tools import ProgressCallback
+from agent_webhook.metrics import AgentMetrics
 from agent_webhook.model import Investigator
+from agent_webhook.store import Store
+
+if TYPE_CHECKING:
+    from agent_webhook.actions import ActionEngine
 
 
 def make_investigator(config: AgentConfig, on_event: ProgressCallback | None = None) -> Investigator:
@@ -22,3 +29,10 @@ def make_investigator(config: AgentConfig, on_event: ProgressCallback | None = N
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"investigation settings: {exc}") from None
     return build_investigator(inv_config, on_event=on_event)
+
+
+def make_action_engine(config: AgentConfig, store: Store, metrics: AgentMetrics) -> ActionEngine:
+    """The scale-action engine; with actions disabled it only records "disabled" refusals."""
+    from agent_webhook.actions import ActionEngine
+
+    return ActionEngine(config.actions, store, metrics)

@@ -6,6 +6,10 @@ transaction). Whatever goes wrong inside an investigation, the alert gets a find
 or an exception yields a degraded finding built from the alert itself. An alert whose
 investigation was interrupted more than `max_attempts` times (a crash every time: a poison
 alert) is not investigated again, it gets a degraded finding.
+
+With an action engine (agent_webhook.actions), a worker also asks it, after the investigation,
+for the scale decision an alert leads to; the decision is stored in the finding. The engine
+never raises and acts at most once per alert even when the job re-runs after a crash.
 """
 
 from __future__ import annotations
@@ -14,11 +18,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from agent_webhook.degraded import basic_diagnosis
 from agent_webhook.metrics import AgentMetrics
 from agent_webhook.model import Diagnosis, Investigator
 from agent_webhook.store import Job, Store, StoreError
+
+if TYPE_CHECKING:
+    from agent_webhook.actions import ActionEngine
 
 log = logging.getLogger(__name__)
 _IDLE_POLL_SECONDS = 1.0
@@ -36,6 +44,7 @@ class WorkerPool:
         timeout_seconds: float,
         max_attempts: int,
         on_finding: asyncio.Event | None = None,
+        actions: ActionEngine | None = None,
     ) -> None:
         self.store = store
         self.investigator = investigator
@@ -45,6 +54,7 @@ class WorkerPool:
         self.max_attempts = max_attempts
         self.wake = asyncio.Event()
         self.on_finding = on_finding
+        self.actions = actions
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -62,8 +72,8 @@ class WorkerPool:
         return bool(self._tasks) and not any(t.done() for t in self._tasks)
 
     async def _run(self, index: int) -> None:
-        # Lease long enough that only a dead process's jobs ever expire.
-        lease = self.timeout + 60
+        # Lease long enough that only a dead process's jobs ever expire (a playbook included).
+        lease = self.timeout + 60 + (self.actions.lease_seconds if self.actions else 0.0)
         while True:
             try:
                 job = await self.store.run(self.store.claim, lease)
@@ -105,6 +115,9 @@ class WorkerPool:
         self.metrics.in_progress.inc()
         try:
             diagnosis, outcome = await self._investigate(job)
+            if self.actions is not None and outcome != "abandoned":
+                # After the investigation, outside its timeout: a playbook has its own.
+                diagnosis.action = await self.actions.handle(job.alert)
         except asyncio.CancelledError:
             # Shutting down (SIGTERM): hand the alert back so the next start investigates it
             # without counting this toward max_attempts.

@@ -21,6 +21,15 @@ def headline(event: str, finding: dict[str, Any]) -> str:
     return " ".join(str(p) for p in parts if p) + f": {finding.get('summary', '')}"
 
 
+def action_text(action: Any) -> str:
+    """One line for a finding's scale decision: `action scale_up: taken (...)`; "" without one."""
+    if not isinstance(action, dict):
+        return ""
+    outcome = str(action.get("outcome", ""))
+    reason = f" [{action['reason']}]" if action.get("reason") else ""
+    return f"Action {action.get('action', '?')}: {outcome}{reason}: {action.get('detail', '')}"
+
+
 def finding_link(finding: dict[str, Any], public_url: str | None) -> str | None:
     return f"{public_url}/findings/{finding['id']}" if public_url else None
 
@@ -46,6 +55,8 @@ def full_text(event: str, finding: dict[str, Any], public_url: str | None) -> st
         )
         if finding.get("degraded"):
             lines.append("_Degraded: " + "; ".join(finding["degraded"]) + "_")
+        if finding.get("action"):
+            lines.append(action_text(finding["action"]))
     link = finding_link(finding, public_url)
     if link:
         lines.append(link)

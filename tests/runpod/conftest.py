@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ import ansible_runner
 import pytest
 
 from tests.fakes.runpod_api import DEFAULT_API_KEY, FakeRunPod
+from tests.harness.processes import ProcessManager
+from tests.harness.slurm import SlurmCluster, SlurmUnavailable, start_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
@@ -133,3 +137,25 @@ def run_playbook(tmp_path: Path, fake_runpod: FakeRunPod) -> Any:
         return _collect(runner, private / "artifacts")
 
     return run
+
+
+@pytest.fixture
+def cluster(procs: ProcessManager) -> Iterator[SlurmCluster]:
+    """A private real Slurm cluster: this host's real node plus one fake node."""
+    try:
+        slurm = start_cluster(procs, fake_nodes=1)
+    except SlurmUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)  # make test installs Slurm: never skip silently
+    try:
+        yield slurm
+    finally:
+        slurm.cancel_all()
+        slurm.stop()
+
+
+def drained_at(cluster: SlurmCluster, node: str) -> float:
+    """When Slurm recorded the drain: `Reason=scale-down [root@2026-11-23T10:01:02]`."""
+    out = cluster.scontrol("show", "node", node)
+    match = re.search(r"Reason=scale-down \[\S+@(\S+)\]", out)
+    assert match, out
+    return datetime.fromisoformat(match.group(1)).timestamp()

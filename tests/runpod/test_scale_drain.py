@@ -1,9 +1,5 @@
 """scale-pods.yml scale-down against a real private Slurm cluster and the fake RunPod API.
 
-PENDING: needs tests/harness/slurm.py from the `slurm` branch, which had not reached main when
-this landed; it passed against that branch's harness (commit 09ce587). Once the harness is on
-main, rename this file to test_scale_drain.py so pytest collects it.
-
 Worker pods are mapped onto the cluster's nodes: t-worker-2 -> the real node (running a job),
 t-worker-3 -> an idle node. Scaling to one worker must drain both, terminate only the idle
 one's pod, keep the busy one (drained) and fail naming it; once its job is gone, a re-run
@@ -12,42 +8,18 @@ terminates it too.
 
 from __future__ import annotations
 
-import re
 import sys
 import time
-from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 import pytest
 import runpod
 
 from tests.fakes.runpod_api import FakeRunPod
-from tests.harness.processes import ProcessManager
-from tests.harness.slurm import SlurmCluster, SlurmUnavailable, start_cluster, wait_for_job_state
+from tests.harness.slurm import SlurmCluster, wait_for_job_state
+from tests.runpod.conftest import drained_at
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def cluster(procs: ProcessManager) -> Iterator[SlurmCluster]:
-    try:
-        slurm = start_cluster(procs, fake_nodes=1)
-    except SlurmUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)  # make test installs Slurm: never skip silently
-    try:
-        yield slurm
-    finally:
-        slurm.cancel_all()
-        slurm.stop()
-
-
-def drained_at(cluster: SlurmCluster, node: str) -> float:
-    """When Slurm recorded the drain: `Reason=scale-down [root@2026-11-23T10:01:02]`."""
-    out = cluster.scontrol("show", "node", node)
-    match = re.search(r"Reason=scale-down \[\S+@(\S+)\]", out)
-    assert match, out
-    return datetime.fromisoformat(match.group(1)).timestamp()
 
 
 def test_scale_down_drains_first_and_never_terminates_a_busy_node(

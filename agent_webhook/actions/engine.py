@@ -1,0 +1,284 @@
+"""Turns a firing alert into at most one guarded scale action, and records the decision.
+
+Order of the guards, each a recorded refusal when it stops the action:
+
+1. ``actions.enabled`` (off by default): refused, reason ``disabled``.
+2. One decision per alert (fingerprint + startsAt), reserved in SQLite before anything else
+   happens: Alertmanager's repeats, HA copies and a re-run after a crash (kill -9 mid-action
+   included) find the reservation and are refused as ``duplicate``; nothing runs twice.
+3. The cooldown since the last action taken, dry-run, failed or interrupted (from SQLite, so a
+   restart does not reset it).
+4. The RunPod API (the real ``runpod`` SDK): the worker count and the account's hourly burn; an
+   API error refuses (``runpod_api``).
+5. The policy (:mod:`agent_webhook.actions.policy`): min/max workers, the spend cap, which pod.
+6. Dry-run stops here and records the plan. Otherwise the playbook runs (ansible-runner, same
+   code as ``gpu-watchdog deploy``); scale-down drains the Slurm node first and never
+   terminates a node with running jobs (``ansible/scale-pods.yml``): a busy node is refused
+   (``busy_node``), any other failure is ``failed`` (``playbook_failed``).
+
+Decisions run one at a time (a lock), so two alerts cannot both pass the cooldown. Nothing here
+raises into the worker: an unexpected error is recorded as ``failed`` (``internal_error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent_webhook.actions.policy import ALERT_ACTIONS, ActionKind, Plan, Refusal, plan
+from agent_webhook.config import ActionsConfig, ConfigError
+from agent_webhook.deploy_cli import Progress, default_ansible_dir, run_playbook
+from agent_webhook.metrics import AgentMetrics
+from agent_webhook.model import Alert
+from agent_webhook.store import Store, iso
+from exporters.common.logs import redact
+
+log = logging.getLogger(__name__)
+
+# Decisions that start a cooldown: anything that acted, would have acted (dry-run: it mirrors a
+# real run), tried to (failed: pods may exist half-made) or may have (pending: a process died).
+COOLDOWN_OUTCOMES = ("taken", "dry_run", "failed", "pending")
+BUSY_MARKER = "their Slurm nodes still run jobs"  # scale-pods.yml's failure for busy nodes
+_MAX_ERROR = 1500
+
+
+@dataclass
+class Decision:
+    action: ActionKind
+    outcome: str  # taken, dry_run, refused, failed
+    reason: str | None  # policy.REASONS; None when taken or dry-run
+    detail: str
+    dry_run: bool = False
+    workers_before: int | None = None
+    workers_after: int | None = None
+    add: list[str] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+    spend_dollars_per_hour: float | None = None
+    added_dollars_per_hour: float | None = None
+    spend_cap_dollars_per_hour: float | None = None
+    playbook: dict[str, Any] | None = None
+    decided_at: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ActionEngine:
+    def __init__(self, config: ActionsConfig, store: Store, metrics: AgentMetrics) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self._lock = asyncio.Lock()
+        self.ansible_dir = (config.ansible_dir or default_ansible_dir() or Path("ansible")).resolve()
+        self.inventory = config.inventory or self.ansible_dir / "inventory" / "cluster.runpod.yml"
+        if config.enabled and not config.dry_run:
+            # Fail at start-up, not at 3 a.m. when the first backlog fires.
+            if not (self.ansible_dir / config.playbook).is_file():
+                raise ConfigError(
+                    f"actions.playbook: no {config.playbook} in {self.ansible_dir} (set actions.ansible_dir)"
+                )
+            if not Path(self.inventory).exists():
+                raise ConfigError(f"actions.inventory: {self.inventory} does not exist")
+
+    @property
+    def lease_seconds(self) -> float:
+        """How much longer than an investigation a job may take when it also acts."""
+        return self.config.playbook_timeout_seconds + 60 if self.config.enabled else 0.0
+
+    async def handle(self, alert: Alert) -> dict[str, Any] | None:
+        """The decision for a firing alert (as stored in its finding), or None if it never leads to one."""
+        kind = ALERT_ACTIONS.get(alert.alertname)
+        if kind is None or alert.status != "firing":
+            return None
+        started = time.time()
+        try:
+            decision = await self._decide(alert, kind, started)
+        except Exception as exc:  # a bug or a dead store must not take the worker down
+            log.exception("scale decision failed", extra={"alertname": alert.alertname, "action": kind})
+            decision = Decision(kind, "failed", "internal_error", redact(f"{type(exc).__name__}: {exc}")[:_MAX_ERROR])
+        decision.decided_at = decision.decided_at or iso(started)
+        self._observe(decision)
+        log.info(
+            "scale decision",
+            extra={
+                "alertname": alert.alertname,
+                "fingerprint": alert.fingerprint,
+                "action": decision.action,
+                "outcome": decision.outcome,
+                "reason": decision.reason,
+                "detail": decision.detail,
+            },
+        )
+        return decision.as_dict()
+
+    def _observe(self, decision: Decision) -> None:
+        self.metrics.actions.labels(decision.action, decision.outcome).inc()
+        if decision.reason:
+            self.metrics.actions_not_taken.labels(decision.action, decision.reason).inc()
+        if decision.outcome == "taken":
+            self.metrics.last_action.labels(decision.action).set(time.time())
+
+    async def _decide(self, alert: Alert, kind: ActionKind, started: float) -> Decision:
+        if not self.config.enabled:
+            return Decision(kind, "refused", "disabled", "actions are disabled (actions.enabled: false)")
+        async with self._lock:
+            earlier = await self.store.run(
+                self.store.action_claim, alert.fingerprint, alert.starts_at, alert.alertname, kind
+            )
+            if earlier is not None:
+                what = earlier["outcome"] + (f" ({earlier['reason']})" if earlier.get("reason") else "")
+                if earlier["outcome"] == "pending":
+                    what = "pending: interrupted by a restart, not retried"
+                return Decision(
+                    kind, "refused", "duplicate", f"this alert (fingerprint + startsAt) was already decided: {what}"
+                )
+            try:
+                decision = await self._decide_claimed(alert, kind)
+            except Exception as exc:
+                log.exception("scale decision failed", extra={"alertname": alert.alertname, "action": kind})
+                decision = Decision(
+                    kind, "failed", "internal_error", redact(f"{type(exc).__name__}: {exc}")[:_MAX_ERROR]
+                )
+            decision.spend_cap_dollars_per_hour = self.config.spend_cap_dollars_per_hour
+            decision.dry_run = self.config.dry_run
+            decision.decided_at = iso(started)
+            try:
+                await self.store.run(
+                    self.store.action_record,
+                    alert.fingerprint,
+                    alert.starts_at,
+                    decision.outcome,
+                    decision.reason or "",
+                    decision.as_dict(),
+                )
+            except Exception as exc:
+                # The reservation stays `pending` (still one decision, still a cooldown); what was
+                # done is reported in the finding and the log rather than lost in an exception.
+                log.error("cannot record the scale decision", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return decision
+
+    async def _decide_claimed(self, alert: Alert, kind: ActionKind) -> Decision:
+        last = await self.store.run(
+            self.store.last_action_at, COOLDOWN_OUTCOMES, exclude=(alert.fingerprint, alert.starts_at)
+        )
+        now = time.time()
+        if last is not None and now - last < self.config.cooldown_seconds:
+            return Decision(
+                kind,
+                "refused",
+                "cooldown",
+                f"last action {now - last:.0f}s ago; cooldown is {self.config.cooldown_seconds:g}s",
+            )
+        try:
+            pods = await asyncio.to_thread(self._pods)
+        except Exception as exc:  # the SDK raises its own errors, requests' and ValueError
+            return Decision(
+                kind, "refused", "runpod_api", redact(f"RunPod API: {type(exc).__name__}: {exc}")[:_MAX_ERROR]
+            )
+        result = plan(alert, pods, self.config)
+        if isinstance(result, Refusal):
+            return Decision(
+                kind,
+                "refused",
+                result.reason,
+                result.detail,
+                workers_before=result.workers_before,
+                spend_dollars_per_hour=result.spend_dollars_per_hour,
+            )
+        decision = Decision(
+            kind,
+            "dry_run" if self.config.dry_run else "taken",
+            None,
+            ("dry run: would " if self.config.dry_run else "") + result.detail(),
+            workers_before=result.workers_before,
+            workers_after=result.workers_after,
+            add=result.add,
+            remove=result.remove,
+            spend_dollars_per_hour=result.spend_dollars_per_hour,
+            added_dollars_per_hour=result.added_dollars_per_hour,
+        )
+        if self.config.dry_run:
+            return decision
+        return await self._execute(decision, result)
+
+    def _api_key(self) -> str:
+        key = self.config.api_key or os.environ.get("RUNPOD_API_KEY", "")
+        if not key:
+            raise ValueError("no API key: set actions.api_key_file or RUNPOD_API_KEY")
+        return key
+
+    def _pods(self) -> list[Mapping[str, Any]]:
+        import runpod
+
+        pods = runpod.get_pods(api_key=self._api_key())
+        if not isinstance(pods, list) or not all(isinstance(p, dict) for p in pods):
+            raise ValueError(f"unexpected answer to myself{{pods}}: {type(pods).__name__}")
+        return pods
+
+    def playbook_vars(self, planned: Plan) -> dict[str, Any]:
+        extra: dict[str, Any] = {
+            **self.config.extra_vars,
+            "runpod_name_prefix": self.config.name_prefix,
+            "scale_drain_timeout": int(self.config.drain_timeout_seconds),
+        }
+        if planned.action == "scale_up":
+            extra["workers"] = planned.workers_after
+        else:
+            extra["remove"] = list(planned.remove)
+        return extra
+
+    async def _execute(self, decision: Decision, planned: Plan) -> Decision:
+        output = io.StringIO()
+        progress = Progress(stream=output, live=False)
+        started = time.monotonic()
+        env = {"RUNPOD_API_KEY": self.config.api_key} if self.config.api_key else None
+        try:
+            rc, _rows, status = await asyncio.to_thread(
+                run_playbook,
+                ansible_dir=self.ansible_dir,
+                playbook=self.config.playbook,
+                inventory=Path(self.inventory),
+                limit=None,
+                tags=None,
+                skip_tags=None,
+                check=False,
+                diff=False,
+                extra_vars=self.playbook_vars(planned),
+                verbosity=0,
+                event_handler=progress,
+                timeout=self.config.playbook_timeout_seconds,
+                envvars=env,
+            )
+        except Exception as exc:  # ansible-runner missing or broken: degrade, never crash
+            rc, status = -1, f"error: {type(exc).__name__}: {exc}"
+        seconds = round(time.monotonic() - started, 3)
+        failures = [line for line in output.getvalue().splitlines() if line.startswith(("FAILED", "UNREACHABLE"))]
+        error = redact("\n".join(failures))[-_MAX_ERROR:] or None
+        decision.playbook = {
+            "name": self.config.playbook,
+            "rc": rc,
+            "status": status,
+            "seconds": seconds,
+            "error": error,
+        }
+        if rc == 0 and status == "successful":
+            return decision
+        if BUSY_MARKER in (error or ""):
+            decision.outcome, decision.reason = "refused", "busy_node"
+            decision.detail = (
+                f"not terminated: the Slurm node of {', '.join(planned.remove)} still runs jobs"
+                f" after {self.config.drain_timeout_seconds:g}s (left drained; resume it with"
+                " `scontrol update nodename=NODE state=resume` if it should stay)"
+            )
+            return decision
+        decision.outcome, decision.reason = "failed", "playbook_failed"
+        why = "timed out" if status == "timeout" else f"{status}, rc {rc}"
+        decision.detail = f"{self.config.playbook} {why} after {seconds:.0f}s while trying to {planned.detail()}"
+        return decision

@@ -1,0 +1,195 @@
+"""The scale policy: what an alert may lead to, as a pure function of the alert, the pods and the config.
+
+No I/O here (the engine reads RunPod and runs the playbook), so every bound is unit-tested
+directly. A :class:`Plan` is an action within bounds and the spend cap; a :class:`Refusal` says
+which guard stopped it and why.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agent_webhook.config import ActionsConfig
+from agent_webhook.model import Alert
+
+ActionKind = Literal["scale_up", "scale_down"]
+# Which alert may lead to which action (alert_rules/slurm.rules.yml, alert_rules/cost.rules.yml).
+ALERT_ACTIONS: dict[str, ActionKind] = {"SlurmGPUQueueBacklog": "scale_up", "RunPodPodIdle": "scale_down"}
+# Why a decision was refused or failed (the `reason` of a decision and a metric label).
+REASONS = (
+    "disabled",
+    "duplicate",
+    "cooldown",
+    "bounds",
+    "spend_cap",
+    "bad_alert",
+    "not_found",
+    "runpod_api",
+    "busy_node",
+    "playbook_failed",
+    "internal_error",
+)
+
+
+@dataclass
+class Plan:
+    action: ActionKind
+    workers_before: int
+    workers_after: int
+    add: list[str] = field(default_factory=list)  # worker pod names to create
+    remove: list[str] = field(default_factory=list)  # worker pod names to drain and terminate
+    spend_dollars_per_hour: float = 0.0  # current burn of the account's running pods
+    added_dollars_per_hour: float = 0.0  # what the new pods are expected to cost
+    note: str = ""
+
+    def detail(self) -> str:
+        if self.action == "scale_up":
+            text = f"scale up {self.workers_before} -> {self.workers_after} workers (add {', '.join(self.add)})"
+        else:
+            names = ", ".join(self.remove)
+            text = f"scale down {self.workers_before} -> {self.workers_after} workers (drain, then terminate {names})"
+        return f"{text}; {self.note}" if self.note else text
+
+
+@dataclass
+class Refusal:
+    action: ActionKind
+    reason: str  # one of REASONS
+    detail: str
+    workers_before: int | None = None
+    spend_dollars_per_hour: float | None = None
+
+
+def worker_pattern(prefix: str) -> re.Pattern[str]:
+    """Worker pods are "<prefix>-worker-<n>", as ansible/scale-pods.yml names them."""
+    return re.compile(rf"^{re.escape(prefix)}-worker-([0-9]+)$")
+
+
+def _running(pod: Mapping[str, Any]) -> bool:
+    return str(pod.get("desiredStatus", "")).upper() == "RUNNING"
+
+
+def _cost(pod: Mapping[str, Any]) -> float:
+    try:
+        value = float(pod.get("costPerHr") or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+    return value if value > 0 else 0.0
+
+
+def spend_per_hour(pods: Sequence[Mapping[str, Any]]) -> float:
+    """The account's current burn: costPerHr summed over its running pods (any name)."""
+    return round(sum(_cost(p) for p in pods if _running(p)), 6)
+
+
+def workers(pods: Sequence[Mapping[str, Any]], prefix: str) -> dict[str, Mapping[str, Any]]:
+    """This cluster's worker pods by name (any status: a stopped pod still counts toward the bounds)."""
+    pattern = worker_pattern(prefix)
+    return {str(p["name"]): p for p in pods if isinstance(p.get("name"), str) and pattern.match(p["name"])}
+
+
+def _worker_cost(config: ActionsConfig, current: Mapping[str, Mapping[str, Any]]) -> float | None:
+    if config.worker_cost_dollars_per_hour is not None:
+        return config.worker_cost_dollars_per_hour
+    costs = [_cost(p) for p in current.values() if _cost(p) > 0]
+    return max(costs) if costs else None
+
+
+def plan(alert: Alert, pods: Sequence[Mapping[str, Any]], config: ActionsConfig) -> Plan | Refusal:
+    """The action this firing alert leads to under `config`, given the account's pods now."""
+    action = ALERT_ACTIONS[alert.alertname]
+    current = workers(pods, config.name_prefix)
+    spend = spend_per_hour(pods)
+    if action == "scale_up":
+        return _scale_up(current, spend, config)
+    return _scale_down(alert, pods, current, spend=spend, config=config)
+
+
+def _scale_up(current: Mapping[str, Mapping[str, Any]], spend: float, config: ActionsConfig) -> Plan | Refusal:
+    have = len(current)
+    if have >= config.max_workers:
+        return Refusal("scale_up", "bounds", f"{have} workers, max_workers is {config.max_workers}", have, spend)
+    wanted = min(config.max_workers, max(config.min_workers, have + config.scale_up_step))
+    cost = _worker_cost(config, current)
+    if cost is None:
+        return Refusal(
+            "scale_up",
+            "spend_cap",
+            "cannot estimate a new worker's cost: no running worker to measure and no"
+            " actions.worker_cost_dollars_per_hour",
+            have,
+            spend,
+        )
+    cap = float(config.spend_cap_dollars_per_hour or 0.0)
+    # The largest step that keeps the burn within the cap (a smaller step beats none).
+    fits = int(max(0.0, cap - spend) // cost) if cost > 0 else wanted - have
+    target = min(wanted, have + fits)
+    if target <= have:
+        return Refusal(
+            "scale_up",
+            "spend_cap",
+            f"spend ${spend:.2f}/h + ${cost:.2f}/h for one more worker exceeds the cap ${cap:.2f}/h",
+            have,
+            spend,
+        )
+    pattern = worker_pattern(config.name_prefix)
+    numbers = {int(m.group(1)) for name in current if (m := pattern.match(name))}
+    # scale-pods.yml fills worker-1..worker-N: the names it will create.
+    add = [f"{config.name_prefix}-worker-{n}" for n in range(1, target + 1) if n not in numbers][: target - have]
+    note = f"step reduced from {wanted - have} to {target - have} by the spend cap" if target < wanted else ""
+    return Plan(
+        "scale_up",
+        have,
+        target,
+        add=add,
+        spend_dollars_per_hour=spend,
+        added_dollars_per_hour=round(cost * (target - have), 6),
+        note=note,
+    )
+
+
+def _scale_down(
+    alert: Alert,
+    pods: Sequence[Mapping[str, Any]],
+    current: Mapping[str, Mapping[str, Any]],
+    *,
+    spend: float,
+    config: ActionsConfig,
+) -> Plan | Refusal:
+    have = len(current)
+    name = alert.labels.get("name") or ""
+    pod_id = alert.labels.get("pod_id") or ""
+    if not name and not pod_id:
+        return Refusal("scale_down", "bad_alert", "the alert has neither a `name` nor a `pod_id` label", have, spend)
+    pod = next((p for p in pods if pod_id and p.get("id") == pod_id), None)
+    if pod is None and name:
+        pod = next((p for p in pods if p.get("name") == name), None)
+    if pod is None:
+        return Refusal("scale_down", "not_found", f"no pod {name or pod_id} (already gone?)", have, spend)
+    pod_name = str(pod.get("name", ""))
+    if name and pod_name != name:
+        return Refusal(
+            "scale_down", "bad_alert", f"pod {pod_id} is named {pod_name!r}, the alert says {name!r}", have, spend
+        )
+    if pod_name not in current:
+        # Never the head, never a pod of another cluster: only "<prefix>-worker-<n>".
+        return Refusal(
+            "scale_down",
+            "bad_alert",
+            f"{pod_name!r} is not a worker of this cluster ({config.name_prefix}-worker-<n>)",
+            have,
+            spend,
+        )
+    if have - 1 < config.min_workers:
+        return Refusal("scale_down", "bounds", f"{have} workers, min_workers is {config.min_workers}", have, spend)
+    return Plan(
+        "scale_down",
+        have,
+        have - 1,
+        remove=[pod_name],
+        spend_dollars_per_hour=spend,
+        added_dollars_per_hour=-_cost(pod),
+    )

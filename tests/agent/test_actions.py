@@ -1,0 +1,252 @@
+"""Scale actions without RunPod or Slurm: the policy, the `actions` config, the decision store, wiring.
+
+The end-to-end runs (fake RunPod API, real slurmctld, the playbook) are in
+tests/runpod/test_agent_actions.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_webhook.actions import Plan, Refusal, plan
+from agent_webhook.actions.policy import spend_per_hour
+from agent_webhook.config import ActionsConfig, AgentConfig, ConfigError, build_config
+from agent_webhook.model import Alert
+from agent_webhook.sinks.render import full_text
+from agent_webhook.store import Store
+from tests.agent.conftest import ServiceThread, get_json, make_alert, make_payload, post_alerts
+
+
+def pod(name: str, cost: float = 0.5, status: str = "RUNNING", pod_id: str | None = None) -> dict[str, Any]:
+    return {"id": pod_id or f"id-{name}", "name": name, "costPerHr": cost, "desiredStatus": status}
+
+
+def alert(alertname: str, **labels: str) -> Alert:
+    return Alert(
+        fingerprint="fp",
+        status="firing",
+        labels={"alertname": alertname, **labels},
+        annotations={},
+        starts_at="2026-11-23T10:00:00Z",
+        ends_at=None,
+    )
+
+
+BACKLOG = alert("SlurmGPUQueueBacklog", partition="gpu")
+
+
+def cfg(**keys: Any) -> ActionsConfig:
+    base: dict[str, Any] = {"enabled": True, "spend_cap_dollars_per_hour": 10.0, "name_prefix": "t"}
+    return build_config({"actions": base | keys}, Path.cwd()).actions
+
+
+# -- policy: scale-up --------------------------------------------------------------------
+
+
+def test_scale_up_adds_one_step_with_the_next_free_names() -> None:
+    pods = [pod("t-head"), pod("t-worker-1"), pod("t-worker-3")]
+    result = plan(BACKLOG, pods, cfg(scale_up_step=2, max_workers=6))
+    assert isinstance(result, Plan)
+    assert (result.workers_before, result.workers_after) == (2, 4)
+    assert result.add == ["t-worker-2", "t-worker-4"]
+    assert result.spend_dollars_per_hour == 1.5 and result.added_dollars_per_hour == 1.0
+
+
+def test_scale_up_is_clamped_to_max_and_raised_to_min() -> None:
+    result = plan(BACKLOG, [pod("t-worker-1")], cfg(scale_up_step=5, max_workers=3))
+    assert isinstance(result, Plan) and result.workers_after == 3
+    result = plan(BACKLOG, [pod("t-worker-1")], cfg(scale_up_step=1, min_workers=3, max_workers=4))
+    assert isinstance(result, Plan) and result.workers_after == 3
+
+
+def test_scale_up_refused_at_max_workers() -> None:
+    result = plan(BACKLOG, [pod("t-worker-1"), pod("t-worker-2")], cfg(max_workers=2))
+    assert isinstance(result, Refusal) and result.reason == "bounds"
+    assert "max_workers is 2" in result.detail
+
+
+def test_spend_cap_reduces_the_step_then_refuses() -> None:
+    pods = [pod("t-head", 1.0), pod("t-worker-1", 1.0)]
+    reduced = plan(BACKLOG, pods, cfg(scale_up_step=3, spend_cap_dollars_per_hour=4.5))
+    assert isinstance(reduced, Plan) and reduced.workers_after == 3  # 2.0 + 2 x 1.0 <= 4.5 < 2.0 + 3 x 1.0
+    assert "reduced from 3 to 2" in reduced.detail()
+    refused = plan(BACKLOG, pods, cfg(spend_cap_dollars_per_hour=2.5))
+    assert isinstance(refused, Refusal) and refused.reason == "spend_cap"
+    assert "$2.00/h + $1.00/h" in refused.detail and "$2.50/h" in refused.detail
+
+
+def test_spend_counts_only_running_pods_of_any_name() -> None:
+    pods = [pod("t-worker-1", 1.0), pod("other", 2.0), pod("t-worker-2", 4.0, status="EXITED")]
+    assert spend_per_hour(pods) == 3.0
+
+
+def test_new_worker_cost_comes_from_config_or_existing_workers() -> None:
+    no_worker = plan(BACKLOG, [pod("t-head", 1.0)], cfg())
+    assert isinstance(no_worker, Refusal) and "cannot estimate" in no_worker.detail
+    configured = plan(BACKLOG, [pod("t-head", 1.0)], cfg(worker_cost_dollars_per_hour=2.0))
+    assert isinstance(configured, Plan) and configured.added_dollars_per_hour == 2.0
+
+
+# -- policy: scale-down ------------------------------------------------------------------
+
+
+def test_scale_down_removes_exactly_the_idle_pod() -> None:
+    pods = [pod("t-head"), pod("t-worker-1"), pod("t-worker-2"), pod("t-worker-3")]
+    result = plan(alert("RunPodPodIdle", pod_id="id-t-worker-1", name="t-worker-1"), pods, cfg(min_workers=1))
+    assert isinstance(result, Plan) and result.remove == ["t-worker-1"] and result.workers_after == 2
+    by_id = plan(alert("RunPodPodIdle", pod_id="id-t-worker-2"), pods, cfg())
+    assert isinstance(by_id, Plan) and by_id.remove == ["t-worker-2"]
+
+
+@pytest.mark.parametrize(
+    ("labels", "reason", "words"),
+    [
+        ({}, "bad_alert", "neither"),
+        ({"name": "t-head", "pod_id": "id-t-head"}, "bad_alert", "not a worker"),
+        ({"name": "t-worker-9"}, "not_found", "already gone"),
+        ({"name": "t-worker-2", "pod_id": "id-t-worker-1"}, "bad_alert", "the alert says"),
+        ({"name": "t-worker-1"}, "bounds", "min_workers is 2"),
+    ],
+)
+def test_scale_down_refusals(labels: dict[str, str], reason: str, words: str) -> None:
+    pods = [pod("t-head"), pod("t-worker-1"), pod("t-worker-2")]
+    result = plan(alert("RunPodPodIdle", **labels), pods, cfg(min_workers=2))
+    assert isinstance(result, Refusal) and result.reason == reason, result
+    assert words in result.detail
+
+
+# -- config ------------------------------------------------------------------------------
+
+
+def test_actions_are_off_and_dry_run_by_default() -> None:
+    actions = build_config({}, Path.cwd()).actions
+    assert actions.enabled is False and actions.dry_run is True
+    assert actions.playbook == "scale.yml" and actions.spend_cap_dollars_per_hour is None
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"enable": True}, "actions: unknown key(s) enable"),
+        ({"enabled": "yes"}, "actions.enabled: expected true or false"),
+        ({"enabled": True}, "actions.spend_cap_dollars_per_hour: required when actions are enabled"),
+        ({"min_workers": 3, "max_workers": 2}, "actions.min_workers (3) is above actions.max_workers (2)"),
+        ({"max_workers": 0}, "actions.max_workers: must be at least 1"),
+        ({"scale_up_step": 1.5}, "actions.scale_up_step: expected an integer"),
+        ({"cooldown_seconds": -1}, "actions.cooldown_seconds: must be at least 0"),
+        ({"spend_cap_dollars_per_hour": 0}, "actions.spend_cap_dollars_per_hour: must be above 0"),
+        ({"name_prefix": "a b"}, "actions.name_prefix: expected a pod name prefix"),
+        ({"playbook": "scale"}, "actions.playbook: expected a playbook file name"),
+        ({"extra_vars": [1]}, "actions.extra_vars: expected a mapping"),
+        ({"api_key_file": "/nonexistent/key"}, "actions.api_key_file: cannot read"),
+        ("on", "actions: expected a mapping"),
+    ],
+)
+def test_bad_actions_config_is_a_clear_error(section: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config({"actions": section}, Path.cwd())
+    assert message in str(err.value)
+
+
+def test_enabled_actions_need_the_playbook(tmp_path: Path) -> None:
+    from agent_webhook.actions import ActionEngine
+    from agent_webhook.metrics import AgentMetrics
+
+    actions = cfg(dry_run=False, ansible_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"actions.playbook: no scale.yml in"):
+        ActionEngine(actions, Store(tmp_path / "a.db"), AgentMetrics())
+    # Dry-run never runs it: no playbook needed.
+    ActionEngine(cfg(ansible_dir=str(tmp_path)), Store(tmp_path / "a.db"), AgentMetrics())
+
+
+# -- the decision store -------------------------------------------------------------------
+
+
+def test_one_decision_per_alert_survives_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "agent.db"
+    store = Store(db)
+    store.open()
+    assert store.action_claim("fp", "2026-11-23T10:00:00Z", "SlurmGPUQueueBacklog", "scale_up") is None
+    # The same startsAt written differently is the same alert.
+    again = store.action_claim("fp", "2026-11-23T10:00:00.000Z", "SlurmGPUQueueBacklog", "scale_up")
+    assert again is not None and again["outcome"] == "pending"
+    assert store.last_action_at(["pending"]) is not None
+    assert store.last_action_at(["pending"], exclude=("fp", "2026-11-23T10:00:00Z")) is None
+    store.action_record("fp", "2026-11-23T10:00:00Z", "taken", "", {"detail": "x"})
+    store.close()
+    store = Store(db)
+    store.open()
+    earlier = store.action_claim("fp", "2026-11-23T10:00:00Z", "SlurmGPUQueueBacklog", "scale_up")
+    assert earlier is not None and earlier["outcome"] == "taken" and earlier["decision"] == {"detail": "x"}
+    assert store.last_action_at(["taken"]) is not None and store.last_action_at(["failed"]) is None
+    store.close()
+
+
+# -- through the real service, actions disabled --------------------------------------------
+
+
+def test_disabled_actions_are_recorded_as_refused(
+    agent_config: Callable[..., AgentConfig], start_service: Callable[..., ServiceThread]
+) -> None:
+    svc = start_service(agent_config())
+    backlog = make_alert("bk", alertname="SlurmGPUQueueBacklog", node="", gpu="", partition="gpu")
+    post_alerts(svc.url, make_payload([backlog, make_alert("xid")]))
+    svc.wait_idle()
+    by_name = {f["alertname"]: f for f in svc.findings()}
+    action = by_name["SlurmGPUQueueBacklog"]["action"]
+    assert action["action"] == "scale_up" and action["outcome"] == "refused" and action["reason"] == "disabled"
+    assert by_name["GPUXidError"]["action"] is None
+    text = full_text("new", by_name["SlurmGPUQueueBacklog"], None)
+    assert "Action scale_up: refused [disabled]: actions are disabled" in text
+    metrics = get_json(f"{svc.url}/metrics").body.decode()
+    assert 'agent_webhook_actions_total{action="scale_up",outcome="refused"} 1.0' in metrics
+    assert 'agent_webhook_actions_not_taken_total{action="scale_up",reason="disabled"} 1.0' in metrics
+
+
+def test_an_interrupted_action_is_never_retried_and_starts_the_cooldown(tmp_path: Path) -> None:
+    """kill -9 mid-playbook leaves a `pending` reservation: the re-run must not act again."""
+    import asyncio
+
+    from agent_webhook.actions import ActionEngine
+    from agent_webhook.metrics import AgentMetrics
+
+    db = tmp_path / "agent.db"
+    crashed = Store(db)
+    crashed.open()
+    assert crashed.action_claim(BACKLOG.fingerprint, BACKLOG.starts_at, BACKLOG.alertname, "scale_up") is None
+    crashed.close()  # the process "dies" here, before recording how the action ended
+
+    async def decide(*alerts: Alert) -> list[dict[str, Any] | None]:
+        store = Store(db)
+        await store.run(store.open)
+        try:
+            engine = ActionEngine(cfg(cooldown_seconds=600), store, AgentMetrics())
+            return [await engine.handle(a) for a in alerts]
+        finally:
+            store.shutdown()
+
+    other = Alert(
+        fingerprint="fp2",
+        status="firing",
+        labels=dict(BACKLOG.labels),
+        annotations={},
+        starts_at="2026-11-23T10:30:00Z",
+        ends_at=None,
+    )
+    rerun, newer = asyncio.run(decide(BACKLOG, other))
+    assert rerun is not None and rerun["reason"] == "duplicate" and "interrupted" in rerun["detail"]
+    assert newer is not None and newer["reason"] == "cooldown", newer
+    assert newer["dry_run"] is True and newer["decided_at"]
+
+
+def test_findings_cli_line_shows_the_decision() -> None:
+    from agent_webhook.cli_findings import _line
+
+    finding = {"id": "f-1", "alertname": "RunPodPodIdle", "status": "firing", "summary": "idle"}
+    assert "\n" not in _line(finding | {"action": None})
+    action = {"action": "scale_down", "outcome": "refused", "reason": "busy_node", "detail": "still runs jobs"}
+    assert _line(finding | {"action": action}).endswith("\n    Action scale_down: refused [busy_node]: still runs jobs")
