@@ -53,7 +53,6 @@ exec "$@"
 """
 
 
-
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
