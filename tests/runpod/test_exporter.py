@@ -7,6 +7,7 @@ degrades to `runpod_api_up 0` with the last good pods still served, and the key 
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -185,7 +186,7 @@ def test_rate_limit_backs_off(sdk: FakeRunPod, runpod_exporter: Start) -> None:
     wait_samples(url, lambda s: value(s, "runpod_api_up") == 1, "recovery")
     times = [r["t"] for r in sdk.state()["requests"] if r["op"] == "myself" and r["t"] >= injected_at]
     # Without backoff the calls would come once a second; with it: 2 s, then 3 s (the cap), twice.
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)][:3]
+    gaps = [b - a for a, b in itertools.pairwise(times)][:3]
     assert len(gaps) == 3 and all(gap >= 1.8 for gap in gaps), gaps
 
 
