@@ -21,9 +21,11 @@ API_KEY_ENV = "RUNPOD_API_KEY"
 DEFAULT_API_URL = "https://api.runpod.io"
 
 
-def build_collectors(source: RunPodSource, wanted: list[str] | None, info: dict[str, str]) -> list[Collector]:
+def build_collectors(
+    source: RunPodSource, wanted: list[str] | None, info: dict[str, str], budget: float | None
+) -> list[Collector]:
     available: list[Collector] = [cls(source) for cls in COLLECTORS]
-    return [*select_or_exit(available, wanted), ExporterCollector(source, info)]
+    return [*select_or_exit(available, wanted), ExporterCollector(source, info, budget)]
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -49,6 +51,14 @@ def build_collectors(source: RunPodSource, wanted: list[str] | None, info: dict[
     help="Longest wait between API calls while the API keeps failing (backoff doubles per failure).",
 )
 @click.option(
+    "--budget-dollars-per-hour",
+    type=click.FloatRange(min=0),
+    default=None,
+    envvar="RUNPOD_EXPORTER_BUDGET_DOLLARS_PER_HOUR",
+    help="Hourly spend budget, exported as runpod_budget_dollars_per_hour for RunPodSpendHigh "
+    "(unset: the rule's default, see docs/alert-rules.md).",
+)
+@click.option(
     "--collectors",
     multiple=True,
     envvar="RUNPOD_EXPORTER_COLLECTORS",
@@ -62,6 +72,7 @@ def main(  # noqa: PLR0917 - click passes every option
     interval: float,
     name_prefix: str,
     max_backoff: float,
+    budget_dollars_per_hour: float | None,
     collectors: tuple[str, ...],
 ) -> None:
     """Export RunPod pod inventory and cost for Prometheus (API key from RUNPOD_API_KEY).
@@ -82,7 +93,7 @@ def main(  # noqa: PLR0917 - click passes every option
     serve_exporter(
         prefix="runpod_exporter",
         title="RunPod exporter",
-        collectors=build_collectors(source, list(collectors) or None, info),
+        collectors=build_collectors(source, list(collectors) or None, info, budget_dollars_per_hour),
         interval=interval,
         listen=listen,
         web_config_path=web_config_path,

@@ -50,6 +50,7 @@ class Pod:
     gpu_type: str
     image: str
     role: str
+    node: str  # the pod's Slurm node name: the join key with GPU and Slurm series
     uptime_seconds: float
 
 
@@ -137,6 +138,9 @@ def parse_pods(raw: Any, name_prefix: str) -> list[Pod]:
                 gpu_type=str((item.get("machine") or {}).get("gpuDisplayName") or ""),
                 image=str(item.get("imageName") or ""),
                 role=role_of(name, env),
+                # The playbooks set WATCHDOG_NODE_NAME (the pod image's Slurm NodeName) to the
+                # pod name; a pod started by hand may name its node otherwise.
+                node=env.get("WATCHDOG_NODE_NAME") or name,
                 uptime_seconds=_number(item.get("uptimeSeconds")),
             )
         )

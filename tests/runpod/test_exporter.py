@@ -65,7 +65,8 @@ def errors(samples: Samples, reason: str) -> float:
 
 def test_pod_metrics_roles_prefix_and_promtool(sdk: FakeRunPod, runpod_exporter: Start) -> None:
     sdk.control({"start_delay": 0})
-    head = runpod.create_pod("gw-head", "img:1", L4, env={"WATCHDOG_ROLE": "head"})["id"]
+    head_env = {"WATCHDOG_ROLE": "head", "WATCHDOG_NODE_NAME": "head-node"}
+    head = runpod.create_pod("gw-head", "img:1", L4, env=head_env)["id"]
     worker = runpod.create_pod("gw-worker-1", "img:2", RTX4090, gpu_count=2)["id"]  # role from the name
     other = runpod.create_pod("other-box", "img:3", L4)["id"]
     sdk.control({"start_delay": 3600})
@@ -75,8 +76,16 @@ def test_pod_metrics_roles_prefix_and_promtool(sdk: FakeRunPod, runpod_exporter:
     _, url = runpod_exporter("--interval", "1")
     samples = wait_samples(url, lambda s: value(s, "runpod_api_up") == 1, "a successful poll")
     info = {s["pod_id"]: s for s in series(samples, "runpod_pod_info")}
-    assert info[head] == {"pod_id": head, "name": "gw-head", "gpu_type": "L4", "image": "img:1", "role": "head"}
+    assert info[head] == {
+        "pod_id": head,
+        "name": "gw-head",
+        "gpu_type": "L4",
+        "image": "img:1",
+        "role": "head",
+        "node": "head-node",
+    }
     assert info[worker]["role"] == "worker" and info[worker]["gpu_type"] == "RTX 4090"
+    assert info[worker]["node"] == "gw-worker-1"  # no WATCHDOG_NODE_NAME: the pod name
     assert info[other]["role"] == ""
     assert value(samples, "runpod_pod_status", pod_id=head, status="RUNNING") == 1
     assert value(samples, "runpod_pod_status", pod_id=starting, status="CREATED") == 1
@@ -101,8 +110,10 @@ def test_pod_metrics_roles_prefix_and_promtool(sdk: FakeRunPod, runpod_exporter:
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
 
     # --name-prefix keeps only matching pods.
-    _, prefixed = runpod_exporter("--interval", "60", "--name-prefix", "gw-")
+    assert value(samples, "runpod_budget_dollars_per_hour") is None  # unset: the rules' default
+    _, prefixed = runpod_exporter("--interval", "60", "--name-prefix", "gw-", "--budget-dollars-per-hour", "12.5")
     samples, _ = scrape(prefixed)
+    assert value(samples, "runpod_budget_dollars_per_hour") == 12.5
     assert {s["name"] for s in series(samples, "runpod_pod_info")} == {"gw-head", "gw-worker-1", "gw-worker-2"}
 
 

@@ -17,9 +17,10 @@ from exporters.runpod.source import RunPodSource
 class ExporterCollector:
     name = "exporter"
 
-    def __init__(self, source: RunPodSource, info: dict[str, str]) -> None:
+    def __init__(self, source: RunPodSource, info: dict[str, str], budget: float | None = None) -> None:
         self.source = source
         self.info = info
+        self.budget = budget
 
     def collect(self) -> Iterable[Metric]:
         state = self.source.get()
@@ -55,4 +56,12 @@ class ExporterCollector:
         pods.add_metric([], len(state.pods))
         info = GaugeMetricFamily("runpod_exporter_info", "Exporter settings (always 1).", labels=sorted(self.info))
         info.add_metric([self.info[k] for k in sorted(self.info)], 1)
+        if self.budget is not None:
+            # Configuration, not a measurement: it rides along so the deploy sets the budget in
+            # one place (the exporter's flags) instead of editing the rule files.
+            budget = GaugeMetricFamily(
+                "runpod_budget_dollars_per_hour", "The hourly spend budget set with --budget-dollars-per-hour."
+            )
+            budget.add_metric([], self.budget)
+            families.append(budget)
         return [*families, backoff, pods, info]

@@ -20,8 +20,9 @@ class PodsCollector:
         pods = self.source.get().pods
         info = GaugeMetricFamily(
             "runpod_pod_info",
-            "RunPod pod facts (always 1); role is head/worker from WATCHDOG_ROLE or the pod name.",
-            labels=["pod_id", "name", "gpu_type", "image", "role"],
+            "RunPod pod facts (always 1); role is head/worker from WATCHDOG_ROLE or the pod name, "
+            "node the Slurm node name (WATCHDOG_NODE_NAME, else the pod name).",
+            labels=["pod_id", "name", "gpu_type", "image", "role", "node"],
         )
         status = GaugeMetricFamily(
             "runpod_pod_status",
@@ -38,7 +39,7 @@ class PodsCollector:
             labels=["pod_id"],
         )
         for pod in pods:
-            info.add_metric([pod.id, pod.name, pod.gpu_type, pod.image, pod.role], 1)
+            info.add_metric([pod.id, pod.name, pod.gpu_type, pod.image, pod.role, pod.node], 1)
             # An unknown status (new in the API) still gets its series rather than vanishing.
             statuses = KNOWN_STATUSES if pod.status in KNOWN_STATUSES else (*KNOWN_STATUSES, pod.status)
             for value in statuses:
