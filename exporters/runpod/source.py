@@ -117,12 +117,15 @@ def parse_pods(raw: Any, name_prefix: str) -> list[Pod]:
     if not isinstance(raw, list):
         raise MalformedResponse(f"expected a list of pods, got {type(raw).__name__}")
     pods = []
+    seen: set[str] = set()
     for item in raw:
         if not isinstance(item, dict) or not item.get("id"):
             raise MalformedResponse(f"pod entry without an id: {str(item)[:80]!r}")
         name = str(item.get("name") or "")
-        if not name.startswith(name_prefix):
+        # A pod listed twice would give duplicate series, which Prometheus rejects whole.
+        if not name.startswith(name_prefix) or str(item["id"]) in seen:
             continue
+        seen.add(str(item["id"]))
         env: dict[str, str] = {}
         for entry in item.get("env") or []:
             key, sep, value = str(entry).partition("=")

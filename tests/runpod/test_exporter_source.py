@@ -124,6 +124,9 @@ def test_malformed_answers_are_errors_not_crashes() -> None:
     # Odd field values are tolerated: missing cost is 0, the status is upper-cased.
     pods = parse_pods([pod("x", status="running", cost=None, gpuCount="2", machine=None)], "")
     assert (pods[0].status, pods[0].cost_per_hr, pods[0].gpus, pods[0].gpu_type) == ("RUNNING", 0.0, 2, "")
+    # A pod listed twice is served once; --name-prefix filters.
+    assert [p.id for p in parse_pods([pod("a"), pod("a"), pod("b")], "")] == ["a", "b"]
+    assert parse_pods([pod("a", name="other")], "gw-") == []
 
 
 def _json_error(body: str) -> requests.exceptions.JSONDecodeError:
