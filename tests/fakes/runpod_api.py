@@ -465,6 +465,7 @@ class FakeRunPod:
         self.requests.append(record)
         injected = self.injected.get(op)
         if injected:
+            record["injected"] = True  # tests tell injected failures from real answers
             spec = injected[0]
             spec["count"] -= 1
             if spec["count"] <= 0:
