@@ -6,10 +6,7 @@ promtool fixtures.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import runpod
@@ -17,12 +14,11 @@ import runpod
 from tests.alert_rules.ruleset import rule_files
 from tests.fakes.exposition_server import ExpositionServer
 from tests.fakes.runpod_api import DEFAULT_API_KEY, FakeRunPod
-from tests.harness.processes import LOOPBACK, ProcessManager, free_port
+from tests.harness.processes import ProcessManager
 from tests.harness.promstack import PrometheusServer
+from tests.runpod.exporter import start_runpod_exporter
 
 pytestmark = pytest.mark.slow
-
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
@@ -44,14 +40,8 @@ def test_idle_join_and_burn_from_the_real_exporter(
     idle = runpod.create_pod("gw-worker-1", "img", "NVIDIA L4", env={"WATCHDOG_NODE_NAME": "gw-worker-1"})["id"]
     runpod.create_pod("gw-worker-2", "img", "NVIDIA L4", env={"WATCHDOG_NODE_NAME": "gw-worker-2"})
     runpod.create_pod("gw-head", "img", "NVIDIA L4", env={"WATCHDOG_ROLE": "head"})
-    port = free_port()
-    env = {**os.environ, "RUNPOD_API_KEY": DEFAULT_API_KEY}
-    exporter = procs.start(
-        "runpod-exporter",
-        [str(BIN / "runpod-exporter"), "--interval", "1", "--listen", f"{LOOPBACK}:{port}"],
-        env=env,
-    )
-    exporter.wait_http(f"http://{LOOPBACK}:{port}/healthz")
+    _, exporter_url = start_runpod_exporter(procs, fake_runpod.url, "--interval", "1", ready="/healthz")
+    target = exporter_url.removeprefix("http://")
     # GPU exporters get `node` as a target label (as the prometheus role writes it); the Slurm
     # exporter names nodes itself. gw-worker-1 is idle, gw-worker-2 runs a job.
     gpu1 = ExpositionServer([({"__name__": "nvidia_gpu_utilization_ratio", "gpu": "0"}, [0.0])])
@@ -66,7 +56,7 @@ def test_idle_join_and_burn_from_the_real_exporter(
         prom = prometheus_factory(
             rule_files=rule_files(),
             extra_scrape_configs=[
-                {"job_name": "runpod", "static_configs": [{"targets": [f"{LOOPBACK}:{port}"]}]},
+                {"job_name": "runpod", "static_configs": [{"targets": [target]}]},
                 {
                     "job_name": "gpu",
                     "static_configs": [

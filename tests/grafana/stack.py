@@ -171,6 +171,7 @@ def _start_runpod(procs: ProcessManager, node: str) -> tuple[dict[str, Any], lis
     from runpod.api.mutations.pods import generate_pod_deployment_mutation
 
     from tests.fakes.runpod_api import DEFAULT_API_KEY, FakeRunPod
+    from tests.runpod.exporter import start_runpod_exporter
 
     fake = FakeRunPod(start_delay=0).start()
     try:
@@ -181,18 +182,12 @@ def _start_runpod(procs: ProcessManager, node: str) -> tuple[dict[str, Any], lis
                     name, "gpu-watchdog-pod", "NVIDIA L4", "SECURE", env={"WATCHDOG_NODE_NAME": name}
                 )
                 run_graphql_query(query, api_key=DEFAULT_API_KEY)
-        port = free_port()
-        env = {**os.environ, "RUNPOD_API_KEY": DEFAULT_API_KEY, "RUNPOD_API_BASE_URL": fake.url}
-        exporter = procs.start(
-            f"runpod-exporter-{port}",
-            [str(BIN / "runpod-exporter"), f"--listen={LOOPBACK}:{port}", "--interval=1"],
-            env=env,
-        )
-        _wait_for_metric(exporter, f"http://{LOOPBACK}:{port}/metrics", "runpod_api_up 1.0")
+        exporter, url = start_runpod_exporter(procs, fake.url, "--interval", "1")
+        _wait_for_metric(exporter, f"{url}/metrics", "runpod_api_up 1.0")
     except BaseException:
         fake.stop()
         raise
-    return _scrape(RUNPOD_JOB, f"{LOOPBACK}:{port}", {"cluster": CLUSTER}), [fake.stop, exporter.stop]
+    return _scrape(RUNPOD_JOB, url.removeprefix("http://"), {"cluster": CLUSTER}), [fake.stop, exporter.stop]
 
 
 def _wait_ready(prometheus: PrometheusServer) -> None:

@@ -11,19 +11,17 @@ import itertools
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import runpod
 
 from tests.fakes.runpod_api import DEFAULT_API_KEY, FakeRunPod
 from tests.harness.processes import ManagedProcess, ProcessManager, free_port, http_get, wait_until
+from tests.runpod.exporter import EXPORTER, start_runpod_exporter
 from tests.slurm.metrics import scrape, series, value
 
-EXPORTER = str(Path(sys.executable).parent / "runpod-exporter")
 L4 = "NVIDIA L4"
 RTX4090 = "NVIDIA GeForce RTX 4090"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -35,12 +33,7 @@ def runpod_exporter(procs: ProcessManager, fake_runpod: FakeRunPod) -> Start:
     """`runpod_exporter(*args, key=..., url=...)` starts the real exporter; returns (process, base URL)."""
 
     def start(*args: str, key: str = DEFAULT_API_KEY, url: str | None = None) -> tuple[ManagedProcess, str]:
-        port = free_port()
-        env = {**os.environ, "RUNPOD_API_KEY": key, "RUNPOD_API_BASE_URL": url or fake_runpod.url}
-        proc = procs.start(f"runpod-exporter-{port}", [EXPORTER, "--listen", f"127.0.0.1:{port}", *args], env=env)
-        base = f"http://127.0.0.1:{port}"
-        proc.wait_http(f"{base}/metrics", timeout=60)
-        return proc, base
+        return start_runpod_exporter(procs, url or fake_runpod.url, *args, key=key)
 
     return start
 
