@@ -1,4 +1,5 @@
-"""Jobs and efficiency: GPUs allocated vs. used per user/account/job, idle-while-allocated, GPU-hours."""
+"""Jobs and efficiency: GPUs allocated vs. used per user/account/job, idle-while-allocated, GPU-hours,
+and what the RunPod pods cost (runpod-exporter, alert_rules/cost.rules.yml)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ UID = "gpu-watchdog-jobs"
 EFFICIENCY_STEPS = ((None, BAD), (IDLE_UTILIZATION, WARN), (0.5, OK))
 
 ALLOCATED_UTILIZATION = with_job(sel("nvidia_gpu_utilization_ratio", CLUSTER), JOBS)
+RUNPOD = f'job="runpod", {CLUSTER}'
+# Per pod: its status, name, node, role and GPU type attached (for tables).
+POD_LABELS = (
+    f"* on (pod_id) group_left (name, node, role, gpu_type) runpod_pod_info{{{RUNPOD}}} "
+    f"* on (pod_id) group_left (status) (runpod_pod_status{{{RUNPOD}}} == 1)"
+)
 # 1 per allocated GPU idle over 10 minutes (alert_rules/recording.rules.yml); keeps the job labels.
 IDLE_ALLOCATED = sel("node_gpu:nvidia_gpu_idle_allocated:bool", JOBS)
 
@@ -177,6 +184,66 @@ def build() -> models.Dashboard:
             ],
             "none",
             stacked=True,
+            width=12,
+        ),
+    )
+    board.row("RunPod cost").add(
+        stat(
+            "Burn rate ($/h)",
+            "What the RUNNING RunPod pods cost per hour together "
+            "(gpu_watchdog:runpod_burn_dollars_per_hour). RunPodSpendHigh fires above the budget.",
+            Query("gpu_watchdog:runpod_burn_dollars_per_hour or vector(0)", instant=True),
+            "currencyUSD",
+            width=6,
+        ),
+        stat(
+            "Budget ($/h)",
+            "The hourly budget of RunPodSpendHigh: runpod-exporter's --budget-dollars-per-hour, "
+            "else the rule's default (gpu_watchdog:runpod_budget_dollars_per_hour).",
+            Query("gpu_watchdog:runpod_budget_dollars_per_hour", instant=True),
+            "currencyUSD",
+            width=6,
+        ),
+        stat(
+            "Idle pods ($/h)",
+            "What billing pods whose Slurm node runs no job and whose GPUs are idle cost per hour "
+            "(node:runpod_pod_idle_dollars_per_hour; RunPodPodIdle after 30 minutes).",
+            Query("sum(node:runpod_pod_idle_dollars_per_hour) or vector(0)", instant=True),
+            "currencyUSD",
+            steps=((None, OK), (0.01, WARN)),
+            width=6,
+        ),
+        stat(
+            "Observed spend",
+            "Cost of the pod-time runpod-exporter saw RUNNING over the dashboard time range "
+            "(increase of runpod_spend_dollars_total; it misses time the exporter was down).",
+            Query(f"sum(increase(runpod_spend_dollars_total{{{RUNPOD}}}[$__range])) or vector(0)", instant=True),
+            "currencyUSD",
+            width=6,
+        ),
+        timeseries(
+            "Burn rate vs. budget",
+            "Hourly cost of the running pods against the budget (RunPodSpendHigh fires after 15 "
+            "minutes above it), and the part of it spent on idle pods.",
+            [
+                Query("gpu_watchdog:runpod_burn_dollars_per_hour", legend="burn"),
+                Query("gpu_watchdog:runpod_budget_dollars_per_hour", legend="budget"),
+                Query("sum(node:runpod_pod_idle_dollars_per_hour) or vector(0)", legend="idle pods"),
+            ],
+            "currencyUSD",
+            min_value=0,
+            width=12,
+        ),
+        table(
+            "RunPod pods",
+            "Every pod runpod-exporter sees, with its status, Slurm node, role, cost per hour and "
+            "container uptime. Served from the last good API poll while runpod_api_up is 0.",
+            [
+                Query(f"runpod_pod_cost_per_hour_dollars{{{RUNPOD}}} {POD_LABELS}", instant=True, table=True),
+                Query(f"runpod_pod_uptime_seconds{{{RUNPOD}}} {POD_LABELS}", instant=True, table=True),
+            ],
+            columns={"Value #A": ("$/h", "currencyUSD"), "Value #B": ("uptime", "s")},
+            hidden_columns=("Time", "__name__", "instance", "job", "cluster", "pod_id"),
             width=12,
         ),
     )

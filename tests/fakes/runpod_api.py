@@ -273,8 +273,10 @@ class FakeRunPod:
 
     def control(self, changes: dict[str, Any]) -> None:
         """Change behaviour. Keys: start_delay, public_ip, api_keys, capacity {gpu_id: bool},
-        gpu_types {id: {...}}, network_volumes [...], inject {op, status, message, count},
-        pod_status {pod_id: desiredStatus}, reset (drop every pod and the request log)."""
+        gpu_types {id: {...}}, network_volumes [...], inject {op, status, message, count, raw,
+        headers} (`raw`: reply with this body instead of a GraphQL error; `headers`: e.g. Retry-After),
+        pod_status {pod_id: desiredStatus}, clear_inject (drop pending injected failures),
+        reset (drop every pod and the request log)."""
         with self._lock:
             if changes.get("reset"):
                 self.pods_by_id.clear()
@@ -282,6 +284,8 @@ class FakeRunPod:
                 self.requests.clear()
                 self.injected.clear()
                 self.config["no_capacity"] = []
+            if changes.get("clear_inject"):
+                self.injected.clear()
             for key in ("start_delay", "public_ip", "api_keys", "network_volumes"):
                 if key in changes:
                     self.config[key] = changes[key]
@@ -461,11 +465,14 @@ class FakeRunPod:
         self.requests.append(record)
         injected = self.injected.get(op)
         if injected:
+            record["injected"] = True  # tests tell injected failures from real answers
             spec = injected[0]
             spec["count"] -= 1
             if spec["count"] <= 0:
                 injected.pop(0)
-            raise _APIError(spec["message"], status=int(spec["status"]))
+            raise _APIError(
+                spec["message"], status=int(spec["status"]), raw=spec.get("raw"), headers=spec.get("headers")
+            )
         if op == "gpuTypes":
             gpu_args = parse_arguments(query, "gpuTypes").get("input") or {}
             wanted = gpu_args.get("id")
@@ -536,8 +543,12 @@ class FakeRunPod:
             except GraphQLSyntaxError as exc:
                 return web.json_response({"errors": [{"message": str(exc)}]}, status=400)
             except _APIError as exc:
+                if exc.raw is not None:  # an injected non-GraphQL body: a proxy's HTML page, garbage
+                    return web.Response(status=exc.status, text=exc.raw, headers=exc.headers)
                 return web.json_response(
-                    {"errors": [{"message": exc.message, "path": [op]}], "data": {op: None}}, status=exc.status
+                    {"errors": [{"message": exc.message, "path": [op]}], "data": {op: None}},
+                    status=exc.status,
+                    headers=exc.headers,
                 )
             finally:
                 self._save()
@@ -604,10 +615,14 @@ class FakeRunPod:
 
 
 class _APIError(Exception):
-    def __init__(self, message: str, status: int = 200) -> None:
+    def __init__(
+        self, message: str, status: int = 200, raw: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.raw = raw
+        self.headers = headers or {}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,7 @@
 """The monitored stack the dashboard queries run against: the GPU exporter (sim backend) and the
-Slurm exporter against a real private Slurm cluster, Alertmanager, and Prometheus with the rules
-of alert_rules/ loaded; plus a way to inject GPU faults.
+Slurm exporter against a real private Slurm cluster, the RunPod exporter against the fake RunPod
+API, Alertmanager, and Prometheus with the rules of alert_rules/ loaded; plus a way to inject
+GPU faults.
 
 While the real exporters are not in the tree, a stand-in at the wire (static_exporters.py)
 serves series of the same names and labels; `MonitoredStack.source` says which one a run used.
@@ -8,6 +9,7 @@ serves series of the same names and labels; `MonitoredStack.source` says which o
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
@@ -37,6 +40,7 @@ CLUSTER = "grafana-test"
 # The scrape job names every generated config uses and the rules select on.
 GPU_JOB = "gpu"
 SLURM_JOB = "slurm"
+RUNPOD_JOB = "runpod"
 GPUS = 4
 ACCOUNT = "research"
 
@@ -160,6 +164,32 @@ def _start_prometheus(
     return start_prometheus(procs, workdir, config=config), real_rules
 
 
+def _start_runpod(procs: ProcessManager, node: str) -> tuple[dict[str, Any], list[Callable[[], Any]]]:
+    """The real runpod-exporter on the fake RunPod API with two pods, one of them the GPU node's
+    (named after it, as the playbooks name pods); returns its scrape config and cleanups."""
+    from runpod.api.graphql import run_graphql_query
+    from runpod.api.mutations.pods import generate_pod_deployment_mutation
+
+    from tests.fakes.runpod_api import DEFAULT_API_KEY, FakeRunPod
+    from tests.runpod.exporter import start_runpod_exporter
+
+    fake = FakeRunPod(start_delay=0).start()
+    try:
+        # The SDK reads RUNPOD_API_BASE_URL per call: set for this process only while preparing.
+        with mock.patch.dict(os.environ, {"RUNPOD_API_BASE_URL": fake.url}):
+            for name in (node, "gw-head"):
+                query = generate_pod_deployment_mutation(
+                    name, "gpu-watchdog-pod", "NVIDIA L4", "SECURE", env={"WATCHDOG_NODE_NAME": name}
+                )
+                run_graphql_query(query, api_key=DEFAULT_API_KEY)
+        exporter, url = start_runpod_exporter(procs, fake.url, "--interval", "1")
+        _wait_for_metric(exporter, f"{url}/metrics", "runpod_api_up 1.0")
+    except BaseException:
+        fake.stop()
+        raise
+    return _scrape(RUNPOD_JOB, url.removeprefix("http://"), {"cluster": CLUSTER}), [fake.stop, exporter.stop]
+
+
 def _wait_ready(prometheus: PrometheusServer) -> None:
     prometheus.wait_for(f'up{{job="{GPU_JOB}"}} == 1 and on () up{{job="{SLURM_JOB}"}} == 1', timeout=60)
     prometheus.wait_for("count(nvidia_gpu_utilization_ratio offset 12s)", timeout=60)  # history for rates
@@ -230,6 +260,7 @@ def _start_real(procs: ProcessManager, workdir: Path, alertmanager: Alertmanager
         _wait_for_metric(slurm_exporter, f"http://{LOOPBACK}:{slurm_port}/metrics", 'reason="bad PSU"')
 
         node_labels = {"node": cluster.hostname, "cluster": CLUSTER}
+        runpod_scrape, runpod_cleanups = _start_runpod(procs, cluster.hostname)
         prometheus, real_rules = _start_prometheus(
             procs,
             workdir,
@@ -238,6 +269,7 @@ def _start_real(procs: ProcessManager, workdir: Path, alertmanager: Alertmanager
                 # `node` (the Slurm NodeName) and `cluster` as target labels, as docs/architecture.md says.
                 _scrape(GPU_JOB, f"{LOOPBACK}:{gpu_port}", node_labels),
                 _scrape(SLURM_JOB, f"{LOOPBACK}:{slurm_port}", {"cluster": CLUSTER}),
+                runpod_scrape,
             ],
         )
         _wait_ready(prometheus)
@@ -259,6 +291,7 @@ def _start_real(procs: ProcessManager, workdir: Path, alertmanager: Alertmanager
         inject=inject,
     )
     stack.cleanups.append(cluster.stop)
+    stack.cleanups.extend(runpod_cleanups)
     for proc in (alertmanager.process, gpu_exporter, slurm_exporter, prometheus.process):
         stack.cleanups.append(proc.stop)
     return stack
@@ -273,6 +306,7 @@ def _start_static(procs: ProcessManager, workdir: Path, alertmanager: Alertmanag
 
     exporters = StaticExporters().start()
     exporters.faults.utilization[IDLE_GPU] = 0.0
+    runpod_scrape, runpod_cleanups = _start_runpod(procs, GPU_NODE)
     prometheus, real_rules = _start_prometheus(
         procs,
         workdir,
@@ -280,6 +314,7 @@ def _start_static(procs: ProcessManager, workdir: Path, alertmanager: Alertmanag
         [
             _scrape(GPU_JOB, exporters.address, {"node": GPU_NODE, "cluster": CLUSTER}, "/gpu"),
             _scrape(SLURM_JOB, exporters.address, {"cluster": CLUSTER}, "/slurm"),
+            runpod_scrape,
         ],
     )
     _wait_ready(prometheus)
@@ -307,5 +342,5 @@ def _start_static(procs: ProcessManager, workdir: Path, alertmanager: Alertmanag
         real_alert_rules=real_rules,
         inject=inject,
     )
-    stack.cleanups.extend([exporters.stop, alertmanager.process.stop, prometheus.process.stop])
+    stack.cleanups.extend([exporters.stop, *runpod_cleanups, alertmanager.process.stop, prometheus.process.stop])
     return stack

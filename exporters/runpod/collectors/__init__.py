@@ -1,0 +1,1 @@
+"""One collector per file; each reads the shared per-cycle :class:`~exporters.runpod.source.RunPodSource`."""
