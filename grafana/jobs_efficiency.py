@@ -239,8 +239,8 @@ def build() -> models.Dashboard:
             "Every pod runpod-exporter sees, with its status, Slurm node, role, cost per hour and "
             "container uptime. Served from the last good API poll while runpod_api_up is 0.",
             [
-                Query(f"runpod_pod_cost_per_hour_dollars{{{RUNPOD}}} {POD_LABELS}", instant=True, table=True),
-                Query(f"runpod_pod_uptime_seconds{{{RUNPOD}}} {POD_LABELS}", instant=True, table=True),
+                f"runpod_pod_cost_per_hour_dollars{{{RUNPOD}}} {POD_LABELS}",
+                f"runpod_pod_uptime_seconds{{{RUNPOD}}} {POD_LABELS}",
             ],
             columns={"Value #A": ("$/h", "currencyUSD"), "Value #B": ("uptime", "s")},
             hidden_columns=("Time", "__name__", "instance", "job", "cluster", "pod_id"),
