@@ -12,7 +12,6 @@ import pytest
 from aiohttp import web
 
 import agent_webhook.investigation.prometheus as prometheus
-
 from agent_webhook.investigation.prometheus import PrometheusAPI, PrometheusQueryError
 from agent_webhook.investigation.safety import URLAllowlist
 from tests.fakes.threaded_server import ThreadedServer

@@ -509,9 +509,9 @@ def clear_until_resolved(stack: Stack, fault: Fault, finding_id: str, timeout: f
 
     def resolved() -> dict[str, Any] | None:
         current = [f for f in matching_findings(stack, fault) if f["id"] == finding_id]
-        if current and current[0]["status"] == "resolved":
-            if any(p.event == "resolved" for p in stack.sink.for_finding(finding_id)):
-                return dict(current[0])
+        posted = any(p.event == "resolved" for p in stack.sink.for_finding(finding_id))
+        if current and current[0]["status"] == "resolved" and posted:
+            return dict(current[0])
         return None
 
     return dict(wait_until(resolved, timeout, interval=0.25, what=f"{fault.name} resolved"))  # type: ignore[arg-type]
