@@ -140,7 +140,8 @@ def test_agent_killed_mid_investigation_loses_and_duplicates_nothing(stack: Stac
     def script(body: dict[str, Any], index: int) -> Turn:
         return delay(120, text(ANSWER)) if slow["on"] else text(ANSWER)
 
-    llm = FakeOpenAIServer(script).start()
+    llm = FakeOpenAIServer(script)
+    llm.start()
     llm_config = {"base_url": llm.url, "model": "fake-model", "timeout_seconds": 150, "budget_seconds": 300}
     faults = {5: "79", 6: "48"}
     since = _rows(stack, "SELECT COALESCE(MAX(id), 0) AS id FROM alerts")[0]["id"]

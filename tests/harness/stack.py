@@ -375,7 +375,8 @@ def start_stack(
         )  # fmt: skip
         started.append(prom.process.stop)
         note("prometheus+alertmanager")
-        sink = CaptureSink().start()
+        sink = CaptureSink()
+        sink.start()
         started.append(sink.stop)
         stack = Stack(
             workdir=workdir,
@@ -494,10 +495,14 @@ def matching_findings(stack: Stack, fault: Fault) -> list[dict[str, Any]]:
 
 def inject_until_finding(stack: Stack, fault: Fault, timeout: float = 120.0) -> tuple[dict[str, Any], float]:
     """Inject `fault`; returns its finding and the seconds from injection to the finding's creation."""
+    before = {f["id"] for f in matching_findings(stack, fault)}  # a fault injected again: a new alert
     started = time.time()
     fault.inject(stack)
     found = wait_until(
-        lambda: matching_findings(stack, fault), timeout, interval=0.2, what=f"a finding for {fault.name}"
+        lambda: [f for f in matching_findings(stack, fault) if f["id"] not in before],
+        timeout,
+        interval=0.2,
+        what=f"a finding for {fault.name}",
     )
     finding = dict(found[0])  # type: ignore[index]
     return finding, _epoch(finding["created_at"]) - started
@@ -514,4 +519,6 @@ def clear_until_resolved(stack: Stack, fault: Fault, finding_id: str, timeout: f
             return dict(current[0])
         return None
 
-    return dict(wait_until(resolved, timeout, interval=0.25, what=f"{fault.name} resolved"))  # type: ignore[arg-type]
+    done = wait_until(resolved, timeout, interval=0.25, what=f"{fault.name} resolved")
+    assert isinstance(done, dict)
+    return done
