@@ -21,6 +21,21 @@ from agent_webhook.investigation.safety import GuardrailError, URLAllowlist, che
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
+async def read_capped(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, or its first `limit + 1` bytes when it is larger than `limit`.
+
+    `StreamReader.read(n)` returns what has arrived so far (often one chunk), not n bytes: a
+    body that arrives in several pieces (any large Prometheus answer) must be gathered to EOF.
+    """
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = await stream.read(limit + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
+
+
 class PrometheusUnavailable(Exception):
     """Prometheus cannot be reached or failed (connection, timeout, 5xx)."""
 
@@ -153,7 +168,7 @@ class PrometheusAPI:
             self._session_loop = loop
         try:
             async with self._session.get(url, params=params, allow_redirects=False) as resp:
-                body = await resp.content.read(MAX_BODY_BYTES + 1)
+                body = await read_capped(resp.content, MAX_BODY_BYTES)
                 if len(body) > MAX_BODY_BYTES:
                     raise PrometheusQueryError("result larger than 8 MiB: narrow the query")
                 if resp.status >= 500 or resp.status in (401, 403, 404, 429):

@@ -27,6 +27,7 @@ from agent_webhook.investigation.prometheus import (
     PrometheusUnavailable,
     PromResult,
     Series,
+    read_capped,
 )
 from agent_webhook.investigation.safety import (
     GPU_RE,
@@ -422,7 +423,7 @@ class ToolBox:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.tool_timeout_seconds))
         try:
             async with self._session.get(url, params=params, allow_redirects=False) as resp:
-                body = await resp.content.read(2 * 1024 * 1024)
+                body = await read_capped(resp.content, 2 * 1024 * 1024)
                 if resp.status != 200:
                     raise PrometheusUnavailable(f"Alertmanager answered HTTP {resp.status}")
                 alerts = json.loads(body)

@@ -159,6 +159,7 @@ def start_prometheus(
     config: Mapping[str, Any] | None = None,
     timeout: float = 30.0,
     extra_args: Sequence[str] = (),
+    resend_delay: str = "1s",
     **config_kwargs: Any,
 ) -> PrometheusServer:
     """Start Prometheus with `config` (or one built by :func:`prometheus_config` from kwargs)."""
@@ -180,7 +181,9 @@ def start_prometheus(
             "--storage.tsdb.retention.time=1h",
             # Alerts evaluated before the Alertmanager is discovered are dropped and only re-sent
             # after the resend delay (1m by default): keep tests fast.
-            "--rules.alert.resend-delay=1s",
+            # (Prometheus sets an alert's endsAt 4 resend delays ahead: a longer one lets a
+            # stalled Prometheus on a loaded machine keep its alerts alive in Alertmanager.)
+            f"--rules.alert.resend-delay={resend_delay}",
             "--log.level=info",
             *extra_args,
         ],

@@ -1,0 +1,524 @@
+"""The whole gpu-watchdog pipeline on loopback, for end-to-end tests and bench/e2e_time_to_finding.py.
+
+    private Slurm (munged, slurmctld, slurmd; fake GPU GRES) ─▶ slurm-exporter ─┐
+    gpu-exporter --backend sim (faults from a fault file) ───────────────────────┤ scrape 1 s
+                                                                                 ▼
+    Prometheus (time-compressed copies of alert_rules/*.rules.yml, 1 s evaluation)
+        ─▶ Alertmanager (alert_rules/alertmanager.yml: its routes and inhibit rules, timers compressed)
+        ─▶ agent-webhook (deterministic triage, SQLite) ─▶ webhook sink ─▶ CaptureSink (loopback)
+
+Every daemon is the real program, started under a :class:`ProcessManager`, stopped by pid.
+
+Time compression (the "test config"): the real rules wait minutes (`for: 10m`) and look back
+over minutes (`[15m]`, `offset 15m`), and the real Alertmanager waits seconds to minutes before
+it notifies. :func:`compressed_rule_files` and :func:`compressed_alertmanager_config` derive
+copies in which every one of those durations is divided by the same factor (60 by default:
+a minute becomes a second), so the pipeline behaves as the real one would, only faster: the
+order in which alerts fire and notify is kept. Metric names, label matchers, thresholds, joins,
+labels and annotations are left untouched (tests/e2e/test_config.py checks that scaling the
+durations back gives the original files). Two floors keep the compressed copy honest on a
+loaded CI machine: a `for:` is never below 5 s (one slow scrape must not fire the `*Down`
+alerts) and an Alertmanager timer never below 1 s. The XID 15-minute windows have to be
+compressed too: with them at 15 minutes an XID or ECC alert could not resolve within a test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import secrets
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from tests.fakes.threaded_server import ThreadedServer
+from tests.harness.processes import LOOPBACK, ManagedProcess, ProcessManager, free_port, http_get, wait_until
+from tests.harness.promstack import (
+    AlertmanagerServer,
+    PrometheusServer,
+    prometheus_config,
+    start_alertmanager,
+    start_prometheus,
+)
+from tests.harness.slurm import SlurmCluster, start_cluster
+
+REPO = Path(__file__).resolve().parent.parent.parent
+RULES_DIR = REPO / "alert_rules"
+BIN = Path(sys.executable).parent
+TIME_FACTOR = 60.0
+FOR_FLOOR_SECONDS = 5.0
+AM_TIMER_FLOOR_SECONDS = 1.0
+
+# -- durations ------------------------------------------------------------------------------
+
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+_DURATION = r"(?:\d+(?:ms|[smhdwy]))+"
+_DURATION_PART = re.compile(r"(\d+)(ms|[smhdwy])")
+# A range selector or subquery ([15m], [15m:], [15m:1m]) and an offset (offset 15m).
+_RANGE = re.compile(rf"\[({_DURATION})(?::({_DURATION})?)?\]")
+_OFFSET = re.compile(rf"\boffset(\s+)(-?)({_DURATION})")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Prometheus duration ('1h30m', '15m', '500ms')."""
+    if not re.fullmatch(_DURATION, text):
+        raise ValueError(f"not a Prometheus duration: {text!r}")
+    return float(sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text)))
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling Prometheus accepts, in whole milliseconds ('15s', '500ms')."""
+    ms = max(1, round(seconds * 1000))
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def scale_expr(expr: str, factor: float) -> str:
+    """`expr` with every range, subquery step and offset divided by `factor`; nothing else changes."""
+
+    def rng(m: re.Match[str]) -> str:
+        window = format_duration(parse_duration(m.group(1)) / factor)
+        if m.group(0).endswith(":]") or m.group(2):
+            step = format_duration(parse_duration(m.group(2)) / factor) if m.group(2) else ""
+            return f"[{window}:{step}]"
+        return f"[{window}]"
+
+    def off(m: re.Match[str]) -> str:
+        return f"offset{m.group(1)}{m.group(2)}{format_duration(parse_duration(m.group(3)) / factor)}"
+
+    return _OFFSET.sub(off, _RANGE.sub(rng, expr))
+
+
+def compressed_rules(groups: Mapping[str, Any], factor: float, for_floor: float) -> dict[str, Any]:
+    """A rule file's content with its `for:` and expression durations compressed."""
+    out = json.loads(json.dumps(groups))  # a deep copy of plain YAML data
+    for group in out.get("groups", []):
+        if "interval" in group:
+            group["interval"] = format_duration(parse_duration(group["interval"]) / factor)
+        for rule in group.get("rules", []):
+            rule["expr"] = scale_expr(rule["expr"], factor)
+            if "for" in rule:
+                rule["for"] = format_duration(max(parse_duration(rule["for"]) / factor, for_floor))
+            if "keep_firing_for" in rule:
+                rule["keep_firing_for"] = format_duration(parse_duration(rule["keep_firing_for"]) / factor)
+    return dict(out)
+
+
+def compressed_rule_files(
+    dest: Path, factor: float = TIME_FACTOR, for_floor: float = FOR_FLOOR_SECONDS, source: Path = RULES_DIR
+) -> list[Path]:
+    """Write time-compressed copies of `source`/*.rules.yml into `dest`; never touches `source`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for path in sorted(source.glob("*.rules.yml")):
+        data = yaml.safe_load(path.read_text())
+        target = dest / path.name
+        target.write_text(
+            f"# Time-compressed by tests/harness/stack.py (factor {factor:g}) from {path.name}; do not edit.\n"
+            + yaml.safe_dump(compressed_rules(data, factor, for_floor), sort_keys=False, width=1000)
+        )
+        paths.append(target)
+    return paths
+
+
+def compressed_alertmanager_config(
+    agent_url: str,
+    token_file: Path,
+    factor: float = TIME_FACTOR,
+    floor: float = AM_TIMER_FLOOR_SECONDS,
+    source: Path = RULES_DIR / "alertmanager.yml",
+) -> dict[str, Any]:
+    """alert_rules/alertmanager.yml with its receivers pointed at `agent_url` and its timers compressed.
+
+    Routes, grouping and inhibit rules are the file's own.
+    """
+    config: dict[str, Any] = yaml.safe_load(source.read_text())
+    timers = ("group_wait", "group_interval", "repeat_interval")
+
+    def scale_route(route: dict[str, Any]) -> None:
+        for key in timers:
+            if key in route:
+                route[key] = format_duration(max(parse_duration(route[key]) / factor, floor))
+        for child in route.get("routes", []):
+            scale_route(child)
+
+    scale_route(config["route"])
+    glob = config.setdefault("global", {})
+    if "resolve_timeout" in glob:
+        glob["resolve_timeout"] = format_duration(max(parse_duration(glob["resolve_timeout"]) / factor, floor))
+    for receiver in config.get("receivers", []):
+        for hook in receiver.get("webhook_configs", []):
+            hook["url"] = f"{agent_url}/alerts"
+            auth = hook.setdefault("http_config", {}).setdefault("authorization", {"type": "Bearer"})
+            auth["credentials_file"] = str(token_file)
+    return config
+
+
+# -- the sink ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SinkPost:
+    event: str
+    finding: dict[str, Any]
+    at: float
+
+
+class CaptureSink(ThreadedServer):
+    """A loopback HTTP endpoint for the agent's `webhook` sink: records every JSON post."""
+
+    def __init__(self) -> None:
+        self.posts: list[SinkPost] = []
+        self._lock = threading.Lock()
+        app = web.Application()
+        app.router.add_post("/findings", self._post)
+        super().__init__(app)
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/findings"
+
+    async def _post(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        with self._lock:
+            self.posts.append(SinkPost(str(body.get("event")), dict(body.get("finding") or {}), time.time()))
+        return web.json_response({"ok": True})
+
+    def for_finding(self, finding_id: str) -> list[SinkPost]:
+        with self._lock:
+            return [p for p in self.posts if p.finding.get("id") == finding_id]
+
+
+# -- the stack --------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    procs: ProcessManager
+    slurm: SlurmCluster
+    node: str
+    faults: Path
+    gpu_exporter: ManagedProcess
+    slurm_exporter: ManagedProcess
+    prometheus: PrometheusServer
+    alertmanager: AlertmanagerServer
+    sink: CaptureSink
+    agent_port: int
+    token: str
+    token_file: Path
+    db: Path
+    factor: float
+    agent: ManagedProcess | None = None
+
+    @property
+    def agent_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.agent_port}"
+
+    # -- faults ---------------------------------------------------------------------------
+
+    def sim(self, *args: str) -> None:
+        """`gpu-watchdog sim ARGS --faults <this stack's fault file>` (the CLI operators use)."""
+        argv = [str(BIN / "gpu-watchdog"), "sim", *args[:1], "--faults", str(self.faults), *args[1:]]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
+
+    def inject(self, gpu: int, kind: str, *value: str) -> None:
+        self.sim("inject", "--gpu", str(gpu), kind, *value)
+
+    def clear(self, gpu: int) -> None:
+        self.sim("clear", "--gpu", str(gpu))
+
+    # -- the agent ------------------------------------------------------------------------
+
+    def agent_config(self, llm: Mapping[str, Any] | None = None) -> Path:
+        config: dict[str, Any] = {
+            "listen": f"{LOOPBACK}:{self.agent_port}",
+            "db": str(self.db),
+            "token_file": str(self.token_file),
+            "workers": 2,
+            "prometheus_url": self.prometheus.url,
+            "alertmanager_url": self.alertmanager.url,
+            "sinks": [{"type": "webhook", "url": self.sink.url}],
+            "sink_retry": {"initial_seconds": 0.5, "max_seconds": 5},
+        }
+        if llm:
+            config["llm"] = dict(llm)
+        path = self.workdir / "agent.yml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def start_agent(self, llm: Mapping[str, Any] | None = None) -> ManagedProcess:
+        argv = [str(BIN / "agent-webhook"), "--config", str(self.agent_config(llm)), "--log-level", "debug"]
+        self.agent = self.procs.start("agent-webhook", argv)
+        self.agent.wait_http(f"{self.agent_url}/healthz", timeout=60)
+        return self.agent
+
+    def findings(self, **filters: str) -> list[dict[str, Any]]:
+        query = "&".join(f"{k}={v}" for k, v in {"limit": "1000", **filters}.items())
+        status, body = http_get(
+            f"{self.agent_url}/findings?{query}", headers={"Authorization": f"Bearer {self.token}"}, timeout=10
+        )
+        if status != 200:
+            raise RuntimeError(f"GET /findings -> {status}: {body[:200]!r}")
+        return list(json.loads(body)["findings"])
+
+    def deliveries(self, alertname: str, **labels: str) -> list[dict[str, Any]]:
+        """The alerts the agent stored (one row per fingerprint and startsAt) with `times_seen`:
+        how many Alertmanager notifications carried each (read-only, beside the running agent)."""
+        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10) as conn:
+            conn.row_factory = sqlite3.Row
+            rows = conn.execute(
+                "SELECT fingerprint, starts_at, status, labels, times_seen FROM alerts WHERE alertname=?",
+                (alertname,),
+            ).fetchall()
+        out = []
+        for row in rows:
+            stored = json.loads(row["labels"])
+            if all(stored.get(k) == v for k, v in labels.items()):
+                out.append({**dict(row), "labels": stored})
+        return out
+
+    # -- Prometheus -----------------------------------------------------------------------
+
+    def firing(self, alertname: str, **labels: str) -> list[dict[str, Any]]:
+        return [
+            a
+            for a in self.prometheus.alerts()
+            if a["state"] == "firing"
+            and a["labels"].get("alertname") == alertname
+            and all(a["labels"].get(k) == v for k, v in labels.items())
+        ]
+
+    def stop(self) -> None:
+        self.sink.stop()
+        for proc in (self.agent, self.alertmanager.process, self.prometheus.process):
+            if proc is not None:
+                proc.stop()
+        self.gpu_exporter.stop()
+        self.slurm_exporter.stop()
+        self.slurm.stop()
+
+
+def start_stack(
+    procs: ProcessManager,
+    workdir: Path,
+    *,
+    factor: float = TIME_FACTOR,
+    sim_gpus: int = 8,
+    on_started: Callable[[str], None] | None = None,
+) -> Stack:
+    """Start everything; returns once Prometheus has the history the XID rule's guard needs."""
+    note = on_started or (lambda what: None)
+    workdir.mkdir(parents=True, exist_ok=True)
+    slurm = start_cluster(procs, fake_nodes=0)
+    started: list[Callable[[], object]] = [slurm.stop]
+    try:
+        note("slurm")
+        node = slurm.hostname
+        faults = workdir / "sim-faults.yml"
+        gpu_port, slurm_port = free_port(), free_port()
+        gpu_exporter = procs.start(
+            "gpu-exporter",
+            [str(BIN / "gpu-exporter"), "--backend", "sim", "--sim-gpus", str(sim_gpus), "--sim-faults", str(faults),
+             "--interval", "1", "--listen", f"{LOOPBACK}:{gpu_port}"],
+        )  # fmt: skip
+        started.append(gpu_exporter.stop)
+        slurm_exporter = procs.start(
+            "slurm-exporter",
+            [str(BIN / "slurm-exporter"), "--backend", "cli", "--interval", "1", "--command-timeout", "5",
+             "--listen", f"{LOOPBACK}:{slurm_port}"],
+            env=slurm.env,
+        )  # fmt: skip
+        started.append(slurm_exporter.stop)
+        gpu_exporter.wait_http(f"http://{LOOPBACK}:{gpu_port}/healthz", timeout=60)
+        slurm_exporter.wait_http(f"http://{LOOPBACK}:{slurm_port}/metrics", timeout=60)
+        note("exporters")
+
+        token = secrets.token_urlsafe(24)
+        token_file = workdir / "agent-token"
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+        agent_port = free_port()
+        am = start_alertmanager(
+            procs, workdir, compressed_alertmanager_config(f"http://{LOOPBACK}:{agent_port}", token_file, factor)
+        )
+        started.append(am.process.stop)
+        rules = compressed_rule_files(workdir / "rules", factor)
+        prom = start_prometheus(
+            procs,
+            workdir,
+            config=prometheus_config(
+                rule_files=rules,
+                alertmanager_urls=[am.url],
+                extra_scrape_configs=[
+                    # GPU series get the Slurm NodeName as a target label (docs/architecture.md).
+                    {"job_name": "gpu", "static_configs": [{"targets": [f"{LOOPBACK}:{gpu_port}"],
+                                                            "labels": {"node": node}}]},
+                    {"job_name": "slurm", "static_configs": [{"targets": [f"{LOOPBACK}:{slurm_port}"]}]},
+                ],
+            ),
+            resend_delay="2s",
+        )  # fmt: skip
+        started.append(prom.process.stop)
+        note("prometheus+alertmanager")
+        sink = CaptureSink()
+        sink.start()
+        started.append(sink.stop)
+        stack = Stack(
+            workdir=workdir,
+            procs=procs,
+            slurm=slurm,
+            node=node,
+            faults=faults,
+            gpu_exporter=gpu_exporter,
+            slurm_exporter=slurm_exporter,
+            prometheus=prom,
+            alertmanager=am,
+            sink=sink,
+            agent_port=agent_port,
+            token=token,
+            token_file=token_file,
+            db=workdir / "agent.db",
+            factor=factor,
+        )
+        stack.start_agent()
+        note("agent")
+        # The XID rule counts a new XID series only when its exporter was already scraped one
+        # window ago (15 min, compressed): a fresh Prometheus must have that much history first.
+        window = format_duration(math.ceil(15 * 60 / factor))
+        prom.wait_for(f'up{{job="gpu"}} offset {window} == 1', timeout=120)
+        prom.wait_for('slurm_up{job="slurm"} == 1', timeout=60)
+        note("history")
+        return stack
+    except BaseException:
+        for stop in reversed(started):
+            stop()
+        raise
+
+
+# -- faults and what they must become ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault to inject, the alert it must raise (`alertname` + `labels` pick it out of the
+    findings) and the triage it must get (`triage_rule`, a cause and an action fragment)."""
+
+    name: str
+    alertname: str
+    labels: Mapping[str, str]
+    triage_rule: str
+    cause: str
+    action: str
+    inject: Callable[[Stack], None]
+    clear: Callable[[Stack], None]
+
+
+DRAIN_REASON = "health check failed: GPU memory test"
+
+
+def _drain(stack: Stack) -> None:
+    stack.slurm.scontrol("update", f"nodename={stack.node}", "state=drain", f"reason={DRAIN_REASON}")
+
+
+def _resume(stack: Stack) -> None:
+    stack.slurm.scontrol("update", f"nodename={stack.node}", "state=resume")
+
+
+# One GPU per fault so that faults never share an alert, a group or an inhibition.
+FAULTS: dict[str, Fault] = {
+    "xid79": Fault(
+        "XID 79 on GPU 1",
+        "GPUXidError",
+        {"gpu": "1", "xid": "79"},
+        "xid:79",
+        "XID 79 (GPU has fallen off the bus)",
+        "Drain the node in Slurm",
+        lambda s: s.inject(1, "xid", "79"),
+        lambda s: s.clear(1),
+    ),
+    "dbe": Fault(
+        "double-bit ECC on GPU 2",
+        "GPUDoubleBitECC",
+        {"gpu": "2"},
+        "policy:dbe",
+        "uncorrectable double-bit ECC (DBE) memory error",
+        "Reset the GPU to apply row remapping",
+        lambda s: s.inject(2, "ecc_dbe", "1"),
+        lambda s: s.clear(2),
+    ),
+    "thermal": Fault(
+        "thermal throttling on GPU 3",
+        "GPUThermalThrottling",
+        {"gpu": "3"},
+        "policy:thermal_throttle",
+        "thermal throttling; the GPU is too hot",
+        "Check cooling and airflow of the node",
+        lambda s: s.inject(3, "throttle", "thermal"),
+        lambda s: s.clear(3),
+    ),
+    "drain": Fault(
+        "Slurm node drained",
+        "SlurmNodeDrained",
+        {},
+        "drain-reason:nhc",
+        "the node health check (NHC) failed on the node",
+        "Read the NHC log on the node",
+        _drain,
+        _resume,
+    ),
+}
+
+
+def _epoch(rfc3339: str) -> float:
+    return datetime.strptime(rfc3339, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def matching_findings(stack: Stack, fault: Fault) -> list[dict[str, Any]]:
+    found = stack.findings(alertname=fault.alertname, node=stack.node)
+    return [f for f in found if all(f["labels"].get(k) == v for k, v in fault.labels.items())]
+
+
+def inject_until_finding(stack: Stack, fault: Fault, timeout: float = 120.0) -> tuple[dict[str, Any], float]:
+    """Inject `fault`; returns its finding and the seconds from injection to the finding's creation."""
+    before = {f["id"] for f in matching_findings(stack, fault)}  # a fault injected again: a new alert
+    started = time.time()
+    fault.inject(stack)
+    found = wait_until(
+        lambda: [f for f in matching_findings(stack, fault) if f["id"] not in before],
+        timeout,
+        interval=0.2,
+        what=f"a finding for {fault.name}",
+    )
+    finding = dict(found[0])  # type: ignore[index]
+    return finding, _epoch(finding["created_at"]) - started
+
+
+def clear_until_resolved(stack: Stack, fault: Fault, finding_id: str, timeout: float = 120.0) -> dict[str, Any]:
+    """Clear `fault`; returns the finding once it is resolved and the sink got the resolve."""
+    fault.clear(stack)
+
+    def resolved() -> dict[str, Any] | None:
+        current = [f for f in matching_findings(stack, fault) if f["id"] == finding_id]
+        posted = any(p.event == "resolved" for p in stack.sink.for_finding(finding_id))
+        if current and current[0]["status"] == "resolved" and posted:
+            return dict(current[0])
+        return None
+
+    done = wait_until(resolved, timeout, interval=0.25, what=f"{fault.name} resolved")
+    assert isinstance(done, dict)
+    return done
