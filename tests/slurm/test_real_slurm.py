@@ -123,4 +123,3 @@ def test_dead_controller(slurm_cluster: SlurmCluster, slurm_exporter: ExporterFa
     finally:
         cluster.start_controller()
     wait_until(lambda: value(scrape(url)[0], "slurm_up") == 1, 30, interval=0.5, what="slurm_up after restart")
-
