@@ -149,7 +149,17 @@ def _agent_llm(prefix: Path) -> str | None:
         argv = json.loads((prefix / "services" / "agent-webhook.json").read_text())["argv"]
     except (OSError, ValueError, KeyError):
         return None
-    return str(argv[argv.index("--llm-base-url") + 1]) if "--llm-base-url" in argv else None
+    if "--llm-base-url" in argv:
+        return str(argv[argv.index("--llm-base-url") + 1])
+    # Or agent.yml names it (agent_webhook_config: {llm: {base_url: ...}}).
+    if "--config" not in argv or yaml is None:
+        return None
+    try:
+        config = yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text()) or {}
+    except (OSError, IndexError, yaml.YAMLError):
+        return None
+    llm = config.get("llm") if isinstance(config, dict) else None
+    return str(llm["base_url"]) if isinstance(llm, dict) and llm.get("base_url") else None
 
 
 # ---------------------------------------------------------------- commands
