@@ -24,7 +24,9 @@ import yaml
 from tests.ansible.conftest import REPO, SIM_FAULTS, VENV_BIN, Deployment, make, run_cmd
 from tests.harness.processes import http_get, wait_until
 
-pytestmark = pytest.mark.slow
+# The module's deployment (two `up` runs and a --check run, 4-5 minutes on a loaded 2-core
+# machine) is set up inside the first test, so that test needs more than the default timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 NODE = socket.gethostname().split(".")[0]
 SLURM_ENV = {**os.environ, "SLURM_CONF": "/etc/slurm/slurm.conf"}
 
