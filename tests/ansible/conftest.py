@@ -124,10 +124,15 @@ def run_cmd(argv: list[str], timeout: float = 420, cwd: Path = ANSIBLE_DIR) -> R
     return Run(argv, result.returncode, result.stdout, result.stderr, time.monotonic() - started)
 
 
-def make(deployment: Deployment, target: str, timeout: float = 420) -> Run:
-    """`make up|down|status` on the test's deployment (its prefix and ports), with this venv."""
-    argv = ["make", "--no-print-directory", target, f"VENV={sys.prefix}", f"UP_ARGS=-e @{deployment.vars_file}"]
+def make_target(target: str, *up_args: str, timeout: float = 420) -> Run:
+    """`make TARGET` in the checkout with this venv; UP_ARGS: ansible-playbook's -e options."""
+    argv = ["make", "--no-print-directory", target, f"VENV={sys.prefix}", f"UP_ARGS={' '.join(up_args)}"]
     return run_cmd(argv, timeout=timeout, cwd=REPO)
+
+
+def make(deployment: Deployment, target: str, timeout: float = 420) -> Run:
+    """`make up|down|status` on the test's deployment (its prefix and ports)."""
+    return make_target(target, f"-e @{deployment.vars_file}", timeout=timeout)
 
 
 def stack_up(deployment: Deployment) -> Run:

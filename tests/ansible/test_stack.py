@@ -5,25 +5,13 @@ The full `make up` path is proven by test_site.py."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.ansible.conftest import REPO
+from tests.ansible.conftest import make_target
 from tests.ansible.test_supervise import SUPERVISE, Supervisor, _alive
 from tests.harness.processes import wait_until
-
-
-def _make(target: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["make", "--no-print-directory", target, f"VENV={sys.prefix}", f"UP_ARGS={' '.join(extra)}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture
@@ -42,11 +30,11 @@ def test_down_stops_every_service_in_order_and_twice_is_a_no_op(prefix: Path) ->
         for name in ("munged", "prometheus", "runpod-exporter"):  # runpod-exporter: unknown to stack.py
             sup.define(name, ["sleep", "300"])
             pids.append(sup.ensure(name)["pid"])
-        status = _make("status", *where)
+        status = make_target("status", *where)
         assert status.returncode == 0 and status.stdout.count("running (pid") == 3, status.stdout + status.stderr
         assert "http://127.0.0.1:9090/alerts" in status.stdout  # the summary, with the role's default port
 
-        down = _make("down", *where)
+        down = make_target("down", *where)
         assert down.returncode == 0, down.stdout + down.stderr
         # What stack.py does not know stops first, munged (Slurm authenticates with it) last.
         stopped = [line.split()[0] for line in down.stdout.splitlines() if line.endswith("stopped")]
@@ -55,9 +43,9 @@ def test_down_stops_every_service_in_order_and_twice_is_a_no_op(prefix: Path) ->
         wait_until(lambda: not any(_alive(pid) for pid in pids), 20, what="the services' processes gone")
         assert not list((prefix / "run").glob("*.pid"))
 
-        again = _make("down", *where)
+        again = make_target("down", *where)
         assert again.returncode == 0 and again.stdout.strip() == "nothing was running", again.stdout
-        after = _make("status", *where)
+        after = make_target("status", *where)
         assert after.returncode == 0 and "running" not in after.stdout, after.stdout
     finally:
         sup.cli("stop", "--all")
@@ -65,16 +53,16 @@ def test_down_stops_every_service_in_order_and_twice_is_a_no_op(prefix: Path) ->
 
 def test_down_and_status_with_nothing_deployed(tmp_path: Path) -> None:
     where = f"-e gpu_watchdog_prefix={tmp_path / 'none'}"
-    down = _make("down", where, f"-e gw_service_unit_dir={tmp_path}")
+    down = make_target("down", where, f"-e gw_service_unit_dir={tmp_path}")
     assert down.returncode == 0 and down.stdout.strip() == "nothing was running", down.stdout + down.stderr
-    status = _make("status", where, f"-e gw_service_unit_dir={tmp_path}")
+    status = make_target("status", where, f"-e gw_service_unit_dir={tmp_path}")
     assert status.returncode == 0 and "nothing deployed under" in status.stdout
 
 
 def test_a_bad_extra_variable_is_one_clear_error(tmp_path: Path) -> None:
-    result = _make("status", f"-e @{tmp_path / 'missing.yml'}")
+    result = make_target("status", f"-e @{tmp_path / 'missing.yml'}")
     assert result.returncode != 0
     assert "stack.py status: -e @" in result.stderr and "No such file or directory" in result.stderr
     assert "Traceback" not in result.stderr
-    result = _make("down", "-e justaword")
+    result = make_target("down", "-e justaword")
     assert "expected KEY=VALUE or @FILE" in result.stderr and "Traceback" not in result.stderr
