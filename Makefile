@@ -6,13 +6,19 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages: real Slurm + munge, Prometheus/promtool, Alertmanager/amtool, shellcheck.
-APT_PACKAGES := munge slurm-wlm slurm-client prometheus prometheus-alertmanager shellcheck procps curl
+# python3-venv: the checkout's venv (ansible comes from pip); python3-apt: Ansible's apt module.
+APT_PACKAGES := munge slurm-wlm slurm-client prometheus prometheus-alertmanager shellcheck procps curl \
+	python3-venv python3-apt
+# Extra ansible-playbook variables for make up/down/status, e.g. UP_ARGS="-e agent_webhook_port=9195".
+UP_ARGS ?=
+# down must work whether or not the venv is there (make clean runs it first).
+STACK = $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) scripts/stack.py
 PYTEST_ARGS ?=
 
 .PHONY: help up down status test lint system-deps venv bench clean
 
 help:
-	@echo "make up      install what is needed and start the suite on loopback (simulated GPUs)"
+	@echo "make up      install what is needed and deploy the suite here with Ansible (loopback, simulated GPUs)"
 	@echo "make down    stop everything 'make up' started"
 	@echo "make status  show what is running"
 	@echo "make test    install test dependencies and run the whole suite (lint included)"
@@ -31,14 +37,15 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 
 venv: $(BIN)/.installed
 
+# The real deploy path: ansible/site.yml with ansible/inventory/local.yml (docs/quickstart.md).
 up: system-deps venv
-	@$(BIN)/python scripts/devstack.py up
+	@$(BIN)/python scripts/stack.py up $(UP_ARGS)
 
 down:
-	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/devstack.py down; else echo "nothing to stop"; fi
+	@$(STACK) down $(UP_ARGS)
 
-status: venv
-	@$(BIN)/python scripts/devstack.py status
+status:
+	@$(STACK) status $(UP_ARGS)
 
 test: system-deps venv
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -3,9 +3,12 @@
 What it configures is the system's own munge and Slurm (munged on the default socket,
 /etc/slurm, /var/spool/slurm*), as `make up` would; everything of gpu-watchdog's own goes under
 a temporary prefix, and every TCP port (Slurm's included) is a free one, so it cannot collide
-with a running `make up` or with other tests. Three runs share one module-scoped fixture: the
-deployment, a second run (idempotence), and `gpu-watchdog deploy --check` (ansible-runner).
-Teardown stops every service by the pid files gw-supervise wrote.
+with a running `make up` or with other tests. The deployment goes through `scripts/stack.py up`,
+the script `make up` runs (ansible-playbook site.yml with inventory/local.yml, plus the test's
+variables). Three runs share one module-scoped fixture: the deployment, a second `up`
+(idempotence), and `gpu-watchdog deploy --check` (ansible-runner). The simulated GPUs read the
+checkout's `.run/sim-faults.yml`, as after `make up`: its content is set aside and restored.
+Teardown runs `make down`, then stops whatever is left by the pid files gw-supervise wrote.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from tests.harness.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
+# Where `gpu-watchdog sim` (run from the checkout) and the deployed sim exporter meet (local.yml).
+SIM_FAULTS = REPO / ".run" / "sim-faults.yml"
 VENV_BIN = Path(sys.executable).parent
 RECAP = re.compile(r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
                    r"\s+failed=(?P<failed>\d+)", re.M)  # fmt: skip
@@ -104,31 +109,37 @@ class Deployment:
         ]
 
 
-def _run(argv: list[str], timeout: float = 420) -> Run:
+def run_cmd(argv: list[str], timeout: float = 420, cwd: Path = ANSIBLE_DIR) -> Run:
     started = time.monotonic()
+    # Commands find the fault file by their default, as a newcomer's do.
+    env = {k: v for k, v in os.environ.items() if k != "GPU_WATCHDOG_SIM_FAULTS"}
     result = subprocess.run(
         argv,
-        cwd=ANSIBLE_DIR,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+        env={**env, "ANSIBLE_NOCOLOR": "1"},
     )
     return Run(argv, result.returncode, result.stdout, result.stderr, time.monotonic() - started)
 
 
-def playbook(deployment: Deployment, *extra: str) -> Run:
-    return _run(
-        [
-            str(VENV_BIN / "ansible-playbook"),
-            "-i",
-            str(ANSIBLE_DIR / "inventory" / "local.yml"),
-            "site.yml",
-            "-e",
-            f"@{deployment.vars_file}",
-            *extra,
-        ]
-    )
+def make_target(target: str, *up_args: str, timeout: float = 420) -> Run:
+    """`make TARGET` in the checkout with this venv; UP_ARGS: ansible-playbook's -e options."""
+    argv = ["make", "--no-print-directory", target, f"VENV={sys.prefix}", f"UP_ARGS={' '.join(up_args)}"]
+    return run_cmd(argv, timeout=timeout, cwd=REPO)
+
+
+def make(deployment: Deployment, target: str, timeout: float = 420) -> Run:
+    """`make up|down|status` on the test's deployment (its prefix and ports)."""
+    return make_target(target, f"-e @{deployment.vars_file}", timeout=timeout)
+
+
+def stack_up(deployment: Deployment) -> Run:
+    """What `make up` runs after installing its dependencies (make's own prerequisites would
+    reinstall the checkout's venv when its stamp is older than setup.cfg)."""
+    argv = [sys.executable, str(REPO / "scripts" / "stack.py"), "up", "-e", f"@{deployment.vars_file}"]
+    return run_cmd(argv, cwd=REPO)
 
 
 def _foreign_munged() -> int | None:
@@ -142,6 +153,8 @@ def _foreign_munged() -> int | None:
 
 
 def _stop_everything(deployment: Deployment) -> None:
+    with contextlib.suppress(subprocess.SubprocessError, OSError):
+        make(deployment, "down", timeout=180)
     if (deployment.prefix / "bin" / "gw-supervise").exists():
         subprocess.run([*deployment.supervise, "stop", "--all"], capture_output=True, timeout=120)
     # Whatever a crashed keeper left behind, by the pids it recorded (never by name).
@@ -185,7 +198,6 @@ def deployment() -> Iterator[Deployment]:
         "prometheus_scrape_interval": "2s",
         "prometheus_evaluation_interval": "2s",
         "exporters_slurm_interval": 5,
-        "exporters_gpu_sim_faults": str(prefix / "sim" / "faults.yml"),
         "grafana_provisioning_dir": str(grafana / "provisioning"),
         "grafana_dashboards_dir": str(grafana / "dashboards"),
         "exporters_web_config": {"basic_auth_users": {"prometheus": hashed}},
@@ -198,11 +210,13 @@ def deployment() -> Iterator[Deployment]:
     vars_file = root / "test-vars.json"
     vars_file.write_text(json.dumps(variables, indent=2))
     deployment = Deployment(prefix=prefix, vars_file=vars_file, variables=variables, built=built)
+    saved_faults = SIM_FAULTS.read_bytes() if SIM_FAULTS.exists() else None
+    SIM_FAULTS.unlink(missing_ok=True)  # no fault of an earlier session applies to this one
     try:
-        deployment.runs["first"] = playbook(deployment)
+        deployment.runs["first"] = stack_up(deployment)
         if deployment.runs["first"].returncode == 0:
-            deployment.runs["second"] = playbook(deployment)
-            deployment.runs["check"] = _run(
+            deployment.runs["second"] = stack_up(deployment)
+            deployment.runs["check"] = run_cmd(
                 [
                     str(VENV_BIN / "gpu-watchdog"),
                     "deploy",
@@ -217,3 +231,7 @@ def deployment() -> Iterator[Deployment]:
     finally:
         _stop_everything(deployment)
         shutil.rmtree(root, ignore_errors=True)
+        if saved_faults is None:
+            SIM_FAULTS.unlink(missing_ok=True)
+        else:
+            SIM_FAULTS.write_bytes(saved_faults)

@@ -1,6 +1,8 @@
 """site.yml deployed for real onto this machine (inventory/local.yml, simulated GPUs): what runs.
 
-The deployment itself happens once, in the module-scoped `deployment` fixture (conftest.py).
+The deployment itself happens once, through `make up`'s script, in the module-scoped
+`deployment` fixture (conftest.py). The last two tests run the README walkthrough (a fault
+injected with the CLI becomes an alert and a finding) and `make down`; they stay last.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import json
 import os
 import socket
 import subprocess
+import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -17,10 +21,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.ansible.conftest import REPO, Deployment
+from tests.ansible.conftest import REPO, SIM_FAULTS, VENV_BIN, Deployment, make, run_cmd
 from tests.harness.processes import http_get, wait_until
 
-pytestmark = pytest.mark.slow
+# The module's deployment (two `up` runs and a --check run, 4-5 minutes on a loaded 2-core
+# machine) is set up inside the first test, so that test needs more than the default timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 NODE = socket.gethostname().split(".")[0]
 SLURM_ENV = {**os.environ, "SLURM_CONF": "/etc/slurm/slurm.conf"}
 
@@ -218,3 +224,108 @@ def test_no_secret_reaches_the_output(deployment: Deployment) -> None:
         assert token not in run.stdout + run.stderr
         assert password not in run.stdout + run.stderr
         assert base64.b64encode(key).decode()[:40] not in run.stdout + run.stderr
+
+
+def _cli(*args: str, timeout: float = 60) -> str:
+    """A walkthrough command as README.md gives it, from the checkout (no --faults flag):
+    `gpu-watchdog ARGS...`, or amtool when ARGS start with it."""
+    argv = list(args) if args[0] == "amtool" else [str(VENV_BIN / "gpu-watchdog"), *args]
+    run = run_cmd(argv, timeout=timeout, cwd=REPO)
+    assert run.returncode == 0, run.explain()
+    return run.stdout
+
+
+def _query(deployment: Deployment, expr: str) -> list[dict[str, Any]]:
+    url = deployment.url("prometheus_port", "/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    result: list[dict[str, Any]] = _json(url)["data"]["result"]
+    return result
+
+
+def test_readme_walkthrough_an_injected_xid_79_becomes_a_finding(deployment: Deployment) -> None:
+    _need(deployment, "gpu-exporter")
+    _need(deployment, "agent-webhook")
+    token = str(deployment.prefix / "secrets" / "agent-token")
+    agent = deployment.url("agent_webhook_port")
+    xid = 'nvidia_gpu_xid_errors_total{job="gpu",gpu="3",xid="79"}'
+
+    assert "into .run/sim-faults.yml" in _cli("sim", "inject", "--gpu", "3", "xid", "79")
+    assert "gpu: 3" in SIM_FAULTS.read_text()  # the file the deployed exporter reads
+    # On a stack younger than 15 minutes the rule counts increases of an XID counter, not its
+    # first appearance (docs/quickstart.md): the README injects again once Prometheus has it.
+    wait_until(lambda: [s["value"][1] for s in _query(deployment, xid)] == ["1"], 60, what="XID counter = 1")
+    injected = time.monotonic()
+    _cli("sim", "inject", "--gpu", "3", "xid", "79")
+
+    def firing() -> bool:
+        alerts = _json(deployment.url("prometheus_port", "/api/v1/alerts"))["data"]["alerts"]
+        return any(
+            a["labels"]["alertname"] == "GPUXidError" and a["labels"].get("gpu") == "3" and a["state"] == "firing"
+            for a in alerts
+        )
+
+    wait_until(firing, 90, interval=1, what="GPUXidError firing in Prometheus")
+    fired = time.monotonic() - injected
+    # Alertmanager has it once Prometheus has sent it (a minute later GPUFellOffBus inhibits it).
+    amtool = ("amtool", "alert", f"--alertmanager.url={deployment.url('alertmanager_port')}")
+    wait_until(lambda: "GPUXidError" in _cli(*amtool) or "GPUFellOffBus" in _cli(*amtool), 60, what="amtool alert")
+
+    def findings() -> list[dict[str, Any]]:
+        out = _cli("findings", "--server", agent, "--token-file", token, "--alertname", "GPUXidError", "--json")
+        return [f for f in json.loads(out) if f["gpu"] == "3"]
+
+    found = wait_until(findings, 90, interval=1, what="a GPUXidError finding")
+    to_finding = time.monotonic() - injected
+    assert isinstance(found, list) and len(found) == 1, found
+    assert "XID 79" in found[0]["summary"] and found[0]["status"] == "firing"
+    assert found[0]["recommended_actions"], found[0]
+    listed = _cli("findings", "--server", agent, "--token-file", token)
+    assert "GPUXidError" in listed and "XID 79" in listed
+    answer = _cli(
+        "ask",
+        "--prometheus-url",
+        deployment.url("prometheus_port"),
+        "--alertmanager-url",
+        deployment.url("alertmanager_port"),
+        "what is wrong with gpu 3?",
+    )
+    assert "_Answered by" in answer
+    assert "cleared 2 fault(s)" in _cli("sim", "clear")
+    assert "no faults in .run/sim-faults.yml" in _cli("sim", "list")
+    print(f"sim inject -> alert firing {fired:.1f}s, -> finding {to_finding:.1f}s (2 s scrape/evaluation)")
+
+
+def _supervised(deployment: Deployment) -> list[dict[str, Any]]:
+    out = subprocess.run([*deployment.supervise, "status"], capture_output=True, text=True, timeout=60).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"  # exited; whoever adopted it has not reaped it yet
+
+
+def test_make_down_stops_everything_and_a_second_down_is_a_no_op(deployment: Deployment) -> None:
+    rows = _supervised(deployment)
+    assert rows and all(r["running"] for r in rows), rows
+    status = make(deployment, "status")
+    assert status.returncode == 0 and status.stdout.count("running (pid") == len(rows), status.explain()
+    pids = [pid for r in rows for pid in (r["pid"], r["keeper_pid"])]
+    ports = [v for k, v in deployment.variables.items() if k.endswith("_port")]
+
+    down = make(deployment, "down", timeout=180)
+    assert down.returncode == 0, down.explain()
+    assert f"stopped {len(rows)} service(s)" in down.stdout, down.stdout
+    wait_until(lambda: all(_gone(pid) for pid in pids), 30, what="every service's process gone")
+    for port in ports:
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", int(port))) != 0, f"port {port} still answers"
+    assert not Path("/run/munge/munged.pid").exists()
+    print(f"make down: {down.seconds:.1f}s for {len(rows)} services")
+
+    again = make(deployment, "down")
+    assert again.returncode == 0 and "nothing was running" in again.stdout, again.explain()
+    after = make(deployment, "status")
+    assert after.returncode == 0 and "running" not in after.stdout, after.explain()

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -126,18 +123,3 @@ def test_dead_controller(slurm_cluster: SlurmCluster, slurm_exporter: ExporterFa
     finally:
         cluster.start_controller()
     wait_until(lambda: value(scrape(url)[0], "slurm_up") == 1, 30, interval=0.5, what="slurm_up after restart")
-
-
-def test_devstack_runs_the_exporter_only_when_slurm_answers(
-    slurm_cluster: SlurmCluster, repo_root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    spec = importlib.util.spec_from_file_location("devstack_for_slurm", repo_root / "scripts" / "devstack.py")
-    assert spec and spec.loader
-    devstack = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, devstack)  # dataclasses look their module up
-    spec.loader.exec_module(devstack)
-    monkeypatch.setenv("SLURM_CONF", slurm_cluster.env["SLURM_CONF"])
-    argv = devstack.slurm_exporter_argv()
-    assert argv is not None and argv[0].endswith("slurm-exporter")
-    monkeypatch.setenv("SLURM_CONF", str(repo_root / "no-such-slurm.conf"))
-    assert devstack.slurm_exporter_argv() is None
