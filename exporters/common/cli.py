@@ -69,6 +69,27 @@ def common_options(default_listen: str, envvar_prefix: str) -> Callable[[F], F]:
     return decorate
 
 
+def interval_option(envvar_prefix: str, default: float, help_text: str, minimum: float = 1) -> Callable[[F], F]:
+    """--interval: seconds between collection cycles ($<PREFIX>_INTERVAL)."""
+    return click.option(
+        "--interval",
+        type=click.FloatRange(min=minimum),
+        default=default,
+        envvar=f"{envvar_prefix}_INTERVAL",
+        help=help_text,
+    )
+
+
+def collectors_option(envvar_prefix: str, names: Sequence[str], note: str = "") -> Callable[[F], F]:
+    """--collectors: the switchable collectors to run ($<PREFIX>_COLLECTORS), as node_exporter's --collector.*."""
+    return click.option(
+        "--collectors",
+        multiple=True,
+        envvar=f"{envvar_prefix}_COLLECTORS",
+        help=f"Collectors to run, comma-separated or repeated (default: all of {', '.join(names)}).{note}",
+    )
+
+
 def load_web_config_or_exit(path: str | None) -> WebConfig:
     try:
         return load_web_config(path)

@@ -12,8 +12,10 @@ import click
 
 from exporters.common.cli import (
     check_listen_or_exit,
+    collectors_option,
     common_options,
     fail,
+    interval_option,
     load_web_config_or_exit,
     select_or_exit,
     serve_exporter,
@@ -101,13 +103,7 @@ def open_backend(backend_name: str, sim_gpus: int, sim_faults: str | None) -> tu
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @common_options(default_listen="0.0.0.0:9400", envvar_prefix="GPU_EXPORTER")
-@click.option(
-    "--interval",
-    type=click.FloatRange(min=0.1),
-    default=5.0,
-    envvar="GPU_EXPORTER_INTERVAL",
-    help="Seconds between collections.",
-)
+@interval_option("GPU_EXPORTER", 5.0, "Seconds between collections.", minimum=0.1)
 @click.option(
     "--backend",
     type=click.Choice(["nvml", "sim"]),
@@ -129,13 +125,7 @@ def open_backend(backend_name: str, sim_gpus: int, sim_faults: str | None) -> tu
     envvar="GPU_EXPORTER_SIM_FAULTS",
     help=f"Fault file re-read every cycle (sim backend). [default: $GPU_WATCHDOG_SIM_FAULTS or {DEFAULT_SIM_FAULTS}]",
 )
-@click.option(
-    "--collectors",
-    multiple=True,
-    envvar="GPU_EXPORTER_COLLECTORS",
-    help="Collectors to enable (comma-separated or repeated); default all. "
-    "One of: " + ", ".join(c.name for c in COLLECTOR_CLASSES) + ". device always runs.",
-)
+@collectors_option("GPU_EXPORTER", [c.name for c in COLLECTOR_CLASSES], " device always runs.")
 @click.option(
     "--nvml-timeout",
     type=click.FloatRange(min=0.01),

@@ -7,7 +7,14 @@ import os
 
 import click
 
-from exporters.common.cli import common_options, fail, select_or_exit, serve_exporter
+from exporters.common.cli import (
+    collectors_option,
+    common_options,
+    fail,
+    interval_option,
+    select_or_exit,
+    serve_exporter,
+)
 from exporters.common.logs import setup_logging
 from exporters.common.poller import Collector
 from exporters.runpod.collectors.exporter import ExporterCollector
@@ -30,13 +37,7 @@ def build_collectors(
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @common_options(default_listen="0.0.0.0:9342", envvar_prefix="RUNPOD_EXPORTER")
-@click.option(
-    "--interval",
-    type=click.FloatRange(min=1),
-    default=60.0,
-    envvar="RUNPOD_EXPORTER_INTERVAL",
-    help="Seconds between RunPod API polls.",
-)
+@interval_option("RUNPOD_EXPORTER", 60.0, "Seconds between RunPod API polls.")
 @click.option(
     "--name-prefix",
     default="",
@@ -58,12 +59,7 @@ def build_collectors(
     help="Hourly spend budget, exported as runpod_budget_dollars_per_hour for RunPodSpendHigh "
     "(unset: the rule's default, see docs/alert-rules.md).",
 )
-@click.option(
-    "--collectors",
-    multiple=True,
-    envvar="RUNPOD_EXPORTER_COLLECTORS",
-    help=f"Collectors to run, comma-separated (default: all of {', '.join(c.name for c in COLLECTORS)}).",
-)
+@collectors_option("RUNPOD_EXPORTER", [c.name for c in COLLECTORS])
 def main(  # noqa: PLR0917 - click passes every option
     listen: str,
     web_config_path: str | None,

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import click
 
-from exporters.common.cli import common_options, fail, select_or_exit, serve_exporter
+from exporters.common.cli import (
+    collectors_option,
+    common_options,
+    fail,
+    interval_option,
+    select_or_exit,
+    serve_exporter,
+)
 from exporters.common.logs import setup_logging
 from exporters.common.poller import Collector
 from exporters.slurm.backend import BackendError, select_backend
@@ -58,13 +65,7 @@ def build_collectors(source: SlurmSource, wanted: list[str] | None, info: dict[s
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @common_options(default_listen="0.0.0.0:9341", envvar_prefix="SLURM_EXPORTER")
-@click.option(
-    "--interval",
-    type=click.FloatRange(min=1),
-    default=15.0,
-    envvar="SLURM_EXPORTER_INTERVAL",
-    help="Seconds between polls of slurmctld.",
-)
+@interval_option("SLURM_EXPORTER", 15.0, "Seconds between polls of slurmctld.")
 @click.option(
     "--backend",
     type=click.Choice(["auto", "pyslurm", "cli"]),
@@ -92,12 +93,7 @@ def build_collectors(source: SlurmSource, wanted: list[str] | None, info: dict[s
     envvar="SLURM_EXPORTER_CLUSTER",
     help="Cluster name for slurm_exporter_info (default: ClusterName from Slurm).",
 )
-@click.option(
-    "--collectors",
-    multiple=True,
-    envvar="SLURM_EXPORTER_COLLECTORS",
-    help=f"Collectors to run, comma-separated (default: all of {', '.join(c.name for c in COLLECTORS)}).",
-)
+@collectors_option("SLURM_EXPORTER", [c.name for c in COLLECTORS])
 def main(  # noqa: PLR0917 - click passes every option
     listen: str,
     web_config_path: str | None,
