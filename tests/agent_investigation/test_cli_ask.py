@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_webhook.config import PREFIX_ENV
 from tests.agent_investigation.conftest import LiveCluster
 from tests.fakes.openai_server import FakeOpenAIServer, text, tool_calls
 
@@ -19,7 +20,8 @@ CLI = str(Path(sys.executable).parent / "gpu-watchdog")
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
+    # GPU_WATCHDOG_PREFIX stays: tests/conftest.py points it away from a deployment on this host.
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_") or k == PREFIX_ENV}
     full_env.update(env or {})
     return subprocess.run([CLI, "ask", *args], capture_output=True, text=True, timeout=60, env=full_env, check=False)
 
