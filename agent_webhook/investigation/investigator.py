@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 _NODE_WORD = re.compile(r"\b(?:node|host|nodes)\s+([A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])", re.I)
 _NODE_LIKE = re.compile(r"\b([A-Za-z][A-Za-z0-9]*-[A-Za-z0-9-]*[0-9])\b")
 _GPU_WORD = re.compile(r"\bgpu\s+#?(\d{1,3})\b", re.I)
+_SLURM_QUESTION = re.compile(r"drain|down|respond|pend|queue|wait", re.I)
 # The agent's findings of a node (list of findings API objects); raises when they cannot be read.
 FindingsLookup = Callable[[str], list[dict[str, Any]]]
 
@@ -193,7 +194,7 @@ class Investigation:
             agent_findings = await _findings(toolbox, findings, facts.node, gpu) if facts.node else []
             gathered = time.monotonic()
             name = synthetic_alertname(facts, question)
-            alert = self._pick_alert(firing, name)
+            alert = self._pick_alert(firing, name, question)
             if alert is None and name:
                 labels = {"alertname": name}
                 if facts.node:
@@ -207,7 +208,8 @@ class Investigation:
                 dx = triage(alert, facts, self.knowledge)
             else:
                 dx = _nothing_found(facts, toolbox.unavailable, where if gpu and not nodes else None)
-            context = [*where, *_firing_lines(firing), *_finding_lines(agent_findings)]
+            # (without a node, `where` is the headline of the answer already)
+            context = [*(where if nodes else []), *_firing_lines(firing), *_finding_lines(agent_findings)]
             if context:
                 dx.diagnosis_markdown = "\n".join([*[f"- {line}" for line in context], "", dx.diagnosis_markdown])
             dx.timings["evidence_seconds"] = round(gathered - started, 4)
@@ -224,7 +226,7 @@ class Investigation:
         finally:
             await self._release(toolbox)
 
-    def _pick_alert(self, firing: list[Alert], synthetic: str | None) -> Alert | None:
+    def _pick_alert(self, firing: list[Alert], synthetic: str | None, question: str) -> Alert | None:
         """The firing alert to answer with: the one the evidence points at, else the most severe.
 
         A firing alert carries what the evidence may no longer show (the XID of a counter that
@@ -236,6 +238,8 @@ class Investigation:
         for alert in known:
             if alert.alertname == synthetic:
                 return alert
+        if synthetic and synthetic.startswith("Slurm") and _SLURM_QUESTION.search(question):
+            return None  # "why is it drained?" is answered by the Slurm state; the alerts are listed
         best = max(known, key=lambda a: SEVERITY_ORDER.get(self.knowledge.alerts[a.alertname].severity, 0))
         if synthetic in self.knowledge.alerts and SEVERITY_ORDER.get(
             self.knowledge.alerts[synthetic].severity, 0
