@@ -9,8 +9,6 @@ after Prometheus has scraped the exporter (a new XID).
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -149,26 +147,16 @@ async def test_gpu_without_node_none_or_no_trouble_says_so(cluster: AskCluster) 
     assert healthy.triage_rule is None and healthy.severity == "info"
 
 
-def _post_alert(am: AlertmanagerServer, labels: dict[str, str], summary: str) -> None:
-    body = json.dumps([{"labels": labels, "annotations": {"summary": summary}}]).encode()
-    request = urllib.request.Request(
-        f"{am.url}/api/v2/alerts", data=body, headers={"Content-Type": "application/json"}, method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        assert resp.status == 200
-
-
-def _active(am: AlertmanagerServer) -> list[Any]:
-    with urllib.request.urlopen(f"{am.url}/api/v2/alerts", timeout=10) as resp:
-        return list(json.loads(resp.read()))
-
-
 async def test_firing_alert_and_findings_are_in_the_answer(cluster: AskCluster) -> None:
     labels = {"alertname": "GPUFellOffBus", "node": "gpu-a1", "gpu": "3", "severity": "critical"}
-    _post_alert(cluster.alertmanager, labels, "GPU 3 on gpu-a1 raised XID 79")
-    # Another GPU's alert is not this GPU's answer.
-    _post_alert(cluster.alertmanager, {**labels, "alertname": "GPUThermalThrottling", "gpu": "0"}, "hot")
-    wait_until(lambda: len(_active(cluster.alertmanager)) >= 2, 30, what="the two alerts in Alertmanager")
+    cluster.alertmanager.post_alerts(
+        [
+            {"labels": labels, "annotations": {"summary": "GPU 3 on gpu-a1 raised XID 79"}},
+            # Another GPU's alert is not this GPU's answer.
+            {"labels": {**labels, "alertname": "GPUThermalThrottling", "gpu": "0"}, "annotations": {}},
+        ]
+    )
+    wait_until(lambda: len(cluster.alertmanager.alerts()) >= 2, 30, what="the two alerts in Alertmanager")
     asked: list[str] = []
 
     def findings(node: str) -> list[dict[str, Any]]:
