@@ -4,6 +4,11 @@
 the thread stop promptly. Events that happen before registration are lost (NVML does not
 replay them), so the thread registers at start-up, before the first collection. When several
 XIDs arrive between two waits NVML reports the last code for all of them: we count each event.
+
+Each (GPU, XID) also keeps the wall-clock time of its first event in this process. The alert
+rules need it: the counter series appears at its first XID already at 1, which increase() cannot
+see, and only the exporter knows whether that first XID is recent or was counted long before
+Prometheus started scraping it (docs/alert-rules.md).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +32,7 @@ WAIT_MS = 500
 @dataclass
 class XidState:
     counts: dict[tuple[int, int], int] = field(default_factory=dict)  # (gpu, xid) -> events
+    first_seen: dict[tuple[int, int], float] = field(default_factory=dict)  # (gpu, xid) -> Unix time
     last: dict[int, int] = field(default_factory=dict)  # gpu -> latest xid
     registered: dict[int, bool] = field(default_factory=dict)  # gpu -> events registered
 
@@ -85,15 +92,22 @@ class XidWatcher:
             if index is None:
                 continue
             xid = int(data.eventData)
+            now = time.time()  # wall clock, not monotonic: the rules compare it with Prometheus's time()
             with self._lock:
                 key = (index, xid)
                 self._state.counts[key] = self._state.counts.get(key, 0) + 1
+                self._state.first_seen.setdefault(key, now)
                 self._state.last[index] = xid
             log.warning("XID error", extra={"gpu": index, "xid": xid})
 
     def snapshot(self) -> XidState:
         with self._lock:
-            return XidState(dict(self._state.counts), dict(self._state.last), dict(self._state.registered))
+            return XidState(
+                counts=dict(self._state.counts),
+                first_seen=dict(self._state.first_seen),
+                last=dict(self._state.last),
+                registered=dict(self._state.registered),
+            )
 
     def stop(self) -> None:
         self._stop.set()

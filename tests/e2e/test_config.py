@@ -38,6 +38,28 @@ def test_durations_round_trip() -> None:
         parse_duration("15 minutes")
 
 
+def test_age_limits_scale_and_staleness_limits_do_not() -> None:
+    age = 'time() - x_first_seen_timestamp_seconds{job="gpu"} < 900'
+    assert scale_expr(age, 60) == 'time() - x_first_seen_timestamp_seconds{job="gpu"} < 15'
+    assert scale_expr(scale_expr(age, 60), 1 / 60) == age
+    assert scale_expr("(time() - y <= 90)", 60) == "(time() - y <= 1.5)"
+    # A staleness limit measures the exporter's real-time loop; other thresholds are not durations.
+    assert scale_expr("time() - y > 120", 60) == "time() - y > 120"
+    assert scale_expr("x < 900 and time() - y < 900e0", 60) == "x < 900 and time() - y < 900e0"
+
+
+def test_xid_age_limit_stays_equal_to_its_window(tmp_path: Path) -> None:
+    """The XID rule's first-seen age limit and its `[15m]` are one window: compressed together."""
+    compressed_rule_files(tmp_path, 60.0)
+    for path in (RULES_DIR / "gpu.rules.yml", tmp_path / "gpu.rules.yml"):
+        rules = [r for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"]]
+        (expr,) = [r["expr"] for r in rules if r.get("record") == "node_gpu_xid:nvidia_gpu_xid_errors:increase15m"]
+        limit = re.search(r"time\(\) - nvidia_gpu_xid_first_seen_timestamp_seconds\{[^}]*\} < ([\d.]+)", expr)
+        window = re.search(r"increase\(nvidia_gpu_xid_errors_total\{[^}]*\}\[(\w+)\]\)", expr)
+        assert limit and window, expr
+        assert float(limit.group(1)) == parse_duration(window.group(1)), expr
+
+
 def test_compressed_rules_are_the_real_rules_with_shorter_durations(tmp_path: Path) -> None:
     factor = 60.0
     for path in compressed_rule_files(tmp_path, factor):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import subprocess
+import time
 from base64 import b64encode
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ import bcrypt
 import pytest
 import trustme
 
-from tests.gpu.conftest import Exporter, script, sim_cli, value
+from tests.gpu.conftest import Exporter, samples, script, sim_cli, value
 from tests.gpu.test_backend import NO_DRIVER
 from tests.harness.processes import LOOPBACK, ManagedProcess, free_port, http_get
 from tests.harness.promstack import PrometheusServer
@@ -54,6 +55,7 @@ def test_lost_gpu_reported_within_one_interval(start_exporter: StartExporter) ->
 
 def test_xid_and_process_through_cli(start_exporter: StartExporter, sleeper: ManagedProcess) -> None:
     exp = start_exporter(interval=0.5)
+    before = time.time()
     assert sim_cli(exp.faults, "inject", "--gpu", "1", "xid", "79").returncode == 0
     assert sim_cli(exp.faults, "inject", "--gpu", "0", "process", str(sleeper.pid)).returncode == 0
     text, _ = exp.wait_for(
@@ -64,13 +66,32 @@ def test_xid_and_process_through_cli(start_exporter: StartExporter, sleeper: Man
         5,
         "XID 79 and the process",
     )
+    after = time.time()
     assert value(text, "nvidia_gpu_last_xid", gpu="1") == 79
+    # The first-seen stamp the XID rule keys on: wall-clock time of the first event, same labels
+    # as the counter, and only for codes this process has counted.
+    first_seen = value(text, "nvidia_gpu_xid_first_seen_timestamp_seconds", gpu="1", xid="79")
+    assert first_seen is not None and before <= first_seen <= after, (before, first_seen, after)
+    label_sets = {
+        name: sorted(labels for n, labels in samples(text) if n == name)
+        for name in ("nvidia_gpu_xid_errors_total", "nvidia_gpu_xid_first_seen_timestamp_seconds")
+    }
+    assert label_sets["nvidia_gpu_xid_first_seen_timestamp_seconds"] == label_sets["nvidia_gpu_xid_errors_total"]
+    assert len(label_sets["nvidia_gpu_xid_errors_total"]) == 1
+    check = subprocess.run(["promtool", "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
+    assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), check.stdout + check.stderr
     assert value(text, "nvidia_gpu_last_xid", gpu="0") == 0
     assert value(text, "nvidia_gpu_process_info", gpu="0", pid=str(sleeper.pid), slurm_job_id="4242") == 1
     # More edits to the file re-read it; the XID is not delivered again.
     assert sim_cli(exp.faults, "inject", "--gpu", "3", "temperature", "88").returncode == 0
     text, _ = exp.wait_for(lambda t: value(t, "nvidia_gpu_temperature_celsius", gpu="3") == 88, 5, "temperature")
     assert value(text, "nvidia_gpu_xid_errors_total", gpu="1", xid="79") == 1
+    # A repeat of the code counts, and keeps the first event's stamp.
+    assert sim_cli(exp.faults, "inject", "--gpu", "1", "xid", "79").returncode == 0
+    text, _ = exp.wait_for(
+        lambda t: value(t, "nvidia_gpu_xid_errors_total", gpu="1", xid="79") == 2, 5, "the second XID 79"
+    )
+    assert value(text, "nvidia_gpu_xid_first_seen_timestamp_seconds", gpu="1", xid="79") == first_seen
 
 
 def test_sim_cli_rejects_bad_values(tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ class StaticExporters:
         self.port = free_port()
         self.faults = Faults()
         self.started = time.time()
+        self._xid_first_seen: dict[tuple[int, int], float] = {}  # (gpu, code) -> Unix time, as the exporter
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -129,7 +130,10 @@ class StaticExporters:
             for cause in ("single_bit_ecc", "double_bit_ecc"):
                 yield _line("nvidia_gpu_retired_pages", {**g, "cause": cause}, 0)
             if gpu in f.xid:
-                yield _line("nvidia_gpu_xid_errors_total", {**g, "xid": str(f.xid[gpu])}, 1)
+                xid = {**g, "xid": str(f.xid[gpu])}
+                yield _line("nvidia_gpu_xid_errors_total", xid, 1)
+                first_seen = self._xid_first_seen.setdefault((gpu, f.xid[gpu]), time.time())
+                yield _line("nvidia_gpu_xid_first_seen_timestamp_seconds", xid, first_seen)
             yield _line("nvidia_gpu_last_xid", g, f.xid.get(gpu, 0))
             yield _line("nvidia_gpu_pcie_replay_errors_total", g, 0)
             for link in range(2):

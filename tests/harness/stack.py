@@ -14,18 +14,21 @@ over minutes (`[15m]`, `offset 15m`), and the real Alertmanager waits seconds to
 it notifies. :func:`compressed_rule_files` and :func:`compressed_alertmanager_config` derive
 copies in which every one of those durations is divided by the same factor (60 by default:
 a minute becomes a second), so the pipeline behaves as the real one would, only faster: the
-order in which alerts fire and notify is kept. Metric names, label matchers, thresholds, joins,
-labels and annotations are left untouched (tests/e2e/test_config.py checks that scaling the
-durations back gives the original files). Two floors keep the compressed copy honest on a
-loaded CI machine: a `for:` is never below 5 s (one slow scrape must not fire the `*Down`
-alerts) and an Alertmanager timer never below 1 s. The XID 15-minute windows have to be
-compressed too: with them at 15 minutes an XID or ECC alert could not resolve within a test.
+order in which alerts fire and notify is kept. One threshold is a duration too and is divided
+likewise: an age limit `time() - <series> < N` ("stamped less than N seconds ago", the XID rule's
+first-seen window, which must stay equal to its `[15m]`). A staleness limit `time() - <series> > N`
+is not: it measures the exporters' own collection loop, which runs in real time. Metric names,
+label matchers, other thresholds, joins, labels and annotations are left untouched
+(tests/e2e/test_config.py checks that scaling the durations back gives the original files).
+Two floors keep the compressed copy honest on a loaded CI machine: a `for:` is never below 5 s
+(one slow scrape must not fire the `*Down` alerts) and an Alertmanager timer never below 1 s.
+The XID 15-minute windows have to be compressed too: with them at 15 minutes an XID or ECC
+alert could not resolve within a test.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import secrets
@@ -69,6 +72,8 @@ _DURATION_PART = re.compile(r"(\d+)(ms|[smhdwy])")
 # A range selector or subquery ([15m], [15m:], [15m:1m]) and an offset (offset 15m).
 _RANGE = re.compile(rf"\[({_DURATION})(?::({_DURATION})?)?\]")
 _OFFSET = re.compile(rf"\boffset(\s+)(-?)({_DURATION})")
+# An age limit in seconds: `time() - metric{...} < 900` (also `<=`); the number is a look-back window.
+_AGE_LIMIT = re.compile(r"(\btime\(\)\s*-\s*[a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?\s*<=?\s*)(\d+(?:\.\d+)?)(?![\w.])")
 
 
 def parse_duration(text: str) -> float:
@@ -84,8 +89,15 @@ def format_duration(seconds: float) -> str:
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 
+def format_seconds(seconds: float) -> str:
+    """A number of seconds as a PromQL float literal, in whole milliseconds like durations ('15', '0.25')."""
+    ms = max(1, round(seconds * 1000))
+    return str(ms // 1000) if ms % 1000 == 0 else repr(ms / 1000)
+
+
 def scale_expr(expr: str, factor: float) -> str:
-    """`expr` with every range, subquery step and offset divided by `factor`; nothing else changes."""
+    """`expr` with every range, subquery step, offset and age limit (`time() - x < N`) divided by
+    `factor`; nothing else changes."""
 
     def rng(m: re.Match[str]) -> str:
         window = format_duration(parse_duration(m.group(1)) / factor)
@@ -97,7 +109,10 @@ def scale_expr(expr: str, factor: float) -> str:
     def off(m: re.Match[str]) -> str:
         return f"offset{m.group(1)}{m.group(2)}{format_duration(parse_duration(m.group(3)) / factor)}"
 
-    return _OFFSET.sub(off, _RANGE.sub(rng, expr))
+    def age(m: re.Match[str]) -> str:
+        return m.group(1) + format_seconds(float(m.group(2)) / factor)
+
+    return _AGE_LIMIT.sub(age, _OFFSET.sub(off, _RANGE.sub(rng, expr)))
 
 
 def compressed_rules(groups: Mapping[str, Any], factor: float, for_floor: float) -> dict[str, Any]:
@@ -320,7 +335,7 @@ def start_stack(
     sim_gpus: int = 8,
     on_started: Callable[[str], None] | None = None,
 ) -> Stack:
-    """Start everything; returns once Prometheus has the history the XID rule's guard needs."""
+    """Start everything; returns once Prometheus has scraped both exporters."""
     note = on_started or (lambda what: None)
     workdir.mkdir(parents=True, exist_ok=True)
     slurm = start_cluster(procs, fake_nodes=0)
@@ -397,12 +412,12 @@ def start_stack(
         )
         stack.start_agent()
         note("agent")
-        # The XID rule counts a new XID series only when its exporter was already scraped one
-        # window ago (15 min, compressed): a fresh Prometheus must have that much history first.
-        window = format_duration(math.ceil(15 * 60 / factor))
-        prom.wait_for(f'up{{job="gpu"}} offset {window} == 1', timeout=120)
+        # Scraped once, so the counters' first samples are their values before any fault. No
+        # longer history is needed: the XID rule keys a new XID on the exporter's first-seen
+        # stamp, not on Prometheus's past (a scenario right after start-up pages, as in prod).
+        prom.wait_for('up{job="gpu"} == 1', timeout=120)
         prom.wait_for('slurm_up{job="slurm"} == 1', timeout=60)
-        note("history")
+        note("scraped")
         return stack
     except BaseException:
         for stop in reversed(started):

@@ -21,6 +21,16 @@ class XidCollector(GpuCollector):
         errors = CounterMetricFamily(
             "nvidia_gpu_xid_errors", "XID errors reported by the driver, by XID code.", labels=[*GPU_LABELS, "xid"]
         )
+        # An explicit gauge rather than the counter's `_created` sample: whether Prometheus ingests
+        # `_created` at all depends on its version, the exposition format it negotiates and its
+        # feature flags (created-timestamp-zero-ingestion), and it is not queryable as a series
+        # everywhere. The alert rules need this stamp to tell a new XID from an old one on a
+        # fresh Prometheus (alert_rules/gpu.rules.yml, node_gpu_xid:...:increase15m).
+        first_seen = GaugeMetricFamily(
+            "nvidia_gpu_xid_first_seen_timestamp_seconds",
+            "Unix time this exporter process counted its first XID of this code on this GPU.",
+            labels=[*GPU_LABELS, "xid"],
+        )
         last = GaugeMetricFamily(
             "nvidia_gpu_last_xid",
             "Code of the latest XID error since the exporter started, 0 if none.",
@@ -33,8 +43,10 @@ class XidCollector(GpuCollector):
         )
         # XID series stay for a lost GPU: the XID that took it down (79) is the evidence.
         for (index, code), count in sorted(state.counts.items()):
-            errors.add_metric([str(index), uuids.get(index, ""), str(code)], float(count))
+            labels = [str(index), uuids.get(index, ""), str(code)]
+            errors.add_metric(labels, float(count))
+            first_seen.add_metric(labels, state.first_seen[(index, code)])
         for index, uuid in sorted(uuids.items()):
             last.add_metric([str(index), uuid], float(state.last.get(index, 0)))
             registered.add_metric([str(index), uuid], 1.0 if state.registered.get(index) else 0.0)
-        return [errors, last, registered]
+        return [errors, first_seen, last, registered]
