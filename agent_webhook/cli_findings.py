@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from agent_webhook.config import AgentConfig, ConfigError, load_config
+from agent_webhook.config import DEFAULT_PREFIX, AgentConfig, ConfigError, deployed_config, load_config
 from agent_webhook.model import Alert, Diagnosis
 from agent_webhook.payload import PayloadError, parse_payload
 from agent_webhook.sinks.render import action_text
@@ -35,6 +35,20 @@ ENV = "GPU_WATCHDOG"
 _PAGE = 1000
 
 
+def config_option() -> Any:
+    """`--config`: flags > GPU_WATCHDOG_* env > this agent.yml > defaults; after `make up` the
+    deployed one, so that the commands need no flags on the host the suite runs on."""
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        envvar=f"{ENV}_CONFIG",
+        default=lambda: str(deployed_config() or "") or None,
+        show_default=f"{DEFAULT_PREFIX}/etc/agent.yml if it exists; $GPU_WATCHDOG_PREFIX moves it",
+        help="agent.yml (the agent's URL, token file, Prometheus and Alertmanager URLs)",
+    )
+
+
 def _config(config_path: str | None, overrides: dict[str, Any]) -> AgentConfig:
     try:
         return load_config(Path(config_path) if config_path else None, overrides)
@@ -42,7 +56,7 @@ def _config(config_path: str | None, overrides: dict[str, Any]) -> AgentConfig:
         raise click.ClickException(str(exc)) from None
 
 
-def _default_server(config: AgentConfig) -> str:
+def default_server(config: AgentConfig) -> str:
     host, _, port = config.listen.rpartition(":")
     if host in ("", "0.0.0.0", "[::]"):
         host = "127.0.0.1"
@@ -108,7 +122,7 @@ def _line(finding: dict[str, Any]) -> str:
 
 
 @click.command("findings")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar=f"{ENV}_CONFIG", help="agent.yml")
+@config_option()
 @click.option("--server", envvar=f"{ENV}_SERVER", help="Agent URL [default: from agent.yml's listen]")
 @click.option("--token-file", type=click.Path(dir_okay=False), envvar=f"{ENV}_TOKEN_FILE", help="Bearer token.")
 @click.option("--ca-file", type=click.Path(dir_okay=False), default=None, help="CA bundle for an https server.")
@@ -138,7 +152,7 @@ def findings_command(  # noqa: PLR0917 - one parameter per click option
 ) -> None:
     """List the agent's findings, newest first (or follow them as they come)."""
     config = _config(config_path, {"token_file": token_file})
-    client = FindingsClient(server or _default_server(config), config.token, ca_file=ca_file)
+    client = FindingsClient(server or default_server(config), config.token, ca_file=ca_file)
     filters = {k: v for k, v in {"alertname": alertname, "node": node, "status": status, "since": since}.items() if v}
     found = client.findings(filters, limit)
     if not follow:
@@ -251,7 +265,7 @@ async def spinner(message: str, enabled: bool) -> AsyncIterator[None]:
 
 @click.command("investigate")
 @click.argument("alert_file", metavar="ALERT.json")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar=f"{ENV}_CONFIG", help="agent.yml")
+@config_option()
 @click.option("--prometheus-url", envvar=f"{ENV}_PROMETHEUS_URL", default=None)
 @click.option("--alertmanager-url", envvar=f"{ENV}_ALERTMANAGER_URL", default=None)
 @click.option("--llm-base-url", envvar=f"{ENV}_LLM_BASE_URL", default=None)

@@ -83,6 +83,9 @@ _ACTIONS_KEYS = {
     "api_key_file",
 }
 DEFAULT_LISTEN = "0.0.0.0:9095"
+# Where the agent_webhook Ansible role (`make up`) writes agent.yml: {prefix}/etc/agent.yml.
+DEFAULT_PREFIX = "/opt/gpu-watchdog"
+PREFIX_ENV = "GPU_WATCHDOG_PREFIX"
 
 
 class ConfigError(ValueError):
@@ -153,9 +156,24 @@ class AgentConfig:
         return str(value) if value else None
 
 
+def deployed_config() -> Path | None:
+    """The agent.yml of the deployment on this host (`$GPU_WATCHDOG_PREFIX/etc/agent.yml`), if any.
+
+    The CLI's `--config` defaults to it, so that `gpu-watchdog findings` and `ask` find the
+    agent, its token and Prometheus after `make up` without flags.
+    """
+    path = Path(os.environ.get(PREFIX_ENV) or DEFAULT_PREFIX) / "etc" / "agent.yml"
+    return path if path.is_file() else None
+
+
 def _read_secret(path: Path, where: str) -> str:
     try:
         text = path.read_text().strip()
+    except PermissionError:
+        raise ConfigError(
+            f"{where}: cannot read {path}: permission denied (a secret, readable by its owner only: "
+            "run as that user or root, e.g. with sudo)"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read {path}: {exc.strerror or exc}") from None
     if not text:
@@ -204,6 +222,11 @@ def load_file(path: Path | None) -> tuple[dict[str, Any], Path]:
         return {}, Path.cwd()
     try:
         text = path.read_text()
+    except PermissionError:
+        raise ConfigError(
+            f"cannot read config {path}: permission denied (run as root or a member of its group; "
+            "--config /dev/null goes without it)"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
     try:
@@ -316,23 +339,45 @@ def _actions(raw: Any, base: Path) -> ActionsConfig:
     return cfg
 
 
-def build_config(raw: Mapping[str, Any], base: Path, overrides: Mapping[str, Any] | None = None) -> AgentConfig:
-    """Validate the merged configuration. `overrides` (flags/env) win over `raw` (the file)."""
+def _merge(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> tuple[dict[str, Any], set[str]]:
+    """`raw` with the flags/env `overrides` applied, and which path keys came from them."""
     merged: dict[str, Any] = dict(raw)
-    flag_base = Path.cwd()
     flag_paths: set[str] = set()
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        if key in ("llm_base_url", "llm_model"):
-            llm = dict(_mapping(merged.get("llm"), "llm"))
-            llm[key.removeprefix("llm_")] = value
-            merged["llm"] = llm
+        if key in ("llm_base_url", "llm_model", "slurm_mode"):
+            section, _, name = key.partition("_")
+            updated = dict(_mapping(merged.get(section), section))
+            updated[name] = value
+            merged[section] = updated
             continue
         merged[key] = value
         if key in ("db", "token_file", "web_config"):
             flag_paths.add(key)
     _unknown(merged, _TOP_KEYS, "config")
+    for key in ("prometheus_url", "alertmanager_url"):
+        if merged.get(key):
+            merged[key] = _url(merged[key], key)
+    return merged, flag_paths
+
+
+def _investigation_keys(merged: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: merged[key] for key in INVESTIGATION_KEYS if key in merged and merged[key] is not None}
+
+
+def load_investigation(path: Path | None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The investigation's settings from agent.yml and flags/env, with the same precedence as
+    :func:`load_config`, without reading the agent's secrets (`gpu-watchdog ask` needs none)."""
+    raw, _ = load_file(path)
+    merged, _ = _merge(raw, overrides)
+    return _investigation_keys(merged)
+
+
+def build_config(raw: Mapping[str, Any], base: Path, overrides: Mapping[str, Any] | None = None) -> AgentConfig:
+    """Validate the merged configuration. `overrides` (flags/env) win over `raw` (the file)."""
+    merged, flag_paths = _merge(raw, overrides)
+    flag_base = Path.cwd()
 
     def path_of(key: str) -> Path:
         return _path(merged[key], key, flag_base if key in flag_paths else base)
@@ -385,10 +430,7 @@ def build_config(raw: Mapping[str, Any], base: Path, overrides: Mapping[str, Any
     if merged.get("public_url"):
         cfg.public_url = _url(merged["public_url"], "public_url")
     cfg.actions = _actions(merged.get("actions"), base)
-    for key in ("prometheus_url", "alertmanager_url"):
-        if merged.get(key):
-            merged[key] = _url(merged[key], key)
-    cfg.investigation = {key: merged[key] for key in INVESTIGATION_KEYS if key in merged and merged[key] is not None}
+    cfg.investigation = _investigation_keys(merged)
     return cfg
 
 

@@ -205,13 +205,15 @@ def summary(values: dict[str, Any]) -> None:
     for name, where, what in rows:
         print(f"  {name:15} {where:45} {what}")
     am = url(values["alertmanager_port"])
+    # The CLI finds the agent, its token, Prometheus and Alertmanager in PREFIX/etc/agent.yml; a
+    # prefix other than its default is named by GPU_WATCHDOG_PREFIX.
+    env = "" if prefix == Path("/opt/gpu-watchdog") else f"GPU_WATCHDOG_PREFIX={prefix} "
     print(
         "\nNext, from this directory (README.md walks through it):\n"
         "  .venv/bin/gpu-watchdog sim inject --gpu 3 xid 79\n"
         f"  amtool alert --alertmanager.url={am}\n"
-        f"  .venv/bin/gpu-watchdog findings --server {url(values['agent_webhook_port'])} --token-file {token}\n"
-        f"  .venv/bin/gpu-watchdog ask --prometheus-url {url(values['prometheus_port'])} "
-        f'--alertmanager-url {am} "what is wrong with gpu 3?"\n'
+        f"  {env}.venv/bin/gpu-watchdog findings\n"
+        f'  {env}.venv/bin/gpu-watchdog ask "what is wrong with gpu 3?"\n'
         "  .venv/bin/gpu-watchdog sim clear\n"
         "  make status      make down"
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent_webhook.config import PREFIX_ENV
 from tests.harness.processes import ProcessManager
 from tests.harness.promstack import (
     AlertmanagerServer,
@@ -18,6 +20,9 @@ from tests.harness.promstack import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The CLI's --config defaults to a deployment's agent.yml ($GPU_WATCHDOG_PREFIX/etc/agent.yml,
+# /opt/gpu-watchdog by default): tests must not pick up one that `make up` left on this host.
+os.environ[PREFIX_ENV] = str(REPO_ROOT / ".run" / "no-deployment-in-tests")
 _PROCS_KEY = pytest.StashKey[list[ProcessManager]]()
 
 

@@ -6,12 +6,15 @@ import asyncio
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
-from agent_webhook.investigation.config import InvestigationConfig, load_config_file, with_overrides
-from agent_webhook.investigation.investigator import Investigation
+from agent_webhook.cli_findings import ENV, FindingsClient, config_option, default_server
+from agent_webhook.config import ConfigError, build_config, load_file, load_investigation
+from agent_webhook.investigation.config import InvestigationConfig
+from agent_webhook.investigation.investigator import FindingsLookup, Investigation
 from agent_webhook.model import Diagnosis
 from exporters.common.cli import fail
 from exporters.common.logs import redact
@@ -35,16 +38,12 @@ def _progress(name: str, args: dict[str, Any], ok: bool, duration: float) -> Non
 @click.command("ask", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("question")
 @click.option("--json", "as_json", is_flag=True, help="Print the diagnosis as JSON.")
-@click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False), envvar="GPU_WATCHDOG_CONFIG", help="agent.yml"
-)
-@click.option("--prometheus-url", envvar="GPU_WATCHDOG_PROMETHEUS_URL", help="Prometheus base URL.")
-@click.option("--alertmanager-url", envvar="GPU_WATCHDOG_ALERTMANAGER_URL", help="Alertmanager base URL.")
-@click.option("--llm-base-url", envvar="GPU_WATCHDOG_LLM_BASE_URL", help="OpenAI-compatible (vLLM) /v1 URL.")
-@click.option("--llm-model", envvar="GPU_WATCHDOG_LLM_MODEL", help="Model name the server serves.")
-@click.option(
-    "--slurm-mode", type=click.Choice(["metrics", "scontrol"]), envvar="GPU_WATCHDOG_SLURM_MODE", default=None
-)
+@config_option()
+@click.option("--prometheus-url", envvar=f"{ENV}_PROMETHEUS_URL", help="Prometheus base URL.")
+@click.option("--alertmanager-url", envvar=f"{ENV}_ALERTMANAGER_URL", help="Alertmanager base URL.")
+@click.option("--llm-base-url", envvar=f"{ENV}_LLM_BASE_URL", help="OpenAI-compatible (vLLM) /v1 URL.")
+@click.option("--llm-model", envvar=f"{ENV}_LLM_MODEL", help="Model name the server serves.")
+@click.option("--slurm-mode", type=click.Choice(["metrics", "scontrol"]), envvar=f"{ENV}_SLURM_MODE", default=None)
 def ask(
     *,
     question: str,
@@ -58,35 +57,60 @@ def ask(
 ) -> None:
     """Answer a question about the cluster with evidence and a diagnosis.
 
-    Example: gpu-watchdog ask "why is node gpu-2 drained?" (read-only: nothing is changed).
+    Example: gpu-watchdog ask "why is node gpu-2 drained?" (read-only: nothing is changed). A GPU
+    named without its node ("what is wrong with gpu 3?") is looked up: the only node with that
+    GPU, or those with alerts or errors for it. Alerts firing in Alertmanager and, with agent.yml,
+    the agent's findings for the node are part of the answer.
     """
     if not question.strip():
         fail("the question is empty")
+    path = Path(config_path) if config_path else None
+    overrides = {
+        "prometheus_url": prometheus_url,
+        "alertmanager_url": alertmanager_url,
+        "llm_base_url": llm_base_url,
+        "llm_model": llm_model,
+        "slurm_mode": slurm_mode,
+    }
     try:
-        raw = with_overrides(
-            load_config_file(config_path),
-            prometheus_url=prometheus_url,
-            alertmanager_url=alertmanager_url,
-            llm_base_url=llm_base_url,
-            llm_model=llm_model,
-            slurm_mode=slurm_mode,
-        )
-        cfg = InvestigationConfig.from_mapping(raw)
-    except ValueError as exc:
+        cfg = InvestigationConfig.from_mapping(load_investigation(path, overrides))
+    except ValueError as exc:  # ConfigError included
         fail(str(exc))
     interactive = sys.stderr.isatty()
     if interactive:
         click.echo("investigating (read-only tools)...", err=True)
-    dx = asyncio.run(_ask(cfg, question, _progress if interactive else None))
+    lookup = _findings_lookup(path) if path else None
+    dx = asyncio.run(_ask(cfg, question, _progress if interactive else None, lookup))
     if as_json:
         click.echo(json.dumps({"question": question, **dataclasses.asdict(dx)}, indent=2, default=str))
     else:
         click.echo(render_markdown(dx), nl=False)
 
 
-async def _ask(cfg: InvestigationConfig, question: str, on_event: Any) -> Diagnosis:
+def _findings_lookup(path: Path) -> FindingsLookup:
+    """Reads the firing findings of a node from the agent agent.yml describes (its listen address
+    and token). Fails when called, not here: an unreadable token only leaves the findings out."""
+
+    def lookup(node: str) -> list[dict[str, Any]]:
+        try:
+            raw, base = load_file(path)
+            if not raw.get("listen"):
+                return []  # agent.yml names no agent (a bare investigation config): nothing to ask
+            config = build_config(raw, base)
+        except ConfigError as exc:
+            raise RuntimeError(str(exc)) from None
+        client = FindingsClient(default_server(config), config.token, timeout=5.0)
+        try:
+            return client.findings({"node": node, "status": "firing"}, 20)
+        except click.ClickException as exc:
+            raise RuntimeError(exc.message) from None
+
+    return lookup
+
+
+async def _ask(cfg: InvestigationConfig, question: str, on_event: Any, findings: FindingsLookup | None) -> Diagnosis:
     investigation = Investigation(cfg, on_event=on_event)
     try:
-        return await investigation.ask(question)
+        return await investigation.ask(question, findings)
     finally:
         await investigation.close()

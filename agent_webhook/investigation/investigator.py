@@ -6,10 +6,12 @@ in `Diagnosis.degraded`, and the deterministic triage still answers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -21,13 +23,16 @@ from agent_webhook.investigation.safety import NODE_RE, Fence, URLAllowlist, cap
 from agent_webhook.investigation.tools import ProgressCallback, ToolBox
 from agent_webhook.investigation.triage import SEVERITY_ORDER, triage
 from agent_webhook.knowledge import KnowledgeBase, load_knowledge
-from agent_webhook.model import Alert, Diagnosis
+from agent_webhook.model import Alert, Diagnosis, Evidence
 
 log = logging.getLogger(__name__)
 
 _NODE_WORD = re.compile(r"\b(?:node|host|nodes)\s+([A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])", re.I)
 _NODE_LIKE = re.compile(r"\b([A-Za-z][A-Za-z0-9]*-[A-Za-z0-9-]*[0-9])\b")
 _GPU_WORD = re.compile(r"\bgpu\s+#?(\d{1,3})\b", re.I)
+_SLURM_QUESTION = re.compile(r"drain|down|respond|pend|queue|wait", re.I)
+# The agent's findings of a node (list of findings API objects); raises when they cannot be read.
+FindingsLookup = Callable[[str], list[dict[str, Any]]]
 
 
 def nodes_in_question(question: str) -> list[str]:
@@ -127,9 +132,10 @@ class Investigation:
             log.exception("investigation failed", extra={"alertname": alert.alertname[:80]})
             return _failed(alert.alertname, exc)
 
-    async def ask(self, question: str) -> Diagnosis:
+    async def ask(self, question: str, findings: FindingsLookup | None = None) -> Diagnosis:
+        """Answer an operator's question; `findings` reads the agent's findings of a node (the CLI's)."""
         try:
-            return await self._ask(question)
+            return await self._ask(question, findings)
         except Exception as exc:
             log.exception("ask failed")
             return _failed("question", exc)
@@ -169,29 +175,43 @@ class Investigation:
         finally:
             await self._release(toolbox)
 
-    async def _ask(self, question: str) -> Diagnosis:
+    async def _ask(self, question: str, findings: FindingsLookup | None) -> Diagnosis:
         started = time.monotonic()
         toolbox = self._toolbox(None)
         try:
             nodes = nodes_in_question(question)
             gpu_match = _GPU_WORD.search(question)
             gpu = gpu_match.group(1) if gpu_match else None
+            where: list[str] = []  # how the node was picked, when the question named none
+            if gpu is not None and not nodes:
+                nodes, where = await locate_gpu(toolbox, gpu)
             facts = Facts(node=nodes[0] if nodes else None, gpu=gpu)
             for index, node in enumerate(nodes):
                 # The triage reads the first node's facts; the others are evidence (and LLM context).
                 await gather_node(toolbox, facts if index == 0 else Facts(node=node), node, gpu)
             await gather_cluster(toolbox, facts)
+            firing = await firing_alerts(toolbox, facts.node, gpu) if facts.node else []
+            agent_findings = await _findings(toolbox, findings, facts.node, gpu) if facts.node else []
             gathered = time.monotonic()
             name = synthetic_alertname(facts, question)
-            labels = {"alertname": name or ""}
-            if facts.node:
-                labels["node"] = facts.node
-            if gpu:
-                labels["gpu"] = gpu
-            pseudo = Alert(
-                fingerprint="ask", status="firing", labels=labels, annotations={}, starts_at="", ends_at=None
-            )
-            dx = triage(pseudo, facts, self.knowledge) if name else _nothing_found(facts, toolbox.unavailable)
+            alert = self._pick_alert(firing, name, question)
+            if alert is None and name:
+                labels = {"alertname": name}
+                if facts.node:
+                    labels["node"] = facts.node
+                if gpu:
+                    labels["gpu"] = gpu
+                alert = Alert(
+                    fingerprint="ask", status="firing", labels=labels, annotations={}, starts_at="", ends_at=None
+                )
+            if alert is not None:
+                dx = triage(alert, facts, self.knowledge)
+            else:
+                dx = _nothing_found(facts, toolbox.unavailable, where if gpu and not nodes else None)
+            # (without a node, `where` is the headline of the answer already)
+            context = [*(where if nodes else []), *_firing_lines(firing), *_finding_lines(agent_findings)]
+            if context:
+                dx.diagnosis_markdown = "\n".join([*[f"- {line}" for line in context], "", dx.diagnosis_markdown])
             dx.timings["evidence_seconds"] = round(gathered - started, 4)
             fence = Fence()
             prompt = "\n\n".join(
@@ -205,6 +225,27 @@ class Investigation:
             return await self._finish(dx, toolbox, fence, prompt, started)
         finally:
             await self._release(toolbox)
+
+    def _pick_alert(self, firing: list[Alert], synthetic: str | None, question: str) -> Alert | None:
+        """The firing alert to answer with: the one the evidence points at, else the most severe.
+
+        A firing alert carries what the evidence may no longer show (the XID of a counter that
+        stopped moving), and answering with it gives the same diagnosis as the agent's finding.
+        """
+        known = [a for a in firing if a.alertname in self.knowledge.alerts]
+        if not known:
+            return None
+        for alert in known:
+            if alert.alertname == synthetic:
+                return alert
+        if synthetic and synthetic.startswith("Slurm") and _SLURM_QUESTION.search(question):
+            return None  # "why is it drained?" is answered by the Slurm state; the alerts are listed
+        best = max(known, key=lambda a: SEVERITY_ORDER.get(self.knowledge.alerts[a.alertname].severity, 0))
+        if synthetic in self.knowledge.alerts and SEVERITY_ORDER.get(
+            self.knowledge.alerts[synthetic].severity, 0
+        ) > SEVERITY_ORDER.get(self.knowledge.alerts[best.alertname].severity, 0):
+            return None  # the evidence shows something worse than what fires (e.g. a rule's `for:`)
+        return best
 
     async def _finish(
         self,
@@ -263,8 +304,8 @@ class Investigation:
             severity=severity
             if severity in SEVERITY_ORDER and SEVERITY_ORDER[severity] > SEVERITY_ORDER[dx.severity]
             else dx.severity,
-            summary=_one_line(answer.get("summary")) or dx.summary,
-            likely_cause=_one_line(answer.get("likely_cause"), 500) or dx.likely_cause,
+            summary=one_line(answer.get("summary")) or dx.summary,
+            likely_cause=one_line(answer.get("likely_cause"), 500) or dx.likely_cause,
             diagnosis_markdown=markdown
             + "\n\n---\n\n"
             + dx.diagnosis_markdown.replace(
@@ -278,7 +319,7 @@ class Investigation:
         )
 
 
-def _one_line(value: Any, limit: int = 240) -> str:
+def one_line(value: Any, limit: int = 240) -> str:
     if not isinstance(value, str):
         return ""
     text = " ".join(value.split())
@@ -296,10 +337,114 @@ def _cleaned(dx: Diagnosis) -> Diagnosis:
     )
 
 
-def _nothing_found(facts: Facts, unavailable: dict[str, str]) -> Diagnosis:
+async def locate_gpu(toolbox: ToolBox, gpu: str) -> tuple[list[str], list[str]]:
+    """The node(s) to investigate for a GPU named without its node, and why those (or none)."""
+    out = await toolbox.call("gpu_nodes", {"gpu": gpu})
+    if not out.ok or not isinstance(out.data, dict):
+        return [], [f"could not find which node has GPU {gpu}: {out.text[:200]}"]
+    nodes = [n for n in out.data.get("nodes", []) if NODE_RE.match(n)]
+    count = int(out.data.get("node_count", len(nodes)))
+    troubled = {n: why for n, why in (out.data.get("troubled") or {}).items() if NODE_RE.match(n)}
+    if count == 1 and nodes:
+        return nodes, [f"node {nodes[0]}: the only node with GPU {gpu}"]
+    if troubled:
+        picked = list(troubled)[:3]
+        lines = [f"node {n}: picked among {count} nodes with GPU {gpu}: {'; '.join(troubled[n])}" for n in picked]
+        if len(troubled) > len(picked):
+            lines.append(
+                f"{len(troubled) - len(picked)} more nodes have trouble with GPU {gpu}: ask about them by name"
+            )
+        return picked, lines
+    if count == 0:
+        return [], [f"no node reports GPU {gpu} (no nvidia_gpu_up series with gpu={gpu!r}): check the GPU index"]
+    shown = ", ".join(nodes[:10]) + (" ..." if count > 10 else "")
+    return [], [
+        f"{count} nodes have GPU {gpu} ({shown}) and none has an alert firing for it, a lost GPU or an XID: "
+        f"name the node (`gpu {gpu} on node NAME`)"
+    ]
+
+
+async def firing_alerts(toolbox: ToolBox, node: str, gpu: str | None) -> list[Alert]:
+    """The alerts Alertmanager has active for the node (and the GPU, or the whole node)."""
+    if "active_alerts" not in toolbox.names:
+        return []
+    out = await toolbox.call("active_alerts", {"node": node})
+    if not out.ok or not isinstance(out.data, list):
+        return []
+    alerts: list[Alert] = []
+    for item in out.data:
+        labels = item.get("labels") if isinstance(item, dict) else None
+        if not isinstance(labels, dict) or labels.get("node") != node:
+            continue
+        if gpu is not None and labels.get("gpu") not in (None, "", gpu):
+            continue  # another GPU's alert; node-wide alerts (no gpu label) concern every GPU
+        annotations = item.get("annotations") if isinstance(item.get("annotations"), dict) else {}
+        alerts.append(
+            Alert(
+                fingerprint=str(item.get("fingerprint") or "ask"),
+                status="firing",
+                labels={str(k): str(v) for k, v in labels.items()},
+                annotations={str(k): str(v) for k, v in annotations.items()},
+                starts_at=str(item.get("startsAt") or ""),
+                ends_at=None,
+                generator_url=str(item.get("generatorURL") or ""),
+            )
+        )
+    return alerts
+
+
+async def _findings(
+    toolbox: ToolBox, lookup: FindingsLookup | None, node: str, gpu: str | None
+) -> list[dict[str, Any]]:
+    """The agent's firing findings for the node (and GPU), when the caller can read them."""
+    if lookup is None:
+        return []
+    started = time.monotonic()
+    try:
+        found = await asyncio.to_thread(lookup, node)
+        ok, text = True, ""
+    except Exception as exc:  # an agent that is down or refuses: the answer goes on without it
+        found, ok, text = [], False, f"unavailable: {exc}"
+    found = [
+        f
+        for f in found
+        if isinstance(f, dict) and f.get("status") == "firing" and (gpu is None or f.get("gpu") in (None, "", gpu))
+    ]
+    text = text or "\n".join(_finding_lines(found)) or "(no firing findings)"
+    toolbox.evidence.append(
+        Evidence(
+            tool="agent_findings",
+            arguments={"node": node},
+            excerpt=cap(clean(text), 2000),
+            ok=ok,
+            duration_seconds=round(time.monotonic() - started, 4),
+        )
+    )
+    return found
+
+
+def _firing_lines(alerts: list[Alert]) -> list[str]:
+    return [
+        f"firing now: {a.alertname} ({a.labels.get('severity', '?')}) since {a.starts_at[:19]}"
+        + (f": {one_line(a.annotations['summary'])}" if a.annotations.get("summary") else "")
+        for a in alerts[:10]
+    ]
+
+
+def _finding_lines(found: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"the agent's finding {f.get('id', '?')} ({f.get('alertname', '?')}, {f.get('severity', '?')}): "
+        + one_line(str(f.get("summary", "")))
+        for f in found[:5]
+    ]
+
+
+def _nothing_found(facts: Facts, unavailable: dict[str, str], located: list[str] | None = None) -> Diagnosis:
     lines = facts.lines()
     where = f" on node {facts.node}" if facts.node else ""
-    if unavailable:
+    if located:
+        headline = located[0]  # a GPU named without its node, and no node to investigate
+    elif unavailable:
         # Silence from a dead source is not health: say what could not be checked.
         headline = f"could not check{where}: {', '.join(sorted(unavailable))} unavailable"
     elif facts.node and not facts.node_seen:

@@ -85,7 +85,12 @@ GPU_SCHEMA = {"type": "string", "pattern": GPU_RE.pattern, "description": "GPU i
 QUERY_SCHEMA = {"type": "string", "maxLength": MAX_QUERY_CHARS, "description": "PromQL expression"}
 
 GPU_METRICS = "nvidia_gpu_.+"
-GPU_COUNTERS = "nvidia_gpu_(xid_errors|ecc_errors|pcie_replay_errors|nvlink_errors)_total"
+# The error counters, one query per family: a GPU has dozens of NVLink counters (one per link
+# and error type), which would otherwise fill the series cap before the XID and ECC counters.
+XID_COUNTER = "nvidia_gpu_xid_errors_total"
+MEMORY_COUNTERS = "nvidia_gpu_(ecc_errors|pcie_replay_errors)_total"
+NVLINK_COUNTER = "nvidia_gpu_nvlink_errors_total"
+XID_FIRST_SEEN = "nvidia_gpu_xid_first_seen_timestamp_seconds"
 SLURM_CLUSTER = "slurm_up|slurm_nodes|slurm_scheduler_.+|slurm_jobs_pending|slurm_partition_gpus_.+"
 
 
@@ -103,16 +108,38 @@ def alert_expression(alert: Alert) -> str | None:
         return None
 
 
-def counter_increase(values: list[tuple[float, float]], window_start: float, grace: float = 60.0) -> float:
-    """Reset-aware increase; a series born inside the window counts its first value too."""
+def counter_increase(values: list[tuple[float, float]], window_start: float, *, born_new: bool = False) -> float:
+    """Reset-aware increase of a counter's samples over a window, as Prometheus's increase() sees it.
+
+    A series whose first sample lies inside the window counts from that sample: its first value
+    is history (an exporter that starts reports what the GPU counted since boot), not an increase.
+    `born_new` says the series was created by an event inside the window (an XID counter appears
+    at its first XID, already at 1; see `xid_born_new`): then its first value counts too, as the
+    alert rule `node_gpu_xid:nvidia_gpu_xid_errors:increase15m` counts it.
+    """
     if not values:
         return 0.0
     total = 0.0
     for (_, prev), (_, cur) in itertools.pairwise(values):
         total += cur - prev if cur >= prev else cur
-    if values[0][0] > window_start + grace:
+    if born_new and values[0][0] > window_start:
         total += values[0][1]
     return total
+
+
+def xid_born_new(first_sample: float, window_start: float, first_seen: float | None, up_since: float | None) -> bool:
+    """Whether an XID series first scraped at `first_sample` was created by an XID inside the window.
+
+    The exporter's own stamp (`nvidia_gpu_xid_first_seen_timestamp_seconds`) decides when it is
+    there; without it, the series is new when Prometheus had scraped the exporter before it
+    appeared (`up_since`, the first `up` sample in the window): the XID happened while watched.
+    A series present at the first scrape of an exporter is history, never an increase.
+    """
+    if first_sample <= window_start:
+        return False
+    if first_seen is not None:
+        return first_seen >= window_start
+    return up_since is not None and up_since < first_sample
 
 
 @dataclass
@@ -120,6 +147,10 @@ class CounterIncrease:
     labels: dict[str, str]
     increase: float
     last: float
+
+
+def _increase(series: Series, window_start: float) -> CounterIncrease:
+    return CounterIncrease(series.labels, counter_increase(series.values, window_start), series.last)
 
 
 @dataclass
@@ -166,7 +197,7 @@ class ToolBox:
             ),
             ToolSpec(
                 "gpu_detail",
-                "Every current nvidia_gpu_* series of a node's GPU (or all GPUs of the node).",
+                "Every current nvidia_gpu_* gauge (not the counters) of a node's GPU (or all GPUs of the node).",
                 _obj({"node": NODE_SCHEMA, "gpu": GPU_SCHEMA}, ["node"]),
                 self._gpu_detail,
             ),
@@ -196,6 +227,13 @@ class ToolBox:
                 self._slurm_job,
             ),
             ToolSpec(
+                "gpu_nodes",
+                "Which nodes have GPU N, and which of them have alerts firing for it or report it lost "
+                "(nvidia_gpu_up 0) or an XID (nvidia_gpu_last_xid).",
+                _obj({"gpu": GPU_SCHEMA}, ["gpu"]),
+                self._gpu_nodes,
+            ),
+            ToolSpec(
                 "slurm_cluster",
                 "Cluster-wide Slurm health: slurm_up, node counts by state, scheduler cycle times, pending "
                 "jobs by reason, partition GPU allocation, and the scrape targets that are down.",
@@ -216,8 +254,8 @@ class ToolBox:
             specs.append(
                 ToolSpec(
                     "active_alerts",
-                    "Alerts active in Alertmanager now, optionally for one node.",
-                    _obj({"node": NODE_SCHEMA}),
+                    "Alerts active in Alertmanager now (not silenced or inhibited), optionally for one node or GPU.",
+                    _obj({"node": NODE_SCHEMA, "gpu": GPU_SCHEMA}),
                     self._active_alerts,
                 )
             )
@@ -336,27 +374,96 @@ class ToolBox:
         return matchers
 
     async def _gpu_detail(self, args: dict[str, Any]) -> ToolOutput:
-        result = await self.source.instant(f'{{__name__=~"{GPU_METRICS}",{self._gpu_matchers(args)}}}')
+        # Gauges only: the counters (NVLink alone has dozens per GPU) are gpu_error_counters' job
+        # and would crowd nvidia_gpu_up and nvidia_gpu_last_xid out of the series cap.
+        result = await self.source.instant(
+            f'{{__name__=~"{GPU_METRICS}",__name__!~".+_total",{self._gpu_matchers(args)}}}'
+        )
         return ToolOutput(self._render(result), result)
 
     async def _gpu_error_counters(self, args: dict[str, Any]) -> ToolOutput:
         minutes = int(args.get("window_minutes") or 60)
         now = time.time()
-        query = f'{{__name__=~"{GPU_COUNTERS}",{self._gpu_matchers(args)}}}[{minutes}m]'
-        result = await self.source.instant(query, at=now)
         window_start = now - minutes * 60
+        matchers = self._gpu_matchers(args)
+        window = f"[{minutes}m]"
+        xids = await self.source.instant(f"{XID_COUNTER}{{{matchers}}}{window}", at=now)
+        memory = await self.source.instant(f'{{__name__=~"{MEMORY_COUNTERS}",{matchers}}}{window}', at=now)
+        nvlink = await self.source.instant(f"{NVLINK_COUNTER}{{{matchers}}}{window}", at=now)
+        born = await self._xid_births(xids, check_node(args["node"]), matchers, window, window_start)
         increases = [
-            CounterIncrease(s.labels, counter_increase(s.values, window_start), s.last)
-            for s in result.series
+            CounterIncrease(s.labels, counter_increase(s.values, window_start, born_new=born.get(i, False)), s.last)
+            for i, s in enumerate(xids.series)
             if s.values
         ]
+        increases += [_increase(s, window_start) for s in memory.series if s.values]
+        links = [_increase(s, window_start) for s in nvlink.series if s.values]
         lines = [f"error counters over the last {minutes}m (increase, current value):"]
-        for inc in increases:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(inc.labels.items()) if k != "__name__")
-            lines.append(f"{inc.labels.get('__name__', '')}{{{labels}}} increase={inc.increase:g} now={inc.last:g}")
+        lines += [self._counter_line(inc) for inc in increases]
         if not increases:
-            lines.append("(no error counter series)")
-        return ToolOutput("\n".join(lines), increases)
+            lines.append("(no XID, ECC or PCIe replay counter series)")
+        for result, what in ((xids, "XID"), (memory, "ECC/PCIe")):
+            if result.dropped_series:
+                lines.append(f"... {result.dropped_series} more {what} counter series not shown (name the GPU)")
+        # NVLink: only the counters that moved; dozens of quiet links say nothing.
+        moved = [inc for inc in links if inc.increase > 0]
+        lines += [self._counter_line(inc) for inc in moved]
+        if links:
+            unread = f", {nvlink.dropped_series} not read (series cap)" if nvlink.dropped_series else ""
+            lines.append(f"NVLink error counters: {len(moved)} increased, {len(links) - len(moved)} did not{unread}")
+        return ToolOutput("\n".join(lines), increases + moved)
+
+    @staticmethod
+    def _counter_line(inc: CounterIncrease) -> str:
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(inc.labels.items()) if k != "__name__")
+        return f"{inc.labels.get('__name__', '')}{{{labels}}} increase={inc.increase:g} now={inc.last:g}"
+
+    async def _xid_births(
+        self, xids: PromResult, node: str, matchers: str, window: str, window_start: float
+    ) -> dict[int, bool]:
+        """For each XID series first scraped inside the window: was it created by a new XID?"""
+        late = [i for i, s in enumerate(xids.series) if s.values and s.values[0][0] > window_start]
+        if not late:
+            return {}
+        stamps = await self.source.instant(f"{XID_FIRST_SEEN}{{{matchers}}}")
+        first_seen = {
+            (s.labels.get("node"), s.labels.get("gpu"), s.labels.get("xid")): s.last
+            for s in stamps.series
+            if not math.isnan(s.last)
+        }
+        up = await self.source.instant(f'up{{job="gpu",node={label_value(node)}}}{window}')
+        up_since = min((s.values[0][0] for s in up.series if s.values), default=None)
+        born: dict[int, bool] = {}
+        for i in late:
+            s = xids.series[i]
+            key = (s.labels.get("node"), s.labels.get("gpu"), s.labels.get("xid"))
+            born[i] = xid_born_new(s.values[0][0], window_start, first_seen.get(key), up_since)
+        return born
+
+    async def _gpu_nodes(self, args: dict[str, Any]) -> ToolOutput:
+        gpu = label_value(check_gpu(args["gpu"]))
+        up = await self.source.instant(f"nvidia_gpu_up{{gpu={gpu}}}")
+        last_xid = await self.source.instant(f"nvidia_gpu_last_xid{{gpu={gpu}}}")
+        alerts = await self.source.instant(f'ALERTS{{alertstate="firing",gpu={gpu}}}')
+        nodes = sorted({s.labels["node"] for s in up.series if s.labels.get("node")})
+        troubled: dict[str, list[str]] = {}
+        for s in alerts.series:
+            if s.labels.get("node"):
+                troubled.setdefault(s.labels["node"], []).append(f"alert {s.labels.get('alertname', '?')} firing")
+        for s in up.series:
+            if s.labels.get("node") and s.last == 0:
+                troubled.setdefault(s.labels["node"], []).append("nvidia_gpu_up = 0")
+        for s in last_xid.series:
+            if s.labels.get("node") and s.last > 0:
+                troubled.setdefault(s.labels["node"], []).append(f"last XID = {s.last:g}")
+        reasons = {node: sorted(set(why)) for node, why in sorted(troubled.items())}
+        # More nodes than the series cap shows: the count says so (the few in trouble come from
+        # the much smaller ALERTS and gauge answers).
+        count = len(nodes) + up.dropped_series
+        data: dict[str, Any] = {"nodes": nodes, "node_count": count, "troubled": reasons}
+        lines = [f"nodes with GPU {args['gpu']}: {count} ({', '.join(nodes[:20]) or 'none'})"]
+        lines += [f"{node}: {'; '.join(why)}" for node, why in reasons.items()]
+        return ToolOutput("\n".join(lines), data)
 
     async def _slurm_node(self, args: dict[str, Any]) -> ToolOutput:
         node = check_node(args["node"])
@@ -416,9 +523,11 @@ class ToolBox:
     async def _active_alerts(self, args: dict[str, Any]) -> ToolOutput:
         assert self.cfg.alertmanager_url
         url = self._allowlist.check(f"{self.cfg.alertmanager_url}/api/v2/alerts")
-        params = {"active": "true", "silenced": "false", "inhibited": "false"}
+        params = [("active", "true"), ("silenced", "false"), ("inhibited", "false")]
         if args.get("node"):
-            params["filter"] = f"node={label_value(check_node(args['node']))}"
+            params.append(("filter", f"node={label_value(check_node(args['node']))}"))
+        if args.get("gpu"):
+            params.append(("filter", f"gpu={label_value(check_gpu(args['gpu']))}"))
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.tool_timeout_seconds))
         try:

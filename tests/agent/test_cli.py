@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent_webhook.config import AgentConfig
+from agent_webhook.config import PREFIX_ENV, AgentConfig
 from tests.agent.conftest import SAMPLES, ServiceThread, make_alert, make_payload, post_alerts
 
 WATCHDOG = str(Path(sys.executable).parent / "gpu-watchdog")
@@ -101,3 +101,42 @@ def test_investigate_bad_input_is_a_clear_error(tmp_path: Path) -> None:
     result = _run("investigate", str(bad))
     assert result.returncode == 1 and "labels" in result.stderr and "Traceback" not in result.stderr
     assert _run("investigate", str(tmp_path / "missing.json")).returncode == 1
+
+
+def test_findings_without_flags_reads_the_deployed_agent_yml(
+    agent_config: Callable[..., AgentConfig],
+    start_service: Callable[..., ServiceThread],
+    token_file: Path,
+    tmp_path: Path,
+) -> None:
+    """After `make up` the plain `gpu-watchdog findings` works: --config defaults to
+    $GPU_WATCHDOG_PREFIX/etc/agent.yml, whose listen and token_file lead to the agent."""
+    svc = start_service(agent_config())
+    post_alerts(svc.url, make_payload([make_alert("deployed", node="gpu-worker-0")]))
+    svc.wait_idle()
+    prefix = tmp_path / "prefix"
+    (prefix / "etc").mkdir(parents=True)
+    (prefix / "etc" / "agent.yml").write_text(f"listen: 0.0.0.0:{svc.port}\ntoken_file: {token_file}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
+    result = _run("findings", env={**env, PREFIX_ENV: str(prefix)})
+    assert result.returncode == 0, result.stderr
+    assert "GPUXidError" in result.stdout and "gpu-worker-0" in result.stdout
+    # GPU_WATCHDOG_CONFIG (and --config) win over the deployed file; flags over the file's keys.
+    other = tmp_path / "other.yml"
+    other.write_text("listen: 127.0.0.1:9\n")
+    result = _run("findings", env={**env, PREFIX_ENV: str(prefix), "GPU_WATCHDOG_CONFIG": str(other)})
+    assert result.returncode == 1 and "cannot reach http://127.0.0.1:9" in result.stderr
+    result = _run(
+        "findings", "--server", svc.url, env={**env, PREFIX_ENV: str(prefix), "GPU_WATCHDOG_CONFIG": str(other)}
+    )
+    assert result.returncode == 1 and "401" in result.stderr  # the other file names no token
+    result = _run(
+        "findings", "--server", svc.url, "--token-file", str(token_file), env={**env, "GPU_WATCHDOG_CONFIG": str(other)}
+    )
+    assert result.returncode == 0 and "gpu-worker-0" in result.stdout
+    # No deployment: the built-in defaults, as before.
+    result = _run("findings", env={**env, PREFIX_ENV: str(tmp_path / "none")})
+    assert result.returncode == 1 and "http://127.0.0.1:9095" in result.stderr  # unreachable, or 401 without a token
+    (prefix / "etc" / "agent.yml").write_text(f"listen: 0.0.0.0:{svc.port}\ntoken_file: {tmp_path / 'missing'}\n")
+    result = _run("findings", env={**env, PREFIX_ENV: str(prefix)})
+    assert result.returncode == 1 and "token_file: cannot read" in result.stderr and "Traceback" not in result.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_webhook.config import PREFIX_ENV
 from tests.agent_investigation.conftest import LiveCluster
 from tests.fakes.openai_server import FakeOpenAIServer, text, tool_calls
 
@@ -19,7 +20,8 @@ CLI = str(Path(sys.executable).parent / "gpu-watchdog")
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
+    # GPU_WATCHDOG_PREFIX stays: tests/conftest.py points it away from a deployment on this host.
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_") or k == PREFIX_ENV}
     full_env.update(env or {})
     return subprocess.run([CLI, "ask", *args], capture_output=True, text=True, timeout=60, env=full_env, check=False)
 
@@ -97,3 +99,29 @@ def test_unknown_node_is_called_out(live_cluster: LiveCluster) -> None:
     result = run("what about node gpu-nope-7?", "--prometheus-url", live_cluster.prometheus.url)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("# no series carry node gpu-nope-7")
+
+
+def test_config_from_env_and_the_agents_findings(live_cluster: LiveCluster, tmp_path: Path) -> None:
+    """GPU_WATCHDOG_CONFIG (or the deployed agent.yml) gives ask its URLs; its listen and token
+    lead to the agent's findings, which are left out, with a note, when the agent is down."""
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    config = tmp_path / "agent.yml"
+    config.write_text(f"prometheus_url: {live_cluster.prometheus.url}\nlisten: 127.0.0.1:9\ntoken_file: {token}\n")
+    result = run("what is wrong with gpu-e03?", "--json", env={"GPU_WATCHDOG_CONFIG": str(config)})
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["triage_rule"] == "policy:row_remap_failure" and answer["degraded"] == []
+    findings = [e for e in answer["evidence"] if e["tool"] == "agent_findings"]
+    assert findings and not findings[0]["ok"] and "cannot reach http://127.0.0.1:9" in findings[0]["excerpt"]
+    # A flag wins over the file.
+    result = run(
+        "what is wrong with gpu-e03?",
+        "--prometheus-url",
+        "http://127.0.0.1:9",
+        env={"GPU_WATCHDOG_CONFIG": str(config)},
+    )
+    assert result.returncode == 0 and "prometheus unavailable" in result.stdout.lower()
+    config.write_text("promethues_url: http://127.0.0.1:9\n")
+    result = run("is gpu-e03 ok?", env={"GPU_WATCHDOG_CONFIG": str(config)})
+    assert result.returncode == 2 and "promethues_url" in result.stderr and "Traceback" not in result.stderr

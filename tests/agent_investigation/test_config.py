@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from agent_webhook.config import ConfigError, load_investigation
 from agent_webhook.investigation import InvestigationConfig
-from agent_webhook.investigation.config import load_config_file, with_overrides
 
 
 def test_defaults_without_anything() -> None:
@@ -83,13 +83,23 @@ def test_credentials_in_bad_url_are_redacted() -> None:
 
 def test_config_file_and_overrides(tmp_path: Path) -> None:
     path = tmp_path / "agent.yml"
-    path.write_text("prometheus_url: http://127.0.0.1:1\nllm:\n  model: a\n  max_steps: 3\n")
-    raw = with_overrides(load_config_file(str(path)), llm_base_url="http://127.0.0.1:2/v1", llm_model="b")
+    path.write_text("prometheus_url: http://127.0.0.1:1\nllm:\n  model: a\n  max_steps: 3\ntoken_file: /nonexistent\n")
+    # The agent's own settings (and secrets: the token file is never read here) are left out.
+    raw = load_investigation(path, {"llm_base_url": "http://127.0.0.1:2/v1", "llm_model": "b", "slurm_mode": None})
+    assert "token_file" not in raw
     cfg = InvestigationConfig.from_mapping(raw)
     assert cfg.llm.base_url == "http://127.0.0.1:2/v1" and cfg.llm.model == "b" and cfg.llm.max_steps == 3
+    assert cfg.prometheus_url == "http://127.0.0.1:1"
+    assert (
+        InvestigationConfig.from_mapping(load_investigation(path, {"slurm_mode": "scontrol"})).slurm.mode == "scontrol"
+    )
     bad = tmp_path / "bad.yml"
     bad.write_text("llm: [unclosed")
-    with pytest.raises(ValueError, match="not valid YAML"):
-        load_config_file(str(bad))
-    with pytest.raises(ValueError, match="cannot read config"):
-        load_config_file(str(tmp_path / "missing.yml"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_investigation(bad)
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_investigation(tmp_path / "missing.yml")
+    typo = tmp_path / "typo.yml"
+    typo.write_text("promethues_url: http://127.0.0.1:1\n")
+    with pytest.raises(ConfigError, match="promethues_url"):
+        load_investigation(typo)

@@ -36,6 +36,7 @@ BASE_TOOLS = {
     "gpu_detail",
     "gpu_error_counters",
     "slurm_node",
+    "gpu_nodes",
     "slurm_job",
     "slurm_cluster",
     "metric_series",

@@ -19,7 +19,7 @@ from agent_webhook.investigation.safety import (
     check_node,
     validate_arguments,
 )
-from agent_webhook.investigation.tools import alert_expression, counter_increase
+from agent_webhook.investigation.tools import alert_expression, counter_increase, xid_born_new
 from agent_webhook.model import Alert
 
 
@@ -88,7 +88,24 @@ def test_step_is_widened_to_the_point_cap() -> None:
 def test_counter_increase_handles_resets_and_new_series() -> None:
     assert counter_increase([(100, 1), (115, 3), (130, 1)], window_start=90) == 3  # 1->3, reset, +1
     assert counter_increase([(100, 2), (200, 2)], window_start=90) == 0  # present since the window start
-    assert counter_increase([(1000, 1)], window_start=0) == 1  # born inside the window
+    # First seen inside the window: its first value is history (an exporter reports what the GPU
+    # counted since boot), as increase() sees it; the bogus "corrected ECC increased by 12".
+    assert counter_increase([(1000, 12), (1015, 12)], window_start=0) == 0
+    assert counter_increase([(1000, 12), (1015, 14)], window_start=0) == 2
+    # An XID counter created by an XID inside the window counts its first value (the rule's view).
+    assert counter_increase([(1000, 1)], window_start=0, born_new=True) == 1
+    assert counter_increase([(100, 1)], window_start=100, born_new=True) == 0  # there at the window start
+
+
+def test_xid_born_new_needs_a_stamp_or_a_watched_exporter() -> None:
+    # The exporter's first-seen stamp decides when there is one.
+    assert xid_born_new(1000, window_start=500, first_seen=990, up_since=1000)
+    assert not xid_born_new(1000, window_start=500, first_seen=100, up_since=0)
+    # Without it: new only when Prometheus had scraped the exporter before the series appeared.
+    assert xid_born_new(1000, window_start=500, first_seen=None, up_since=600)
+    assert not xid_born_new(1000, window_start=500, first_seen=None, up_since=1000)  # same first scrape
+    assert not xid_born_new(1000, window_start=500, first_seen=None, up_since=None)
+    assert not xid_born_new(400, window_start=500, first_seen=None, up_since=0)  # before the window
 
 
 def test_alert_expression_reads_g0_expr_only() -> None:
