@@ -109,10 +109,12 @@ class Deployment:
         ]
 
 
-def run_cmd(argv: list[str], timeout: float = 420, cwd: Path = ANSIBLE_DIR) -> Run:
+def run_cmd(
+    argv: list[str], timeout: float = 420, cwd: Path = ANSIBLE_DIR, extra_env: dict[str, str] | None = None
+) -> Run:
     started = time.monotonic()
     # Commands find the fault file by their default, as a newcomer's do.
-    env = {k: v for k, v in os.environ.items() if k != "GPU_WATCHDOG_SIM_FAULTS"}
+    env = {k: v for k, v in os.environ.items() if k != "GPU_WATCHDOG_SIM_FAULTS"} | (extra_env or {})
     result = subprocess.run(
         argv,
         cwd=cwd,

@@ -226,11 +226,13 @@ def test_no_secret_reaches_the_output(deployment: Deployment) -> None:
         assert base64.b64encode(key).decode()[:40] not in run.stdout + run.stderr
 
 
-def _cli(*args: str, timeout: float = 60) -> str:
+def _cli(*args: str, timeout: float = 60, prefix: Path | None = None) -> str:
     """A walkthrough command as README.md gives it, from the checkout (no --faults flag):
-    `gpu-watchdog ARGS...`, or amtool when ARGS start with it."""
+    `gpu-watchdog ARGS...`, or amtool when ARGS start with it. `prefix`: the deployment whose
+    etc/agent.yml the CLI reads (make up prints GPU_WATCHDOG_PREFIX=... for a non-default one)."""
     argv = list(args) if args[0] == "amtool" else [str(VENV_BIN / "gpu-watchdog"), *args]
-    run = run_cmd(argv, timeout=timeout, cwd=REPO)
+    extra_env = {"GPU_WATCHDOG_PREFIX": str(prefix)} if prefix else None
+    run = run_cmd(argv, timeout=timeout, cwd=REPO, extra_env=extra_env)
     assert run.returncode == 0, run.explain()
     return run.stdout
 
@@ -244,8 +246,6 @@ def _query(deployment: Deployment, expr: str) -> list[dict[str, Any]]:
 def test_readme_walkthrough_an_injected_xid_79_becomes_a_finding(deployment: Deployment) -> None:
     _need(deployment, "gpu-exporter")
     _need(deployment, "agent-webhook")
-    token = str(deployment.prefix / "secrets" / "agent-token")
-    agent = deployment.url("agent_webhook_port")
     xid = 'nvidia_gpu_xid_errors_total{job="gpu",gpu="3",xid="79"}'
 
     # The deployment is minutes old: its first XID must page (the rule keys on the exporter's
@@ -269,7 +269,7 @@ def test_readme_walkthrough_an_injected_xid_79_becomes_a_finding(deployment: Dep
     wait_until(lambda: "GPUXidError" in _cli(*amtool) or "GPUFellOffBus" in _cli(*amtool), 60, what="amtool alert")
 
     def findings() -> list[dict[str, Any]]:
-        out = _cli("findings", "--server", agent, "--token-file", token, "--alertname", "GPUXidError", "--json")
+        out = _cli("findings", "--alertname", "GPUXidError", "--json", prefix=deployment.prefix)
         return [f for f in json.loads(out) if f["gpu"] == "3"]
 
     found = wait_until(findings, 90, interval=1, what="a GPUXidError finding")
@@ -277,17 +277,12 @@ def test_readme_walkthrough_an_injected_xid_79_becomes_a_finding(deployment: Dep
     assert isinstance(found, list) and len(found) == 1, found
     assert "XID 79" in found[0]["summary"] and found[0]["status"] == "firing"
     assert found[0]["recommended_actions"], found[0]
-    listed = _cli("findings", "--server", agent, "--token-file", token)
+    # The README's plain commands: the CLI finds the agent, its token and Prometheus/Alertmanager
+    # in the deployment's agent.yml.
+    listed = _cli("findings", prefix=deployment.prefix)
     assert "GPUXidError" in listed and "XID 79" in listed
-    answer = _cli(
-        "ask",
-        "--prometheus-url",
-        deployment.url("prometheus_port"),
-        "--alertmanager-url",
-        deployment.url("alertmanager_port"),
-        "what is wrong with gpu 3?",
-    )
-    assert "_Answered by" in answer
+    answer = _cli("ask", "what is wrong with gpu 3?", prefix=deployment.prefix)
+    assert "_Answered by" in answer and "XID 79" in answer, answer
     assert "cleared 1 fault(s)" in _cli("sim", "clear")
     assert "no faults in .run/sim-faults.yml" in _cli("sim", "list")
     print(f"sim inject -> alert firing {fired:.1f}s, -> finding {to_finding:.1f}s (2 s scrape/evaluation)")
