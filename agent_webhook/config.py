@@ -49,6 +49,8 @@ _TOP_KEYS = {
     "sink_retry",
     "public_url",
     "actions",
+    "reconcile_interval_seconds",
+    "reconcile_stale_after_seconds",
     *INVESTIGATION_KEYS,
 }
 _SINK_KEYS = {
@@ -147,12 +149,22 @@ class AgentConfig:
     sink_retry_max_seconds: float = 600.0
     public_url: str | None = None
     actions: ActionsConfig = field(default_factory=ActionsConfig)
+    # Reconciliation with Alertmanager (agent_webhook.reconcile); 0 turns it off. Stale after 10
+    # minutes: above Alertmanager's default resolve_timeout (5m), so an alert that Alertmanager
+    # dropped and Prometheus re-sends (every resend-delay, 1m) is back long before.
+    reconcile_interval_seconds: float = 60.0
+    reconcile_stale_after_seconds: float = 600.0
     # What the investigation reads (prometheus_url, alertmanager_url, llm, slurm), as given.
     investigation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def prometheus_url(self) -> str | None:
         value = self.investigation.get("prometheus_url")
+        return str(value) if value else None
+
+    @property
+    def alertmanager_url(self) -> str | None:
+        value = self.investigation.get("alertmanager_url")
         return str(value) if value else None
 
 
@@ -430,6 +442,16 @@ def build_config(raw: Mapping[str, Any], base: Path, overrides: Mapping[str, Any
     if merged.get("public_url"):
         cfg.public_url = _url(merged["public_url"], "public_url")
     cfg.actions = _actions(merged.get("actions"), base)
+    cfg.reconcile_interval_seconds = _number(
+        merged.get("reconcile_interval_seconds", cfg.reconcile_interval_seconds),
+        "reconcile_interval_seconds",
+        minimum=0,
+    )
+    cfg.reconcile_stale_after_seconds = _number(
+        merged.get("reconcile_stale_after_seconds", cfg.reconcile_stale_after_seconds),
+        "reconcile_stale_after_seconds",
+        minimum=1,
+    )
     cfg.investigation = _investigation_keys(merged)
     return cfg
 

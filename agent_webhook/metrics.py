@@ -89,6 +89,20 @@ class AgentMetrics:
             ["action"],
             registry=r,
         )
+        self.reconcile_runs = Counter(
+            "agent_webhook_reconcile_runs_total",
+            "Reconciliation checks against Alertmanager by outcome: ok, unreachable, invalid (an unusable"
+            " answer), error (the store).",
+            ["outcome"],
+            registry=r,
+        )
+        self.alerts_reconciled = Counter(
+            "agent_webhook_alerts_reconciled_total",
+            "Firing alerts resolved because Alertmanager no longer had them (no resolved notification came).",
+            registry=r,
+        )
+        for outcome in ("ok", "unreachable", "invalid", "error"):
+            self.reconcile_runs.labels(outcome)
         for action in ACTIONS:
             for decided in OUTCOMES:
                 self.actions.labels(action, decided)

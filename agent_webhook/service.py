@@ -33,6 +33,7 @@ from agent_webhook.delivery import Delivery
 from agent_webhook.metrics import AgentMetrics
 from agent_webhook.model import Investigator
 from agent_webhook.payload import PayloadError, parse_payload, parse_time
+from agent_webhook.reconcile import Reconciler
 from agent_webhook.sinks import Sink, build_sinks
 from agent_webhook.store import READ, QueryError, Store, StoreError
 from agent_webhook.wiring import make_action_engine
@@ -84,6 +85,7 @@ class Service:
         self.session: aiohttp.ClientSession | None = None
         self.workers: WorkerPool | None = None
         self.delivery: Delivery | None = None
+        self.reconciler: Reconciler | None = None
         self.started_at = time.time()
 
     async def start(self) -> None:
@@ -117,8 +119,27 @@ class Service:
         )
         self.workers.start()
         self.delivery.start()
+        am_url = self.config.alertmanager_url
+        if self.config.reconcile_interval_seconds > 0 and am_url:
+            self.reconciler = Reconciler(
+                self.store,
+                self.session,
+                self.metrics,
+                alertmanager_url=am_url,
+                interval_seconds=self.config.reconcile_interval_seconds,
+                stale_after_seconds=self.config.reconcile_stale_after_seconds,
+                on_resolved=self.delivery.wake,
+            )
+            self.reconciler.start()
+        else:
+            log.info(
+                "reconciliation with Alertmanager is off",
+                extra={"reason": "no alertmanager_url" if not am_url else "reconcile_interval_seconds is 0"},
+            )
 
     async def stop(self) -> None:
+        if self.reconciler:
+            await self.reconciler.stop()
         if self.workers:
             await self.workers.stop()
         if self.delivery:

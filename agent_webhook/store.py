@@ -152,6 +152,13 @@ CREATE TABLE IF NOT EXISTS action_decisions (
     UNIQUE (fingerprint, starts_at_key)
 );
 CREATE INDEX IF NOT EXISTS action_decisions_by_time ON action_decisions (outcome, decided_at);
+CREATE INDEX IF NOT EXISTS alerts_by_status ON alerts (status);
+-- Firing alerts that reconciliation found missing from Alertmanager, and since when
+-- (persistent: an agent restart neither resets nor fakes the absence).
+CREATE TABLE IF NOT EXISTS alert_absence (
+    alert_id INTEGER PRIMARY KEY REFERENCES alerts(id),
+    absent_since REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sink_refs (
     finding_seq INTEGER NOT NULL REFERENCES findings(seq),
     sink TEXT NOT NULL,
@@ -343,6 +350,10 @@ class Store:
             columns = {row[1] for row in conn.execute("PRAGMA table_info(findings)")}
             if "action" not in columns:  # databases created before actions existed
                 conn.execute("ALTER TABLE findings ADD COLUMN action TEXT")
+            # Databases created before reconciliation existed.
+            for table in ("findings", "alerts"):
+                if "resolved_reason" not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN resolved_reason TEXT")
         except sqlite3.Error as exc:
             self._release_lock()
             raise StoreError(f"database {self.path}: {exc}") from None
@@ -508,22 +519,66 @@ class Store:
             return
         alert_id, stored_status = int(row["id"]), str(row["status"])
         if stored_status == "firing" and alert.status == "resolved":
-            c.execute(
-                "UPDATE alerts SET status='resolved', ends_at=?, last_seen=?, times_seen=times_seen+1 WHERE id=?",
-                (alert.ends_at, now, alert_id),
-            )
-            finding = c.execute("SELECT seq FROM findings WHERE alert_id=?", (alert_id,)).fetchone()
-            if finding is not None:
-                c.execute(
-                    "UPDATE findings SET status='resolved', resolved_at=?, updated_at=? WHERE seq=?",
-                    (now, now, finding["seq"]),
-                )
-                self._enqueue_sinks(c, int(finding["seq"]), "resolved", now)
+            c.execute("UPDATE alerts SET last_seen=?, times_seen=times_seen+1 WHERE id=?", (now, alert_id))
+            self._resolve(c, alert_id, alert.ends_at, now, reason=None)
             result.resolved += 1
             return
         # Same key, same (or older) status: a group re-send, a repeat, or an HA peer's copy.
         c.execute("UPDATE alerts SET last_seen=?, times_seen=times_seen+1 WHERE id=?", (now, alert_id))
         result.duplicates += 1
+
+    def _resolve(
+        self, c: sqlite3.Connection, alert_id: int, ends_at: str | None, now: float, reason: str | None
+    ) -> None:
+        """Mark a firing alert and its finding resolved and enqueue the 'resolved' sink posts.
+
+        The one resolve path: a resolved notification and reconciliation both come here, so a
+        later notification for an alert reconciliation already resolved is a duplicate (the
+        alert is no longer firing) and the outbox's unique key sends each sink one 'resolved'.
+        """
+        c.execute(
+            "UPDATE alerts SET status='resolved', ends_at=?, resolved_reason=? WHERE id=?", (ends_at, reason, alert_id)
+        )
+        c.execute("DELETE FROM alert_absence WHERE alert_id=?", (alert_id,))
+        finding = c.execute("SELECT seq FROM findings WHERE alert_id=?", (alert_id,)).fetchone()
+        if finding is not None:
+            c.execute(
+                "UPDATE findings SET status='resolved', resolved_at=?, updated_at=?, resolved_reason=? WHERE seq=?",
+                (now, now, reason, finding["seq"]),
+            )
+            self._enqueue_sinks(c, int(finding["seq"]), "resolved", now)
+
+    def reconcile(self, active: set[tuple[str, str]], stale_after: float) -> list[tuple[int, str, str]]:
+        """Resolve firing alerts that Alertmanager has not had for `stale_after` seconds.
+
+        `active` is Alertmanager's alerts as (fingerprint, canonical startsAt). A stored firing
+        alert missing from it gets an absence record the first time; one still missing
+        `stale_after` seconds after that record is resolved with a reason. One seen again loses
+        its record. Returns (alert id, alertname, reason) of each alert resolved.
+        """
+        now = _now()
+        resolved: list[tuple[int, str, str]] = []
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT a.id, a.fingerprint, a.starts_at_key, a.alertname, b.absent_since FROM alerts a"
+                " LEFT JOIN alert_absence b ON b.alert_id=a.id WHERE a.status='firing'"
+            ).fetchall()
+            for row in rows:
+                alert_id = int(row["id"])
+                if (row["fingerprint"], row["starts_at_key"]) in active:
+                    if row["absent_since"] is not None:
+                        c.execute("DELETE FROM alert_absence WHERE alert_id=?", (alert_id,))
+                    continue
+                if row["absent_since"] is None:
+                    c.execute("INSERT INTO alert_absence (alert_id, absent_since) VALUES (?,?)", (alert_id, now))
+                    continue
+                since = float(row["absent_since"])
+                if now - since < stale_after:
+                    continue
+                reason = f"no longer active in Alertmanager since {iso(since)}"
+                self._resolve(c, alert_id, iso(since), now, reason=reason)
+                resolved.append((alert_id, str(row["alertname"]), reason))
+        return resolved
 
     def _enqueue_sinks(self, c: sqlite3.Connection, finding_seq: int, event: SinkEvent, now: float) -> None:
         c.executemany(
@@ -607,8 +662,8 @@ class Store:
             cur = c.execute(
                 "INSERT INTO findings (id, alert_id, fingerprint, starts_at, alertname, node, gpu, status, severity,"
                 " summary, likely_cause, diagnosis, evidence, actions, llm_used, llm_model, triage_rule, degraded,"
-                " timings, labels, created_at, updated_at, resolved_at, action)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " timings, labels, created_at, updated_at, resolved_at, action, resolved_reason)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     finding_id,
                     job.alert_id,
@@ -634,6 +689,7 @@ class Store:
                     now,
                     now if status == "resolved" else None,
                     json.dumps(redact_value("action", diagnosis.action)) if diagnosis.action is not None else None,
+                    alert["resolved_reason"],
                 ),
             )
             seq = int(cur.lastrowid or 0)
@@ -846,4 +902,6 @@ def finding_json(row: sqlite3.Row) -> dict[str, Any]:
         "created_at": iso(row["created_at"]),
         "updated_at": iso(row["updated_at"]),
         "resolved_at": iso(row["resolved_at"]),
+        # Why it was resolved when not by Alertmanager's notification (reconciliation); else null.
+        "resolved_reason": row["resolved_reason"],
     }

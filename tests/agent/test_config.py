@@ -26,6 +26,15 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.listen == "0.0.0.0:9095"
     assert cfg.workers == 4 and cfg.db_synchronous == "full"
     assert cfg.token is None and cfg.sinks == []
+    assert (cfg.reconcile_interval_seconds, cfg.reconcile_stale_after_seconds) == (60, 600)
+
+
+def test_reconcile_keys(tmp_path: Path) -> None:
+    cfg = build_config({"reconcile_interval_seconds": 0, "reconcile_stale_after_seconds": 900}, tmp_path)
+    assert (cfg.reconcile_interval_seconds, cfg.reconcile_stale_after_seconds) == (0, 900)
+    assert cfg.alertmanager_url is None
+    cfg = build_config({"alertmanager_url": "http://127.0.0.1:9093/"}, tmp_path)
+    assert cfg.alertmanager_url == "http://127.0.0.1:9093"
 
 
 def test_file_paths_resolve_against_the_file_and_flags_override(tmp_path: Path) -> None:
@@ -72,6 +81,11 @@ def test_file_paths_resolve_against_the_file_and_flags_override(tmp_path: Path) 
         ({"prometheus_url": "localhost:9090"}, "prometheus_url"),
         ({"db_synchronous": "off"}, "db_synchronous"),
         ({"sink_retry": {"initial_seconds": 0}}, "sink_retry.initial_seconds"),
+        ({"reconcile_interval_seconds": -1}, "reconcile_interval_seconds: must be at least 0"),
+        ({"reconcile_interval_seconds": "1m"}, "reconcile_interval_seconds: expected a number"),
+        ({"reconcile_stale_after_seconds": 0}, "reconcile_stale_after_seconds: must be at least 1"),
+        ({"reconcile_stale_after_seconds": True}, "reconcile_stale_after_seconds: expected a number"),
+        ({"reconcile_interval": 60}, "unknown key"),
     ],
 )
 def test_invalid_config_is_a_clear_error(tmp_path: Path, raw: dict[str, object], message: str) -> None:

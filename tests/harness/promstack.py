@@ -194,13 +194,21 @@ def start_prometheus(
 
 
 def start_alertmanager(
-    procs: ProcessManager, workdir: Path, config: Mapping[str, Any] | str, timeout: float = 30.0
+    procs: ProcessManager,
+    workdir: Path,
+    config: Mapping[str, Any] | str,
+    timeout: float = 30.0,
+    port: int | None = None,
 ) -> AlertmanagerServer:
-    """Start a single, non-clustered Alertmanager with `config` (a dict or YAML text)."""
+    """Start a single, non-clustered Alertmanager with `config` (a dict or YAML text).
+
+    With the `port` (and `workdir`) of a stopped one, this is that Alertmanager restarted: same
+    address and data directory (silences, notification log), and, as in production, no alerts.
+    """
     binary = find_binary(ALERTMANAGER_BINARIES, "prometheus-alertmanager")
-    port = free_port()
+    port = port or free_port()
     root = workdir / f"alertmanager-{port}"
-    (root / "data").mkdir(parents=True)
+    (root / "data").mkdir(parents=True, exist_ok=True)
     config_path = root / "alertmanager.yml"
     config_path.write_text(config if isinstance(config, str) else yaml.safe_dump(dict(config)))
     proc = procs.start(
