@@ -77,6 +77,8 @@ def _check_finding(stack: Stack, fault: Fault, finding: dict[str, Any]) -> None:
 
 def _check_resolved(stack: Stack, fault: Fault, finding_id: str, resolved: dict[str, Any]) -> None:
     assert resolved["status"] == "resolved" and resolved["resolved_at"], resolved
+    # Resolved by Alertmanager's notification, not by reconciliation (on here, 60 s / 600 s).
+    assert resolved["resolved_reason"] is None, resolved
     assert [f["id"] for f in matching_findings(stack, fault)] == [finding_id]
     stored = stack.deliveries(fault.alertname, node=stack.node, **fault.labels)
     assert [(d["status"], d["times_seen"]) for d in stored] == [("resolved", 2)], stored
