@@ -117,8 +117,8 @@ def _line(finding: dict[str, Any]) -> str:
         f"{created}  {finding.get('status', ''):8} {finding.get('severity', ''):8} "
         f"{finding.get('alertname', ''):24} {where:20} {finding.get('id', '')}  {finding.get('summary', '')}"
     )
-    action = action_text(finding.get("action"))
-    return f"{line}\n    {action}" if action else line
+    extra = [text for text in (action_text(finding.get("action")), finding.get("resolved_reason")) if text]
+    return "\n    ".join([line, *extra])
 
 
 @click.command("findings")

@@ -256,3 +256,12 @@ def test_absence_is_kept_across_a_restart_and_cleared_when_seen(tmp_path: Path) 
     (resolved,) = store.reconcile(set(), stale_after=1e-9)
     assert resolved[2].startswith("no longer active in Alertmanager since ")
     store.close()
+
+
+def test_findings_cli_line_shows_why_reconciliation_resolved_it() -> None:
+    from agent_webhook.cli_findings import _line
+
+    finding = {"status": "resolved", "alertname": "GPUXidError", "node": "vm", "gpu": "3", "id": "f-1"}
+    assert "\n" not in _line(finding | {"resolved_reason": None})
+    reason = "no longer active in Alertmanager since 2026-11-23T14:00:00+00:00"
+    assert _line(finding | {"resolved_reason": reason}).endswith(f"\n    {reason}")
