@@ -6,25 +6,8 @@ from pathlib import Path
 import pytest
 
 from agent_webhook.knowledge import KnowledgeError, load_knowledge, parse_knowledge
+from tests.alert_rules.ruleset import ISSUE_ALERTS
 
-ISSUE_ALERTS = {
-    "GPUFellOffBus",
-    "GPUXidError",
-    "GPUDoubleBitECC",
-    "GPURowRemapFailure",
-    "GPURowRemapPending",
-    "GPUThermalThrottling",
-    "GPUTemperatureHigh",
-    "GPUIdleWhileAllocated",
-    "GPUExporterDown",
-    "SlurmControllerDown",
-    "SlurmNodeDown",
-    "SlurmNodeDrained",
-    "SlurmNodeNotResponding",
-    "SlurmGPUQueueBacklog",
-    "SlurmSchedulerSlow",
-    "SlurmExporterDown",
-}
 CATALOG = Path("/work/shared/reference/xid-catalog.md")
 
 

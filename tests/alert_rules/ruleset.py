@@ -24,6 +24,27 @@ SEVERITIES = {"critical", "warning", "info"}
 COMPONENTS = {"gpu", "slurm", "cost"}
 REQUIRED_ANNOTATIONS = ("summary", "description", "runbook_url")
 RUNBOOK_SECTIONS = ("## Meaning", "## Confirm", "## Act", "## Escalate")
+# The alerts the rules issue (#5) names; the rules define each and the agent's knowledge explains each.
+ISSUE_ALERTS = frozenset(
+    {
+        "GPUFellOffBus",
+        "GPUXidError",
+        "GPUDoubleBitECC",
+        "GPURowRemapFailure",
+        "GPURowRemapPending",
+        "GPUThermalThrottling",
+        "GPUTemperatureHigh",
+        "GPUIdleWhileAllocated",
+        "GPUExporterDown",
+        "SlurmControllerDown",
+        "SlurmNodeDown",
+        "SlurmNodeDrained",
+        "SlurmNodeNotResponding",
+        "SlurmGPUQueueBacklog",
+        "SlurmSchedulerSlow",
+        "SlurmExporterDown",
+    }
+)
 
 
 @dataclass
