@@ -552,20 +552,29 @@ class Store:
         """Resolve firing alerts that Alertmanager has not had for `stale_after` seconds.
 
         `active` is Alertmanager's alerts as (fingerprint, canonical startsAt). A stored firing
-        alert missing from it gets an absence record the first time; one still missing
-        `stale_after` seconds after that record is resolved with a reason. One seen again loses
-        its record. Returns (alert id, alertname, reason) of each alert resolved.
+        alert is present when Alertmanager has it with the same startsAt, or has its fingerprint
+        and this store knows no later startsAt for it: after a Prometheus restart the same alert
+        comes back with a new startsAt, which Alertmanager need not notify again (its
+        notification log survives), so the condition still fires under the old finding. Only a
+        newer stored row of the fingerprint supersedes it. A stored firing alert not present
+        gets an absence record the first time; one still missing `stale_after` seconds after
+        that record is resolved with a reason. One seen again loses its record. Returns
+        (alert id, alertname, reason) of each alert resolved.
         """
         now = _now()
         resolved: list[tuple[int, str, str]] = []
+        active_fingerprints = {fingerprint for fingerprint, _ in active}
         with self._tx() as c:
             rows = c.execute(
-                "SELECT a.id, a.fingerprint, a.starts_at_key, a.alertname, b.absent_since FROM alerts a"
-                " LEFT JOIN alert_absence b ON b.alert_id=a.id WHERE a.status='firing'"
+                "SELECT a.id, a.fingerprint, a.starts_at_key, a.alertname, b.absent_since,"
+                " (SELECT MAX(n.starts_at_key) FROM alerts n WHERE n.fingerprint=a.fingerprint) AS latest"
+                " FROM alerts a LEFT JOIN alert_absence b ON b.alert_id=a.id WHERE a.status='firing'"
             ).fetchall()
             for row in rows:
                 alert_id = int(row["id"])
-                if (row["fingerprint"], row["starts_at_key"]) in active:
+                exact = (row["fingerprint"], row["starts_at_key"]) in active
+                latest_of_active = row["fingerprint"] in active_fingerprints and row["starts_at_key"] == row["latest"]
+                if exact or latest_of_active:
                     if row["absent_since"] is not None:
                         c.execute("DELETE FROM alert_absence WHERE alert_id=?", (alert_id,))
                     continue

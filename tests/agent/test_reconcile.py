@@ -265,3 +265,31 @@ def test_findings_cli_line_shows_why_reconciliation_resolved_it() -> None:
     assert "\n" not in _line(finding | {"resolved_reason": None})
     reason = "no longer active in Alertmanager since 2026-11-23T14:00:00+00:00"
     assert _line(finding | {"resolved_reason": reason}).endswith(f"\n    {reason}")
+
+
+def test_a_new_startsat_in_alertmanager_keeps_the_finding_until_the_agent_has_the_newer_alert(
+    tmp_path: Path,
+) -> None:
+    """After a Prometheus restart Alertmanager holds the same alert under a new startsAt and need
+    not notify it again: the condition still fires, so the agent's older row stays firing. Once
+    the agent stores the newer row, the older one is superseded and resolves after the stale time."""
+    from agent_webhook.payload import parse_payload
+
+    old, new = "2026-11-22T23:41:07.512Z", "2026-11-23T01:02:03.000Z"
+    (old_alert,) = parse_payload(json.dumps(make_payload([make_alert("bbbb", starts_at=old)])).encode())
+    (new_alert,) = parse_payload(json.dumps(make_payload([make_alert("bbbb", starts_at=new)])).encode())
+    in_alertmanager = {("bbbb", canonical_time(new, "startsAt"))}
+    store = Store(tmp_path / "a.db")
+    store.open()
+    store.ingest([old_alert])
+    for _ in range(3):
+        assert store.reconcile(in_alertmanager, stale_after=1e-9) == []
+    assert store.conn.execute("SELECT COUNT(*) FROM alert_absence").fetchone()[0] == 0
+
+    store.ingest([new_alert])
+    assert store.reconcile(in_alertmanager, stale_after=1e-9) == []  # the old row: first absence
+    (resolved,) = store.reconcile(in_alertmanager, stale_after=1e-9)
+    firing = store.conn.execute("SELECT starts_at_key FROM alerts WHERE status='firing'").fetchall()
+    assert [row[0] for row in firing] == [canonical_time(new, "startsAt")]
+    assert resolved[2].startswith("no longer active in Alertmanager since ")
+    store.close()
