@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent_webhook.actions.policy import ALERT_ACTIONS, ActionKind, Plan, Refusal, plan
+from agent_webhook.actions.policy import ALERT_ACTIONS, ActionKind, Plan, Refusal, partition_refusal, plan
 from agent_webhook.config import ActionsConfig, ConfigError
 from agent_webhook.deploy_cli import Progress, default_ansible_dir, run_playbook
 from agent_webhook.metrics import AgentMetrics
@@ -165,6 +165,11 @@ class ActionEngine:
             return decision
 
     async def _decide_claimed(self, alert: Alert, kind: ActionKind) -> Decision:
+        # Before the cooldown and the RunPod API: another partition's backlog is never ours,
+        # whatever the timing or the pods (plan() asks again, being complete on its own).
+        refused = partition_refusal(alert, self.config)
+        if refused is not None:
+            return Decision(kind, "refused", refused.reason, refused.detail)
         last = await self.store.run(
             self.store.last_action_at, COOLDOWN_OUTCOMES, exclude=(alert.fingerprint, alert.starts_at)
         )
