@@ -76,6 +76,7 @@ _ACTIONS_KEYS = {
     "spend_cap_dollars_per_hour",
     "worker_cost_dollars_per_hour",
     "name_prefix",
+    "partitions",
     "ansible_dir",
     "playbook",
     "inventory",
@@ -122,6 +123,8 @@ class ActionsConfig:
     spend_cap_dollars_per_hour: float | None = None
     worker_cost_dollars_per_hour: float | None = None
     name_prefix: str = "gw"
+    # Slurm partitions whose GPU backlog may scale the RunPod workers up; empty: any partition.
+    partitions: list[str] = field(default_factory=list)
     ansible_dir: Path | None = None
     playbook: str = "scale.yml"
     inventory: Path | None = None
@@ -333,6 +336,11 @@ def _actions(raw: Any, base: Path) -> ActionsConfig:
     if not isinstance(prefix, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", prefix):
         raise ConfigError(f"actions.name_prefix: expected a pod name prefix (letters, digits, - _ .), got {prefix!r}")
     cfg.name_prefix = prefix
+    partitions = section.get("partitions")
+    partitions = [] if partitions is None else partitions
+    if not isinstance(partitions, list) or not all(isinstance(p, str) and p.strip() for p in partitions):
+        raise ConfigError(f"actions.partitions: expected a list of Slurm partition names, got {partitions!r}")
+    cfg.partitions = [p.strip() for p in partitions]
     playbook = section.get("playbook", cfg.playbook)
     if not isinstance(playbook, str) or not playbook.endswith((".yml", ".yaml")):
         raise ConfigError(f"actions.playbook: expected a playbook file name (.yml), got {playbook!r}")

@@ -6,12 +6,14 @@ Order of the guards, each a recorded refusal when it stops the action:
 2. One decision per alert (fingerprint + startsAt), reserved in SQLite before anything else
    happens: Alertmanager's repeats, HA copies and a re-run after a crash (kill -9 mid-action
    included) find the reservation and are refused as ``duplicate``; nothing runs twice.
-3. The cooldown since the last action taken, dry-run, failed or interrupted (from SQLite, so a
+3. ``actions.partitions``: a backlog in a partition the RunPod workers do not serve is refused
+   (``other_partition``; no ``partition`` label: ``bad_alert``), needing neither cooldown nor API.
+4. The cooldown since the last action taken, dry-run, failed or interrupted (from SQLite, so a
    restart does not reset it).
-4. The RunPod API (the real ``runpod`` SDK): the worker count and the account's hourly burn; an
+5. The RunPod API (the real ``runpod`` SDK): the worker count and the account's hourly burn; an
    API error refuses (``runpod_api``).
-5. The policy (:mod:`agent_webhook.actions.policy`): min/max workers, the spend cap, which pod.
-6. Dry-run stops here and records the plan. Otherwise the playbook runs (ansible-runner, same
+6. The policy (:mod:`agent_webhook.actions.policy`): min/max workers, the spend cap, which pod.
+7. Dry-run stops here and records the plan. Otherwise the playbook runs (ansible-runner, same
    code as ``gpu-watchdog deploy``); scale-down drains the Slurm node first and never
    terminates a node with running jobs (``ansible/scale-pods.yml``): a busy node is refused
    (``busy_node``), any other failure is ``failed`` (``playbook_failed``).
@@ -32,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent_webhook.actions.policy import ALERT_ACTIONS, ActionKind, Plan, Refusal, plan
+from agent_webhook.actions.policy import ALERT_ACTIONS, ActionKind, Plan, Refusal, partition_refusal, plan
 from agent_webhook.config import ActionsConfig, ConfigError
 from agent_webhook.deploy_cli import Progress, default_ansible_dir, run_playbook
 from agent_webhook.metrics import AgentMetrics
@@ -165,6 +167,11 @@ class ActionEngine:
             return decision
 
     async def _decide_claimed(self, alert: Alert, kind: ActionKind) -> Decision:
+        # Before the cooldown and the RunPod API: another partition's backlog is never ours,
+        # whatever the timing or the pods (plan() asks again, being complete on its own).
+        refused = partition_refusal(alert, self.config)
+        if refused is not None:
+            return Decision(kind, "refused", refused.reason, refused.detail)
         last = await self.store.run(
             self.store.last_action_at, COOLDOWN_OUTCOMES, exclude=(alert.fingerprint, alert.starts_at)
         )

@@ -22,6 +22,7 @@ ALERT_ACTIONS: dict[str, ActionKind] = {"SlurmGPUQueueBacklog": "scale_up", "Run
 REASONS = (
     "disabled",
     "duplicate",
+    "other_partition",
     "cooldown",
     "bounds",
     "spend_cap",
@@ -98,9 +99,36 @@ def _worker_cost(config: ActionsConfig, current: Mapping[str, Mapping[str, Any]]
     return max(costs) if costs else None
 
 
+def partition_refusal(alert: Alert, config: ActionsConfig) -> Refusal | None:
+    """Why a backlog alert may not scale up, as far as its partition goes; None when it may.
+
+    RunPod workers only serve the partition(s) they join, so a backlog elsewhere (a CPU or an
+    on-prem partition) must not buy pods. An empty `actions.partitions` means any partition.
+    Needs no pods, so the engine asks it before the cooldown and the RunPod API.
+    """
+    if ALERT_ACTIONS[alert.alertname] != "scale_up" or not config.partitions:
+        return None
+    allowed = ", ".join(config.partitions)
+    partition = alert.labels.get("partition") or ""
+    if not partition:
+        return Refusal(
+            "scale_up", "bad_alert", f"the alert has no `partition` label; actions.partitions allows only {allowed}"
+        )
+    if partition not in config.partitions:
+        return Refusal(
+            "scale_up",
+            "other_partition",
+            f"partition {partition!r} is not served by the RunPod workers (actions.partitions: {allowed})",
+        )
+    return None
+
+
 def plan(alert: Alert, pods: Sequence[Mapping[str, Any]], config: ActionsConfig) -> Plan | Refusal:
     """The action this firing alert leads to under `config`, given the account's pods now."""
     action = ALERT_ACTIONS[alert.alertname]
+    refused = partition_refusal(alert, config)
+    if refused is not None:
+        return refused
     current = workers(pods, config.name_prefix)
     spend = spend_per_hour(pods)
     if action == "scale_up":

@@ -119,6 +119,69 @@ def test_scale_down_refusals(labels: dict[str, str], reason: str, words: str) ->
     assert words in result.detail
 
 
+# -- policy: partitions --------------------------------------------------------------------
+
+
+def test_any_partition_scales_up_when_partitions_is_empty() -> None:
+    assert cfg().partitions == []
+    result = plan(alert("SlurmGPUQueueBacklog", partition="cpu"), [pod("t-worker-1")], cfg())
+    assert isinstance(result, Plan) and result.workers_after == 2
+
+
+@pytest.mark.parametrize(
+    ("labels", "reason", "words"),
+    [
+        ({"partition": "cpu"}, "other_partition", "partition 'cpu' is not served by the RunPod workers"),
+        ({}, "bad_alert", "no `partition` label"),
+        ({"partition": ""}, "bad_alert", "no `partition` label"),
+    ],
+)
+def test_backlog_outside_the_partitions_is_refused(labels: dict[str, str], reason: str, words: str) -> None:
+    config = cfg(partitions=["gpu", "runpod"])
+    result = plan(alert("SlurmGPUQueueBacklog", **labels), [pod("t-worker-1")], config)
+    assert isinstance(result, Refusal) and result.action == "scale_up" and result.reason == reason
+    assert words in result.detail and "actions.partitions" in result.detail and "gpu, runpod" in result.detail
+
+
+def test_listed_partition_scales_up_and_scale_down_ignores_partitions() -> None:
+    config = cfg(partitions=["gpu", "runpod"])
+    assert isinstance(plan(alert("SlurmGPUQueueBacklog", partition="runpod"), [pod("t-worker-1")], config), Plan)
+    # RunPodPodIdle names a pod, not a partition: the list never stops a scale-down.
+    down = plan(alert("RunPodPodIdle", name="t-worker-1"), [pod("t-worker-1")], config)
+    assert isinstance(down, Plan) and down.remove == ["t-worker-1"]
+
+
+def test_other_partition_is_refused_without_runpod_recorded_and_counted(tmp_path: Path) -> None:
+    """No RunPod API key, no pods: the refusal needs neither, and is recorded and counted."""
+    import asyncio
+
+    from agent_webhook.actions import ActionEngine
+    from agent_webhook.metrics import AgentMetrics
+
+    metrics = AgentMetrics()
+
+    async def decide() -> dict[str, Any] | None:
+        store = Store(tmp_path / "agent.db")
+        await store.run(store.open)
+        try:
+            engine = ActionEngine(cfg(partitions=["gpu"]), store, metrics)
+            first = await engine.handle(alert("SlurmGPUQueueBacklog", partition="cpu"))
+            assert first is not None and first["reason"] == "other_partition"
+            # Recorded like any decision: the same alert again is a duplicate, not a second look.
+            again = await engine.handle(alert("SlurmGPUQueueBacklog", partition="cpu"))
+            assert again is not None and again["reason"] == "duplicate" and "other_partition" in again["detail"]
+            return first
+        finally:
+            store.shutdown()
+
+    decision = asyncio.run(decide())
+    assert decision is not None and decision["outcome"] == "refused" and "'cpu'" in decision["detail"]
+    counted = metrics.registry.get_sample_value(
+        "agent_webhook_actions_not_taken_total", {"action": "scale_up", "reason": "other_partition"}
+    )
+    assert counted == 1.0
+
+
 # -- config ------------------------------------------------------------------------------
 
 
@@ -142,6 +205,9 @@ def test_actions_are_off_and_dry_run_by_default() -> None:
         ({"name_prefix": "a b"}, "actions.name_prefix: expected a pod name prefix"),
         ({"playbook": "scale"}, "actions.playbook: expected a playbook file name"),
         ({"extra_vars": [1]}, "actions.extra_vars: expected a mapping"),
+        ({"partitions": "gpu"}, "actions.partitions: expected a list of Slurm partition names"),
+        ({"partitions": ["gpu", ""]}, "actions.partitions: expected a list of Slurm partition names"),
+        ({"partitions": ["gpu", 3]}, "actions.partitions: expected a list of Slurm partition names"),
         ({"api_key_file": "/nonexistent/key"}, "actions.api_key_file: cannot read"),
         ("on", "actions: expected a mapping"),
     ],

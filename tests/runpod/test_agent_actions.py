@@ -31,11 +31,11 @@ T0 = "2026-11-23T10:00:00Z"
 PLAYBOOK_WAIT = 300.0  # seconds for a finding whose decision runs a playbook, on a loaded 2-core machine
 
 
-def backlog(fingerprint: str, starts_at: str = T0) -> dict[str, Any]:
+def backlog(fingerprint: str, starts_at: str = T0, partition: str = "gpu") -> dict[str, Any]:
     return {
         "status": "firing",
-        "labels": {"alertname": "SlurmGPUQueueBacklog", "partition": "gpu", "severity": "warning"},
-        "annotations": {"summary": "GPU jobs pending in partition gpu"},
+        "labels": {"alertname": "SlurmGPUQueueBacklog", "partition": partition, "severity": "warning"},
+        "annotations": {"summary": f"GPU jobs pending in partition {partition}"},
         "startsAt": starts_at,
         "endsAt": "0001-01-01T00:00:00Z",
         "generatorURL": "http://prometheus.example:9090/graph?g0.expr=up",
@@ -240,6 +240,26 @@ def test_bounds_and_spend_cap_refuse_without_touching_pods(agents: Agents, sdk: 
     ops = sdk.operations()
     assert "podTerminate" not in ops and ops.count("podFindAndDeployOnDemand") == 4  # only the test's own
     assert len(sdk.pods()) == 4
+
+
+def test_backlog_in_another_partition_never_reaches_runpod(agents: Agents, sdk: FakeRunPod) -> None:
+    """actions.partitions: an on-prem partition's backlog buys no pods, and is not even priced."""
+    create_pods("t-head", "t-worker-1")
+    svc = agents.start(agents.config(dry_run=True, partitions=["gpu"]))
+    before = len(sdk.operations())
+    post_alerts(svc.url, make_payload([backlog("bk-onprem", partition="onprem")]))
+    svc.wait_idle(PLAYBOOK_WAIT)
+    (other,) = decision(svc, "bk-onprem")
+    assert other["outcome"] == "refused" and other["reason"] == "other_partition", other
+    assert "'onprem'" in other["detail"] and "actions.partitions: gpu" in other["detail"]
+    assert len(sdk.operations()) == before  # refused before the RunPod API
+    assert metric(svc, 'agent_webhook_actions_not_taken_total{action="scale_up",reason="other_partition"}') == 1
+
+    post_alerts(svc.url, make_payload([backlog("bk-gpu", starts_at="2026-11-23T10:05:00Z")]))
+    svc.wait_idle(PLAYBOOK_WAIT)
+    (listed,) = decision(svc, "bk-gpu")
+    assert listed["outcome"] == "dry_run" and listed["add"] == ["t-worker-2"], listed
+    assert "podFindAndDeployOnDemand" not in sdk.operations()[before:]
 
 
 def test_idle_pod_is_drained_then_terminated_busy_never_and_dry_run_changes_nothing(
