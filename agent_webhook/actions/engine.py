@@ -29,7 +29,6 @@ import io
 import logging
 import os
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from agent_webhook.metrics import AgentMetrics
 from agent_webhook.model import Alert
 from agent_webhook.store import Store, iso
 from exporters.common.logs import redact
+from exporters.runpod.source import MalformedResponse, Pod, default_fetch, parse_pods
 
 log = logging.getLogger(__name__)
 
@@ -221,13 +221,12 @@ class ActionEngine:
             raise ValueError("no API key: set actions.api_key_file or RUNPOD_API_KEY")
         return key
 
-    def _pods(self) -> list[Mapping[str, Any]]:
-        import runpod
-
-        pods = runpod.get_pods(api_key=self._api_key())
-        if not isinstance(pods, list) or not all(isinstance(p, dict) for p in pods):
-            raise ValueError(f"unexpected answer to myself{{pods}}: {type(pods).__name__}")
-        return pods
+    def _pods(self) -> list[Pod]:
+        # The exporter's SDK call and parsing: MalformedResponse (a ValueError) on a bad answer.
+        raw = default_fetch(self._api_key())()
+        if raw is None:  # the exporter reads "no pods"; a scaler must not plan on a missing list
+            raise MalformedResponse("unexpected answer to myself{pods}: NoneType")
+        return parse_pods(raw, name_prefix="")
 
     def playbook_vars(self, planned: Plan) -> dict[str, Any]:
         extra: dict[str, Any] = {

@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from agent_webhook.config import ActionsConfig
 from agent_webhook.model import Alert
+from exporters.runpod.source import Pod
 
 ActionKind = Literal["scale_up", "scale_down"]
 # Which alert may lead to which action (alert_rules/slurm.rules.yml, alert_rules/cost.rules.yml).
@@ -69,30 +70,22 @@ def worker_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(rf"^{re.escape(prefix)}-worker-([0-9]+)$")
 
 
-def _running(pod: Mapping[str, Any]) -> bool:
-    return str(pod.get("desiredStatus", "")).upper() == "RUNNING"
+def _cost(pod: Pod) -> float:
+    return max(pod.cost_per_hr, 0.0)
 
 
-def _cost(pod: Mapping[str, Any]) -> float:
-    try:
-        value = float(pod.get("costPerHr") or 0.0)
-    except (TypeError, ValueError):
-        return 0.0
-    return value if value > 0 else 0.0
-
-
-def spend_per_hour(pods: Sequence[Mapping[str, Any]]) -> float:
+def spend_per_hour(pods: Sequence[Pod]) -> float:
     """The account's current burn: costPerHr summed over its running pods (any name)."""
-    return round(sum(_cost(p) for p in pods if _running(p)), 6)
+    return round(sum(_cost(p) for p in pods if p.status == "RUNNING"), 6)
 
 
-def workers(pods: Sequence[Mapping[str, Any]], prefix: str) -> dict[str, Mapping[str, Any]]:
+def workers(pods: Sequence[Pod], prefix: str) -> dict[str, Pod]:
     """This cluster's worker pods by name (any status: a stopped pod still counts toward the bounds)."""
     pattern = worker_pattern(prefix)
-    return {str(p["name"]): p for p in pods if isinstance(p.get("name"), str) and pattern.match(p["name"])}
+    return {p.name: p for p in pods if pattern.match(p.name)}
 
 
-def _worker_cost(config: ActionsConfig, current: Mapping[str, Mapping[str, Any]]) -> float | None:
+def _worker_cost(config: ActionsConfig, current: Mapping[str, Pod]) -> float | None:
     if config.worker_cost_dollars_per_hour is not None:
         return config.worker_cost_dollars_per_hour
     costs = [_cost(p) for p in current.values() if _cost(p) > 0]
@@ -123,7 +116,7 @@ def partition_refusal(alert: Alert, config: ActionsConfig) -> Refusal | None:
     return None
 
 
-def plan(alert: Alert, pods: Sequence[Mapping[str, Any]], config: ActionsConfig) -> Plan | Refusal:
+def plan(alert: Alert, pods: Sequence[Pod], config: ActionsConfig) -> Plan | Refusal:
     """The action this firing alert leads to under `config`, given the account's pods now."""
     action = ALERT_ACTIONS[alert.alertname]
     refused = partition_refusal(alert, config)
@@ -136,7 +129,7 @@ def plan(alert: Alert, pods: Sequence[Mapping[str, Any]], config: ActionsConfig)
     return _scale_down(alert, pods, current, spend=spend, config=config)
 
 
-def _scale_up(current: Mapping[str, Mapping[str, Any]], spend: float, config: ActionsConfig) -> Plan | Refusal:
+def _scale_up(current: Mapping[str, Pod], spend: float, config: ActionsConfig) -> Plan | Refusal:
     have = len(current)
     if have >= config.max_workers:
         return Refusal("scale_up", "bounds", f"{have} workers, max_workers is {config.max_workers}", have, spend)
@@ -181,8 +174,8 @@ def _scale_up(current: Mapping[str, Mapping[str, Any]], spend: float, config: Ac
 
 def _scale_down(
     alert: Alert,
-    pods: Sequence[Mapping[str, Any]],
-    current: Mapping[str, Mapping[str, Any]],
+    pods: Sequence[Pod],
+    current: Mapping[str, Pod],
     *,
     spend: float,
     config: ActionsConfig,
@@ -192,12 +185,12 @@ def _scale_down(
     pod_id = alert.labels.get("pod_id") or ""
     if not name and not pod_id:
         return Refusal("scale_down", "bad_alert", "the alert has neither a `name` nor a `pod_id` label", have, spend)
-    pod = next((p for p in pods if pod_id and p.get("id") == pod_id), None)
+    pod = next((p for p in pods if pod_id and p.id == pod_id), None)
     if pod is None and name:
-        pod = next((p for p in pods if p.get("name") == name), None)
+        pod = next((p for p in pods if p.name == name), None)
     if pod is None:
         return Refusal("scale_down", "not_found", f"no pod {name or pod_id} (already gone?)", have, spend)
-    pod_name = str(pod.get("name", ""))
+    pod_name = pod.name
     if name and pod_name != name:
         return Refusal(
             "scale_down", "bad_alert", f"pod {pod_id} is named {pod_name!r}, the alert says {name!r}", have, spend

@@ -18,11 +18,15 @@ from agent_webhook.config import ActionsConfig, AgentConfig, ConfigError, build_
 from agent_webhook.model import Alert
 from agent_webhook.sinks.render import full_text
 from agent_webhook.store import Store
+from exporters.runpod.source import Pod, parse_pods
 from tests.agent.conftest import ServiceThread, get_json, make_alert, make_payload, post_alerts
 
 
-def pod(name: str, cost: float = 0.5, status: str = "RUNNING", pod_id: str | None = None) -> dict[str, Any]:
-    return {"id": pod_id or f"id-{name}", "name": name, "costPerHr": cost, "desiredStatus": status}
+def pod(name: str, cost: float = 0.5, status: str = "RUNNING", pod_id: str | None = None) -> Pod:
+    """A pod as the SDK lists it, parsed as the engine parses it."""
+    raw = {"id": pod_id or f"id-{name}", "name": name, "costPerHr": cost, "desiredStatus": status}
+    (parsed,) = parse_pods([raw], "")
+    return parsed
 
 
 def alert(alertname: str, **labels: str) -> Alert:
