@@ -71,6 +71,11 @@ class Decision:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def internal_error(cls, action: ActionKind, exc: BaseException) -> Decision:
+        """A bug or a dead store, recorded as a failed decision rather than raised into the worker."""
+        return cls(action, "failed", "internal_error", redact(f"{type(exc).__name__}: {exc}")[:_MAX_ERROR])
+
 
 class ActionEngine:
     def __init__(self, config: ActionsConfig, store: Store, metrics: AgentMetrics) -> None:
@@ -104,7 +109,7 @@ class ActionEngine:
             decision = await self._decide(alert, kind, started)
         except Exception as exc:  # a bug or a dead store must not take the worker down
             log.exception("scale decision failed", extra={"alertname": alert.alertname, "action": kind})
-            decision = Decision(kind, "failed", "internal_error", redact(f"{type(exc).__name__}: {exc}")[:_MAX_ERROR])
+            decision = Decision.internal_error(kind, exc)
         decision.decided_at = decision.decided_at or iso(started)
         self._observe(decision)
         log.info(
@@ -145,9 +150,7 @@ class ActionEngine:
                 decision = await self._decide_claimed(alert, kind)
             except Exception as exc:
                 log.exception("scale decision failed", extra={"alertname": alert.alertname, "action": kind})
-                decision = Decision(
-                    kind, "failed", "internal_error", redact(f"{type(exc).__name__}: {exc}")[:_MAX_ERROR]
-                )
+                decision = Decision.internal_error(kind, exc)
             decision.spend_cap_dollars_per_hour = self.config.spend_cap_dollars_per_hour
             decision.dry_run = self.config.dry_run
             decision.decided_at = iso(started)
