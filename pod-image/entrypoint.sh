@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# gpu-watchdog pod entrypoint: starts munged, Slurm (slurmctld on the head, configless slurmd on
-# workers), the exporters and, on the head when VLLM_MODEL is set, vLLM with tool calling,
-# under a small supervisor that restarts crashed children with backoff, forwards SIGTERM/SIGINT
-# to them and exits once they are gone. SIGHUP restarts every child (after Ansible rewrote a
-# config). The env contract is in docs/runpod.md.
+# gpu-watchdog pod entrypoint. Two ways to run a pod (docs/runpod.md has the env contract):
+#  - standalone: starts munged, Slurm (slurmctld on the head, configless slurmd on workers), the
+#    exporters and, on the head when VLLM_MODEL is set, vLLM with tool calling;
+#  - managed by the Ansible playbooks (WATCHDOG_SERVICES=sshd, WATCHDOG_STATE_DIR set, what
+#    provision.yml does): starts only sshd; the roles own every other daemon (gw-supervise), so
+#    each daemon has exactly one owner. The configuration Ansible writes lands on the pod's
+#    volume (WATCHDOG_STATE_DIR), and at the next start (a resumed pod, whose container disk
+#    RunPod wiped) its services are started again from there without Ansible.
+# Its own children run under a small supervisor that restarts them with backoff, forwards
+# SIGTERM/SIGINT and exits once they are gone. SIGHUP restarts every child.
 set -euo pipefail
 # Job control: children get their own process groups and, unlike plain background jobs of a
 # script, do not ignore SIGINT, so forwarding it works.
@@ -27,6 +32,12 @@ BACKOFF_MAX="${WATCHDOG_BACKOFF_MAX:-30}"
 HEALTHY_AFTER="${WATCHDOG_HEALTHY_AFTER:-60}"
 STOP_TIMEOUT="${WATCHDOG_STOP_TIMEOUT:-20}"
 POLL="${WATCHDOG_POLL_INTERVAL:-0.5}"
+# Managed pods: where the configuration survives a stop (a directory on the pod's volume), the
+# paths kept there (each becomes a symlink into it), and gw-supervise's directories.
+STATE_DIR="${WATCHDOG_STATE_DIR:-}"
+PERSIST_PATHS="${WATCHDOG_PERSIST_PATHS:-/etc/ssh /root/.ssh /etc/munge /etc/slurm /var/spool/slurmctld /opt/gpu-watchdog/etc /opt/gpu-watchdog/secrets /opt/gpu-watchdog/services /opt/gpu-watchdog/bin /opt/gpu-watchdog/data /opt/gpu-watchdog/log /opt/gpu-watchdog/sim}"
+SUPERVISE_CONF_DIR="${WATCHDOG_SUPERVISE_CONF_DIR:-/opt/gpu-watchdog/services}"
+SUPERVISE_RUN_DIR="${WATCHDOG_SUPERVISE_RUN_DIR:-/opt/gpu-watchdog/run}"
 
 log() {
     local level=$1
@@ -41,6 +52,14 @@ die() {
 
 is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
 
+wants() {
+    local name
+    for name in "${SERVICES[@]}"; do
+        [[ $name == "$1" ]] && return 0
+    done
+    return 1
+}
+
 # ----------------------------------------------------------------------------- checks
 check_env() {
     case "$ROLE" in
@@ -48,10 +67,10 @@ check_env() {
         "") die "WATCHDOG_ROLE is not set: it must be head or worker" ;;
         *) die "WATCHDOG_ROLE must be head or worker, not '$ROLE'" ;;
     esac
-    if [[ $ROLE == worker && -z $HEAD_ADDR ]]; then
+    if [[ $ROLE == worker && -z $HEAD_ADDR ]] && wants slurmd; then
         die "WATCHDOG_HEAD_ADDR is not set: a worker needs the head's address (e.g. <head_pod_id>.runpod.internal)"
     fi
-    if [[ -z ${MUNGE_KEY:-} && -z ${MUNGE_KEY_FILE:-} && ! -s $MUNGE_KEY_PATH ]]; then
+    if wants munged && [[ -z ${MUNGE_KEY:-} && -z ${MUNGE_KEY_FILE:-} && ! -s $MUNGE_KEY_PATH ]]; then
         die "no munge key: set MUNGE_KEY (base64) or MUNGE_KEY_FILE, or provide $MUNGE_KEY_PATH"
     fi
     if [[ -n ${MUNGE_KEY_FILE:-} && ! -r $MUNGE_KEY_FILE ]]; then
@@ -124,8 +143,48 @@ setup_ssh() {
     [[ -n ${PUBLIC_KEY:-} ]] || return 0
     mkdir -p "$SSH_DIR"
     chmod 700 "$SSH_DIR"
-    printf '%s\n' "$PUBLIC_KEY" >>"$SSH_DIR/authorized_keys"
+    touch "$SSH_DIR/authorized_keys"
+    # A resumed pod keeps authorized_keys on its volume: add the key once.
+    grep -qxF -- "$PUBLIC_KEY" "$SSH_DIR/authorized_keys" || printf '%s\n' "$PUBLIC_KEY" >>"$SSH_DIR/authorized_keys"
     chmod 600 "$SSH_DIR/authorized_keys"
+}
+
+# Each path of PERSIST_PATHS becomes a symlink to its copy under STATE_DIR/root (made from the
+# image's content the first time), so what Ansible writes there outlives the container disk.
+persist_paths() {
+    [[ -n $STATE_DIR ]] || return 0
+    local path saved
+    mkdir -p "$STATE_DIR/root"
+    for path in $PERSIST_PATHS; do
+        saved="$STATE_DIR/root$path"
+        [[ -L $path && $(readlink "$path") == "$saved" ]] && continue
+        if [[ ! -e $saved ]]; then
+            mkdir -p "$(dirname "$saved")"
+            if [[ -e $path ]]; then cp -a "$path" "$saved"; else mkdir -p "$saved"; fi
+        fi
+        rm -rf "$path"
+        mkdir -p "$(dirname "$path")"
+        ln -s "$saved" "$path"
+    done
+    log info "msg=\"configuration kept on the volume\" state_dir=$STATE_DIR"
+}
+
+supervise_cmd() {
+    local sup=/opt/gpu-watchdog/bin/gw-supervise
+    [[ -f $sup ]] || sup=$(command -v gw-supervise || echo /usr/local/bin/gw-supervise)
+    python3 "$sup" --conf-dir "$SUPERVISE_CONF_DIR" --run-dir "$SUPERVISE_RUN_DIR" "$@"
+}
+
+# A pod that Ansible configured before (definitions on the volume): start its services again.
+restore_services() {
+    [[ -n $STATE_DIR ]] || return 0
+    compgen -G "$SUPERVISE_CONF_DIR/*.json" >/dev/null || return 0
+    log info "msg=\"starting the services Ansible configured\" conf_dir=$SUPERVISE_CONF_DIR"
+    if supervise_cmd start-all >&2; then
+        log info "msg=\"services started\""
+    else
+        log warn "msg=\"some services did not start\" hint=\"gw-supervise status; logs in /opt/gpu-watchdog/log\""
+    fi
 }
 
 # ----------------------------------------------------------------------------- services
@@ -143,6 +202,8 @@ svc_munged() {
 
 svc_sshd() {
     mkdir -p /run/sshd
+    # The image carries no host keys (every pod gets its own, kept on the volume when managed).
+    ssh-keygen -A >/dev/null 2>&1 || true
     exec "$(command -v sshd || echo /usr/sbin/sshd)" -D -e
 }
 
@@ -171,7 +232,8 @@ svc_slurm_exporter() {
 svc_vllm() {
     local extra=()
     read -r -a extra <<<"${VLLM_EXTRA_ARGS:-}"
-    exec vllm serve "$VLLM_MODEL" --host 0.0.0.0 --port "${VLLM_PORT:-8000}" \
+    # Loopback by default: the agent runs beside it; nothing else should reach it unauthenticated.
+    exec vllm serve "$VLLM_MODEL" --host "${VLLM_HOST:-127.0.0.1}" --port "${VLLM_PORT:-8000}" \
         --enable-auto-tool-choice --tool-call-parser "${VLLM_TOOL_CALL_PARSER:-hermes}" "${extra[@]}"
 }
 
@@ -285,6 +347,9 @@ shutdown() {
     for name in "${SERVICES[@]}"; do
         [[ -n ${PID[$name]:-} ]] && { wait "${PID[$name]}" 2>/dev/null || true; }
     done
+    if [[ -n $STATE_DIR ]] && compgen -G "$SUPERVISE_RUN_DIR/*.pid" >/dev/null; then
+        supervise_cmd stop --all >/dev/null 2>&1 || true
+    fi
     log info "msg=stopped"
     exit 0
 }
@@ -323,8 +388,9 @@ supervise() {
 }
 
 main() {
-    check_env
     services_for_role
+    check_env
+    persist_paths
     install_munge_key
     bootstrap_slurm_conf
     setup_ssh
@@ -332,6 +398,7 @@ main() {
         IFS=,
         echo "${SERVICES[*]}"
     )"
+    restore_services &
     supervise
 }
 

@@ -24,6 +24,14 @@ As a process (`procs.start(...)`), with state kept in a JSON file across restart
     python -m tests.fakes.runpod_api --port N --state FILE [--api-key K] [--start-delay S]
 
 Control over HTTP: `POST /_control` with a JSON object (see `FakeRunPod.control`), `GET /_state`.
+
+REST: `POST /v1/pods` is RunPod's REST create (`RUNPOD_REST_API_URL=<url>/v1`), the only way to
+ask for `globalNetworking`; it is recorded as operation `restCreatePod`.
+
+With `--backend podman` (`backend=ContainerBackend(...)`) pods are real containers of their
+image (tests/fakes/runpod_pods.py): the emulator `make cluster-up` runs. Pods then report the
+vCPUs and memory the containers are limited to (`--pod-vcpus`, `--pod-memory-gb`) and
+`/_control` can cut a pod's network (`{"disconnect": POD_ID}`, `{"reconnect": POD_ID}`).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import random
 import re
 import secrets
 import string
+import subprocess
 import threading
 import time
 from collections.abc import Iterable
@@ -44,6 +53,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from aiohttp import web
+
+from tests.fakes.runpod_pods import BackendError, ContainerBackend
 
 CAPACITY_ERROR = (
     "There are no longer any instances available with the requested specifications. Please refresh and try again."
@@ -219,9 +230,16 @@ class FakeRunPod:
         public_ip: str = "127.0.0.1",
         gpu_types: dict[str, dict[str, Any]] | None = None,
         state_file: Path | None = None,
+        backend: ContainerBackend | None = None,
+        pod_vcpus: int | None = None,
+        pod_memory_gb: int | None = None,
     ) -> None:
         self._lock = threading.RLock()
         self.state_file = state_file
+        self.backend = backend
+        # Per pod: None keeps RunPod's usual shape (16 vCPUs and 62 GB per GPU).
+        self.pod_vcpus = pod_vcpus
+        self.pod_memory_gb = pod_memory_gb
         self.config: dict[str, Any] = {
             "api_keys": list(api_keys),
             "start_delay": float(start_delay),
@@ -276,7 +294,8 @@ class FakeRunPod:
         gpu_types {id: {...}}, network_volumes [...], inject {op, status, message, count, raw,
         headers} (`raw`: reply with this body instead of a GraphQL error; `headers`: e.g. Retry-After),
         pod_status {pod_id: desiredStatus}, clear_inject (drop pending injected failures),
-        reset (drop every pod and the request log)."""
+        reset (drop every pod and the request log); with a container backend, disconnect /
+        reconnect POD_ID (cut a pod's network and restore it)."""
         with self._lock:
             if changes.get("reset"):
                 self.pods_by_id.clear()
@@ -300,6 +319,11 @@ class FakeRunPod:
                 )
             for pod_id, status in changes.get("pod_status", {}).items():
                 self._set_status(self.pods_by_id[pod_id], status)
+            if self.backend is not None:
+                if "disconnect" in changes:
+                    self.backend.disconnect(self.pods_by_id[changes["disconnect"]])
+                if "reconnect" in changes:
+                    self.backend.reconnect(self.pods_by_id[changes["reconnect"]])
             self._save()
 
     def set_capacity(self, gpu_type: str, available: bool) -> None:
@@ -318,6 +342,10 @@ class FakeRunPod:
                 "terminated": list(self.terminated),
                 "requests": list(self.requests),
             }
+
+    def creations(self) -> int:
+        """Pods created so far, through GraphQL or REST."""
+        return sum(1 for op in self.operations() if op in ("podFindAndDeployOnDemand", "restCreatePod"))
 
     def operations(self) -> list[str]:
         """The operation names received so far, in order (without the auth failures)."""
@@ -342,9 +370,11 @@ class FakeRunPod:
         status = pod["target"]
         up = False
         if status == "RUNNING":
-            if now - pod["started_at"] >= pod["start_delay"]:
-                up = True
+            if self.backend is not None:
+                up = bool(pod.get("container_error") is None and self.backend.running(pod))
             else:
+                up = now - pod["started_at"] >= pod["start_delay"]
+            if not up:
                 status = "CREATED" if pod.get("resumes", 0) == 0 else "RESTARTING"
         runtime = None
         if up:
@@ -368,12 +398,12 @@ class FakeRunPod:
                 "Rented by User: %a %b %d %Y %H:%M:%S GMT+0000", time.gmtime(pod["lastStatusChange"])
             ),
             "machineId": pod["machineId"],
-            "memoryInGb": 62 * pod["gpuCount"],
+            "memoryInGb": pod.get("memoryInGb", 62 * pod["gpuCount"]),
             "podType": "RESERVED",
             "port": None,
             "ports": pod["ports"],
             "uptimeSeconds": runtime["uptimeInSeconds"] if runtime else 0,
-            "vcpuCount": 16 * pod["gpuCount"],
+            "vcpuCount": pod.get("vcpuCount", 16 * pod["gpuCount"]),
             "volumeInGb": pod["volumeInGb"],
             "volumeMountPath": pod["volumeMountPath"],
             "runtime": runtime,
@@ -381,7 +411,20 @@ class FakeRunPod:
         }
         if internal:
             view["_fake"] = {
-                k: pod[k] for k in ("gpuTypeId", "cloudType", "templateId", "networkVolumeId", "created_at")
+                k: pod.get(k)
+                for k in (
+                    "gpuTypeId",
+                    "cloudType",
+                    "templateId",
+                    "networkVolumeId",
+                    "created_at",
+                    "globalNetworking",
+                    "container_error",
+                )
+            }
+            # The loopback ports a pod's ports are published on (container backend).
+            view["_fake"]["local_ports"] = {
+                f"{p['privatePort']}/{p['type']}": p["localPort"] for p in pod["portmap"] if p.get("localPort")
             }
         return view
 
@@ -408,7 +451,7 @@ class FakeRunPod:
 
     # ----------------------------------------------------------------- operations
 
-    def _deploy(self, args: dict[str, Any]) -> dict[str, Any]:
+    def _deploy(self, args: dict[str, Any], global_networking: bool = False) -> dict[str, Any]:
         spec = args.get("input") or {}
         for field in ("name", "gpuTypeId", "cloudType"):
             if field not in spec:
@@ -444,11 +487,73 @@ class FakeRunPod:
             "portmap": self._portmap(ports),
             "resumes": 0,
             "created_at": time.time(),
+            "globalNetworking": global_networking,
         }
+        if self.pod_vcpus is not None:
+            pod["vcpuCount"] = self.pod_vcpus
+        if self.pod_memory_gb is not None:
+            pod["memoryInGb"] = self.pod_memory_gb
         self._set_status(pod, "RUNNING")
         self.pods_by_id[pod_id] = pod
+        self._start_container(pod)
         view = self._view(pod)
         return {k: view[k] for k in ("id", "imageName", "env", "machineId", "machine")}
+
+    def _start_container(self, pod: dict[str, Any]) -> None:
+        """With a container backend: run the pod. A failure (an image that is not there) leaves
+        the pod without a runtime, as RunPod leaves a pod whose image cannot be pulled."""
+        if self.backend is None:
+            return
+        try:
+            pod["portmap"] = self.backend.start(pod)
+            pod["container_error"] = None
+        except (BackendError, OSError, subprocess.SubprocessError) as exc:
+            pod["container_error"] = str(exc)
+
+    def rest_create(self, body: dict[str, Any]) -> dict[str, Any]:
+        """RunPod REST `POST /pods` (the fields the runpod_pod module sends)."""
+        gpu_ids = body.get("gpuTypeIds") or []
+        if not isinstance(gpu_ids, list) or not gpu_ids:
+            raise _APIError("gpuTypeIds: at least one GPU type is required", status=400)
+        env = body.get("env") or {}
+        if not isinstance(env, dict):
+            raise _APIError("env must be an object", status=400)
+        spec = {
+            "name": body.get("name"),
+            "imageName": body.get("imageName", ""),
+            "gpuTypeId": gpu_ids[0],
+            "cloudType": body.get("cloudType", "SECURE"),
+            "gpuCount": body.get("gpuCount", 1),
+            "volumeInGb": body.get("volumeInGb", 0),
+            "containerDiskInGb": body.get("containerDiskInGb", 50),
+            "volumeMountPath": body.get("volumeMountPath", "/workspace"),
+            "ports": ",".join(body.get("ports") or []),
+            "env": [{"key": str(k), "value": str(v)} for k, v in env.items()],
+            "templateId": body.get("templateId"),
+            "networkVolumeId": body.get("networkVolumeId"),
+        }
+        if not spec["name"]:
+            raise _APIError("name is required", status=400)
+        self.requests.append({"op": "restCreatePod", "t": time.time(), "name": spec["name"]})
+        injected = self.injected.get("restCreatePod")
+        if injected:
+            self.requests[-1]["injected"] = True
+            failure = injected[0]
+            failure["count"] -= 1
+            if failure["count"] <= 0:
+                injected.pop(0)
+            raise _APIError(failure["message"], status=int(failure["status"]))
+        created = self._deploy({"input": spec}, global_networking=bool(body.get("globalNetworking")))
+        pod = self.pods_by_id[created["id"]]
+        return {
+            "id": pod["id"],
+            "name": pod["name"],
+            "desiredStatus": "RUNNING",
+            "imageName": pod["imageName"],
+            "gpuCount": pod["gpuCount"],
+            "globalNetworking": pod["globalNetworking"],
+            "costPerHr": pod["costPerHr"],
+        }
 
     def _pod_for(self, args: dict[str, Any]) -> dict[str, Any]:
         pod_id = (args.get("input") or {}).get("podId")
@@ -503,15 +608,20 @@ class FakeRunPod:
         pod = self._pod_for(args)
         if op == "podStop":
             self._set_status(pod, "EXITED")
+            if self.backend is not None:
+                self.backend.stop(pod)
             return {op: {"id": pod["id"], "desiredStatus": "EXITED"}}
         if op == "podResume":
             if pod["gpuTypeId"] in self.config["no_capacity"]:
                 raise _APIError("There are not enough free GPUs on the host machine to start this pod.")
             pod["resumes"] += 1
             self._set_status(pod, "RUNNING")
+            self._start_container(pod)
             view = self._view(pod)
             return {op: {k: view[k] for k in ("id", "desiredStatus", "imageName", "env", "machineId", "machine")}}
         if op == "podTerminate":
+            if self.backend is not None:
+                self.backend.remove(pod)
             del self.pods_by_id[pod["id"]]
             self.terminated.append({"id": pod["id"], "name": pod["name"], "t": time.time()})
             return {op: None}
@@ -530,6 +640,10 @@ class FakeRunPod:
         op = next((name for name, pattern in _OPERATIONS if pattern.search(query)), None)
         if op is None and _GPU_TYPES.search(query):
             op = "gpuTypes"
+        # Off the event loop: with a container backend an operation runs podman for seconds.
+        return await asyncio.get_running_loop().run_in_executor(None, self._answer, key, op, query)
+
+    def _answer(self, key: str, op: str | None, query: str) -> web.Response:
         with self._lock:
             if key not in self.config["api_keys"]:
                 self.requests.append({"op": op or "?", "t": time.time(), "authorized": False})
@@ -554,13 +668,42 @@ class FakeRunPod:
                 self._save()
         return web.json_response({"data": data})
 
+    async def _rest_create(self, request: web.Request) -> web.Response:
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        with self._lock:
+            if key not in self.config["api_keys"]:
+                self.requests.append({"op": "restCreatePod", "t": time.time(), "authorized": False})
+                return web.json_response({"error": "unauthorized"}, status=401)
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise TypeError("expected a JSON object")
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": f"invalid request body: {exc}"}, status=400)
+        loop = asyncio.get_running_loop()
+
+        def create() -> dict[str, Any]:
+            with self._lock:
+                try:
+                    return self.rest_create(body)
+                finally:
+                    self._save()
+
+        try:
+            # A container start takes a second or more: keep the API answering meanwhile.
+            pod = await loop.run_in_executor(None, create)
+        except _APIError as exc:
+            # RunPod's REST API answers a refusal (no capacity, a bad field) with a 4xx and a message.
+            return web.json_response({"error": exc.message}, status=exc.status if exc.status >= 400 else 400)
+        return web.json_response(pod, status=201)
+
     async def _control(self, request: web.Request) -> web.Response:
         try:
             changes = await request.json()
             if not isinstance(changes, dict):
                 raise TypeError("expected a JSON object")
-            self.control(changes)
-        except (ValueError, TypeError, KeyError) as exc:
+            await asyncio.get_running_loop().run_in_executor(None, self.control, changes)
+        except (ValueError, TypeError, KeyError, BackendError) as exc:
             return web.json_response({"error": f"bad control request: {exc!r}"}, status=400)
         return web.json_response(self.state())
 
@@ -570,6 +713,7 @@ class FakeRunPod:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/graphql", self._graphql)
+        app.router.add_post("/v1/pods", self._rest_create)
         app.router.add_post("/_control", self._control)
         app.router.add_get("/_state", self._state)
         return app
@@ -633,12 +777,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key", action="append", default=None, help="accepted key (repeatable)")
     parser.add_argument("--start-delay", type=float, default=0.5, help="seconds from CREATED to RUNNING")
     parser.add_argument("--public-ip", default="127.0.0.1")
+    parser.add_argument("--backend", choices=["none", "podman"], default="none", help="podman: pods are containers")
+    parser.add_argument("--pod-network", default="gw-runpod", help="podman network of the pods")
+    parser.add_argument("--pod-vcpus", type=int, default=None, help="vCPUs of every pod (container backend)")
+    parser.add_argument("--pod-memory-gb", type=int, default=None, help="memory of every pod (container backend)")
     args = parser.parse_args(argv)
     fake = FakeRunPod(
         api_keys=args.api_key or [DEFAULT_API_KEY],
         start_delay=args.start_delay,
         public_ip=args.public_ip,
         state_file=args.state,
+        backend=ContainerBackend(network=args.pod_network) if args.backend == "podman" else None,
+        pod_vcpus=args.pod_vcpus,
+        pod_memory_gb=args.pod_memory_gb,
     )
     if args.state and not args.state.exists():
         fake._save()

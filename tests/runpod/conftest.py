@@ -40,6 +40,7 @@ def sdk(fake_runpod: FakeRunPod, monkeypatch: pytest.MonkeyPatch) -> FakeRunPod:
     import runpod
 
     monkeypatch.setenv("RUNPOD_API_BASE_URL", fake_runpod.url)
+    monkeypatch.setenv("RUNPOD_REST_API_URL", f"{fake_runpod.url}/v1")
     monkeypatch.setattr(runpod, "api_key", DEFAULT_API_KEY)
     return fake_runpod
 
@@ -112,6 +113,7 @@ def run_playbook(tmp_path: Path, fake_runpod: FakeRunPod) -> Any:
             path = ANSIBLE_DIR / playbook
         env = {
             "RUNPOD_API_BASE_URL": fake_runpod.url,
+            "RUNPOD_REST_API_URL": f"{fake_runpod.url}/v1",
             "RUNPOD_API_KEY": DEFAULT_API_KEY,
             "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
             "PATH": os.pathsep.join([VENV_BIN, os.environ.get("PATH", ""), "/usr/sbin"]),

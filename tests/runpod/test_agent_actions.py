@@ -142,7 +142,7 @@ def metric(svc: ServiceThread, line_start: str) -> float:
 
 def test_backlog_scales_up_once_although_alertmanager_repeats(agents: Agents, sdk: FakeRunPod) -> None:
     create_pods("t-head", "t-worker-1")
-    deploys = sdk.operations().count("podFindAndDeployOnDemand")  # the test's own
+    deploys = sdk.creations()  # the test's own
     svc = agents.start(agents.config(max_workers=3, cooldown_seconds=3600))
     # A group re-send, an HA peer's copy and a repeat_interval resend: the same fingerprint + startsAt.
     for _ in range(3):
@@ -156,7 +156,7 @@ def test_backlog_scales_up_once_although_alertmanager_repeats(agents: Agents, sd
     assert (action["workers_before"], action["workers_after"], action["add"]) == (1, 2, ["t-worker-2"])
     assert action["playbook"]["rc"] == 0 and action["playbook"]["name"] == "scale-pods.yml"
     assert action["spend_dollars_per_hour"] == pytest.approx(0.56) and action["spend_cap_dollars_per_hour"] == 20
-    assert sdk.operations().count("podFindAndDeployOnDemand") == deploys + 1
+    assert sdk.creations() == deploys + 1
     assert sorted(p["name"] for p in sdk.pods()) == ["t-head", "t-worker-1", "t-worker-2"]
 
     # The backlog resolves and fires again (a new startsAt): the cooldown holds it back.
@@ -176,7 +176,7 @@ def test_backlog_scales_up_once_although_alertmanager_repeats(agents: Agents, sd
     svc.wait_idle(PLAYBOOK_WAIT)
     (after_restart,) = decision(svc, "bk2")
     assert after_restart["reason"] == "cooldown", after_restart
-    assert sdk.operations().count("podFindAndDeployOnDemand") == deploys + 1
+    assert sdk.creations() == deploys + 1
 
 
 def test_real_alertmanager_pair_renotifying_gives_one_scale_up(
@@ -184,7 +184,7 @@ def test_real_alertmanager_pair_renotifying_gives_one_scale_up(
 ) -> None:
     """No cooldown at all: only the one-decision-per-alert rule stands between resends and pods."""
     create_pods("t-head", "t-worker-1")
-    deploys = sdk.operations().count("podFindAndDeployOnDemand")
+    deploys = sdk.creations()
     svc = agents.start(agents.config(max_workers=4, scale_up_step=1, cooldown_seconds=0))
     receiver = {
         "url": f"{svc.url}/alerts",
@@ -214,7 +214,7 @@ def test_real_alertmanager_pair_renotifying_gives_one_scale_up(
     svc.wait_idle(PLAYBOOK_WAIT)
     (finding,) = svc.findings()
     assert finding["action"]["outcome"] == "taken" and finding["action"]["add"] == ["t-worker-2"], finding["action"]
-    assert sdk.operations().count("podFindAndDeployOnDemand") == deploys + 1
+    assert sdk.creations() == deploys + 1
     assert metric(svc, 'agent_webhook_actions_total{action="scale_up",outcome="taken"}') == 1
 
 
@@ -238,7 +238,7 @@ def test_bounds_and_spend_cap_refuse_without_touching_pods(agents: Agents, sdk: 
     (at_max,) = decision(svc, "bk-max")
     assert at_max["reason"] == "bounds" and "max_workers is 3" in at_max["detail"], at_max
     ops = sdk.operations()
-    assert "podTerminate" not in ops and ops.count("podFindAndDeployOnDemand") == 4  # only the test's own
+    assert "podTerminate" not in ops and sdk.creations() == 4  # only the test's own
     assert len(sdk.pods()) == 4
 
 
@@ -259,7 +259,7 @@ def test_backlog_in_another_partition_never_reaches_runpod(agents: Agents, sdk: 
     svc.wait_idle(PLAYBOOK_WAIT)
     (listed,) = decision(svc, "bk-gpu")
     assert listed["outcome"] == "dry_run" and listed["add"] == ["t-worker-2"], listed
-    assert "podFindAndDeployOnDemand" not in sdk.operations()[before:]
+    assert not {"podFindAndDeployOnDemand", "restCreatePod"} & set(sdk.operations()[before:])
 
 
 def test_idle_pod_is_drained_then_terminated_busy_never_and_dry_run_changes_nothing(

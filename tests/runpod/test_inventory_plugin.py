@@ -85,6 +85,13 @@ def test_pods_grouped_with_connection_vars(fake_runpod: FakeRunPod, sdk: FakeRun
     assert hostvars["gw-worker-1"]["slurm_node_address"] == f"{worker['id']}.runpod.internal"
     assert hostvars["gw-worker-1"]["slurm_node_gpus"] == 2
     assert hostvars["gw-worker-1"]["slurm_node_gpu_type"] == "rtx4090"
+    # A pod's CPUs and memory are what the API rents (the fake: 16 vCPUs and 62 GB per GPU), not
+    # the facts a container shows (the host's); Slurm gets 95% of the memory.
+    assert hostvars["gw-worker-1"]["slurm_node_cpus"] == 32
+    assert hostvars["gw-worker-1"]["slurm_node_memory_mb"] == int(124 * 1024 * 0.95)
+    # Prometheus scrapes (and reaches Alertmanager) over global networking, not the SSH mapping.
+    assert hostvars["gw-worker-1"]["gpu_watchdog_scrape_host"] == f"{worker['id']}.runpod.internal"
+    assert hostvars["gw-head"]["gpu_watchdog_scrape_host"] == f"{head['id']}.runpod.internal"
     assert hostvars["gw-worker-1"]["runpod_cost_per_hr"] == pytest.approx(2 * 0.34)
     assert hostvars["gw-worker-1"]["runpod_id"] == worker["id"]
     assert "ansible_host" not in hostvars["gw-worker-2"] and hostvars["gw-worker-2"]["runpod_status"] == "EXITED"

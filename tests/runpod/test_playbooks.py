@@ -14,7 +14,12 @@ from tests.runpod.conftest import ANSIBLE_DIR, VENV_BIN
 
 pytestmark = pytest.mark.slow
 
-FAST = {"runpod_poll_interval": 0.1, "runpod_wait_timeout": 30, "runpod_name_prefix": "t"}
+FAST = {
+    "runpod_poll_interval": 0.1,
+    "runpod_wait_timeout": 30,
+    "runpod_name_prefix": "t",
+    "runpod_image": "registry.example/gpu-watchdog-pod:0.1.0",
+}
 
 
 def names(fake: FakeRunPod) -> list[str]:
@@ -24,7 +29,7 @@ def names(fake: FakeRunPod) -> list[str]:
 def test_provision_is_idempotent_and_teardown_safe_to_rerun(
     fake_runpod: FakeRunPod, sdk: FakeRunPod, run_playbook: Any
 ) -> None:
-    extravars = {**FAST, "runpod_workers": 2, "runpod_munge_key_b64": "bXVuZ2Uta2V5LXNlY3JldA=="}
+    extravars = {**FAST, "runpod_workers": 2, "runpod_ssh_public_key": "ssh-ed25519 AAAAC3Nza test"}
     run = run_playbook("provision-pods.yml", extravars=extravars)
     assert run.status == "successful", run.stdout[-4000:]
     assert names(fake_runpod) == ["t-head", "t-worker-1", "t-worker-2"]
@@ -34,16 +39,23 @@ def test_provision_is_idempotent_and_teardown_safe_to_rerun(
     assert head_env["WATCHDOG_ROLE"] == "head" and head_env["WATCHDOG_NODE_NAME"] == "t-head"
     assert worker_env["WATCHDOG_ROLE"] == "worker" and worker_env["WATCHDOG_NODE_NAME"] == "t-worker-2"
     assert worker_env["WATCHDOG_HEAD_ADDR"] == f"{pods['t-head']['id']}.runpod.internal"
-    assert worker_env["MUNGE_KEY"] == "bXVuZ2Uta2V5LXNlY3JldA=="
+    # Managed pods: only sshd from the entrypoint, state on the volume, no secret in the env.
+    for env in (head_env, worker_env):
+        assert env["WATCHDOG_SERVICES"] == "sshd" and env["WATCHDOG_STATE_DIR"] == "/workspace/gpu-watchdog"
+        assert env["PUBLIC_KEY"] == "ssh-ed25519 AAAAC3Nza test"
+        assert not [k for k in env if "MUNGE" in k]
     assert all(p["desiredStatus"] == "RUNNING" for p in pods.values())
-    assert "bXVuZ2Uta2V5LXNlY3JldA==" not in run.all_text()
+    # Created through the REST API with global networking and a volume.
+    assert all(p["_fake"]["globalNetworking"] for p in pods.values())
+    assert all(p["volumeInGb"] > 0 and p["volumeMountPath"] == "/workspace" for p in pods.values())
     cost = run.result("Cost of the cluster per hour")["ansible_facts"]["runpod_cluster_cost_per_hr"]
     assert float(cost) == pytest.approx(3 * 0.69)
 
     again = run_playbook("provision-pods.yml", extravars=extravars)
     assert again.status == "successful", again.stdout[-4000:]
     assert "changed=0" in again.stdout.replace(" ", "")
-    assert fake_runpod.operations().count("podFindAndDeployOnDemand") == 3
+    assert fake_runpod.creations() == 3
+    assert "podFindAndDeployOnDemand" not in fake_runpod.operations()
 
     fake_runpod.control({"start_delay": 0})
     import runpod

@@ -237,7 +237,7 @@ def test_entrypoint_is_shellcheck_clean() -> None:
 
 
 def test_dockerfile_builds_from_what_the_repository_has() -> None:
-    # Static checks in place of a build (no Docker engine here): every COPY source exists and
+    # Static checks beside the real build (tests/cluster): every COPY source exists and
     # survives the .dockerignore, the base is pinned, apt leaves no lists, exec-form entrypoint.
     text = (REPO / "pod-image" / "Dockerfile").read_text()
     ignore = (REPO / "pod-image" / "Dockerfile.dockerignore").read_text().split()
@@ -248,7 +248,7 @@ def test_dockerfile_builds_from_what_the_repository_has() -> None:
         for source in sources:
             assert (REPO / source).exists(), source
             assert source.rstrip("/") in kept, f"{source} is excluded by Dockerfile.dockerignore"
-    base = re.search(r"^ARG CUDA_IMAGE=(\S+)$", text, re.M)
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.M)
     assert base and base.group(1).startswith("nvidia/cuda:") and "runtime" in base.group(1)
     assert ":latest" not in base.group(1)
     assert "--no-install-recommends" in text and "rm -rf /var/lib/apt/lists/*" in text

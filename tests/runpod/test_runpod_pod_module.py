@@ -102,7 +102,7 @@ def test_lifecycle_create_idempotent_check_stop_resume_terminate(fake_runpod: Fa
     # One creation in all (check mode created nothing), what was asked for reached the API,
     # and the munge key never reached the output.
     ops = fake_runpod.operations()
-    assert ops.count("podFindAndDeployOnDemand") == 1
+    assert fake_runpod.creations() == 1 and ops.count("restCreatePod") == 1
     assert ops.count("podStop") == 1 and ops.count("podResume") == 1 and ops.count("podTerminate") == 1
     (terminated,) = fake_runpod.state()["terminated"]
     assert terminated["name"] == "gw-head"
@@ -132,8 +132,23 @@ def test_created_pod_carries_its_settings(fake_runpod: FakeRunPod, run_playbook:
     assert pod["volumeInGb"] == 20 and pod["containerDiskInGb"] == 50 and pod["ports"] == "22/tcp"
     assert 'QUOTED=a "b" \\ c' in pod["env"] and "WATCHDOG_ROLE=worker" in pod["env"]
     assert pod["_fake"]["gpuTypeId"] == RTX4090 and pod["_fake"]["networkVolumeId"] == "vol123"
+    # Global networking is on by default: created through RunPod's REST API, which has the field.
+    assert pod["_fake"]["globalNetworking"] is True and pod["volumeMountPath"] == "/workspace"
+    assert fake_runpod.operations().count("restCreatePod") == 1
+    assert "podFindAndDeployOnDemand" not in fake_runpod.operations()
     # wait: false returns at once, before the pod is up.
     assert run.result("create")["status"] == "CREATED"
+
+
+def test_without_global_networking_the_sdk_creates(fake_runpod: FakeRunPod, run_playbook: Any) -> None:
+    run = run_playbook(
+        playbook(pod_task("create", name="gw-solo", image="img:2", gpu_type=L4, global_networking=False, wait=False))
+    )
+    assert run.status == "successful", run.stdout[-4000:]
+    (pod,) = fake_runpod.pods()
+    assert pod["_fake"]["globalNetworking"] is False
+    assert fake_runpod.operations().count("podFindAndDeployOnDemand") == 1
+    assert "restCreatePod" not in fake_runpod.operations()
 
 
 def test_capacity_error_reported_then_fallback_used(fake_runpod: FakeRunPod, run_playbook: Any) -> None:

@@ -19,8 +19,14 @@ description:
     connect to yet).
   - For the Slurm roles, ready pods also get C(slurm_node_name) (the pod name, which the pod
     image passes to slurmd as its node name), C(slurm_node_address) (the pod's internal DNS
-    name), C(slurm_node_gpus) (its GPU count) and C(slurm_node_gpu_type) (its GPU's display
-    name, lowercased, alphanumerics only, e.g. C(rtx4090)). host_vars/group_vars override them.
+    name), C(slurm_node_gpus) (its GPU count), C(slurm_node_gpu_type) (its GPU's display
+    name, lowercased, alphanumerics only, e.g. C(rtx4090)), C(slurm_node_cpus) and
+    C(slurm_node_memory_mb) (the pod's vCPUs and 95% of its memory as the API reports them;
+    inside a container the facts show the host's, and Slurm would oversubscribe the pod).
+    host_vars/group_vars override them.
+  - Ready pods get C(gpu_watchdog_scrape_host) = the pod's internal DNS name, so Prometheus
+    scrapes and reaches Alertmanager over global networking, never at the public address of
+    the SSH mapping (C(ansible_host)).
   - Every pod gets C(runpod_id), C(runpod_status), C(runpod_role), C(runpod_cost_per_hr),
     C(runpod_gpu_type), C(runpod_gpu_count), C(runpod_image), C(runpod_ports),
     C(runpod_public_ip) and C(runpod_internal_dns) (C(<pod_id>.runpod.internal)).
@@ -149,7 +155,12 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                     slurm_node_address=facts["internal_dns"],
                     slurm_node_gpus=facts["gpu_count"] or 0,
                     slurm_node_gpu_type=re.sub(r"[^a-z0-9]", "", str(facts["gpu_type"] or "gpu").lower()) or "gpu",
+                    gpu_watchdog_scrape_host=facts["internal_dns"],
                 )
+                if facts["vcpus"]:
+                    hostvars["slurm_node_cpus"] = int(facts["vcpus"])
+                if facts["memory_gb"]:
+                    hostvars["slurm_node_memory_mb"] = int(float(facts["memory_gb"]) * 1024 * 0.95)
                 self.inventory.add_child(head_group if role == "head" else worker_group, host)
                 if role == "head" and monitoring:
                     self.inventory.add_child(monitoring, host)

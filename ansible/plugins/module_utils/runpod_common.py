@@ -22,6 +22,7 @@ else:
     RUNPOD_IMPORT_ERROR = None
 
 DEFAULT_API_URL = "https://api.runpod.io"
+DEFAULT_REST_URL = "https://rest.runpod.io/v1"
 # RunPod's wording for "no GPU of that type free right now" on create and on resume.
 CAPACITY_MARKERS = ("no longer any instances available", "not enough free gpus", "no instances available")
 STOPPED_STATUSES = ("EXITED", "PAUSED")
@@ -67,6 +68,41 @@ def sdk_call(what: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> 
     except Exception as exc:  # requests' connection errors and timeouts
         base = os.environ.get("RUNPOD_API_BASE_URL", DEFAULT_API_URL)
         raise PodError(f"cannot reach the RunPod API at {base} to {what}: {type(exc).__name__}: {exc}") from None
+
+
+class RestError(Exception):
+    """A refusal from RunPod's REST API, with its message (never the key)."""
+
+
+def rest_create_pod(rest_url: str | None, api_key: str, body: dict[str, Any]) -> dict[str, Any]:
+    """`POST /pods` on RunPod's REST API (what the SDK's GraphQL create cannot do: globalNetworking)."""
+    import requests  # comes with the runpod SDK
+
+    base = (rest_url or os.environ.get("RUNPOD_REST_API_URL") or DEFAULT_REST_URL).rstrip("/")
+    try:
+        reply = requests.post(
+            f"{base}/pods", json=body, headers={"Authorization": f"Bearer {api_key}"}, timeout=(10, 120)
+        )
+    except requests.RequestException as exc:
+        raise PodError(f"cannot reach the RunPod REST API at {base} to create a pod: {type(exc).__name__}") from None
+    if reply.status_code in (401, 403):
+        raise PodError(
+            f"RunPod rejected the API key while trying to create a pod (HTTP {reply.status_code}): {AUTH_HINT}"
+        )
+    try:
+        data = reply.json()
+    except ValueError:
+        data = None
+    if reply.status_code >= 400 or not isinstance(data, dict):
+        message = ""
+        if isinstance(data, dict):
+            message = str(data.get("error") or data.get("message") or "")
+        if not message:
+            message = f"{reply.text[:300].strip()} (HTTP {reply.status_code})"
+        raise RestError(message)
+    if not data.get("id"):
+        raise RestError(f"the REST API answered without a pod id (HTTP {reply.status_code})")
+    return data
 
 
 def list_pods(name_prefix: str = "") -> list[dict[str, Any]]:
@@ -115,6 +151,8 @@ def pod_facts(pod: dict[str, Any]) -> dict[str, Any]:
         "cost_per_hr": pod.get("costPerHr"),
         "gpu_type": (pod.get("machine") or {}).get("gpuDisplayName"),
         "gpu_count": pod.get("gpuCount"),
+        "vcpus": pod.get("vcpuCount"),
+        "memory_gb": pod.get("memoryInGb"),
         "image": pod.get("imageName"),
         "role": pod_env(pod).get("WATCHDOG_ROLE"),
         "public_ip": public_ip,

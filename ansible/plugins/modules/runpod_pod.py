@@ -63,6 +63,18 @@ options:
   api_url:
     description: API base URL (for a proxy or a test server); defaults to C(RUNPOD_API_BASE_URL).
     type: str
+  global_networking:
+    description:
+      - Create the pod with RunPod's global networking, so the account's other pods reach it as
+        C(<pod_id>.runpod.internal) (Slurm, Prometheus and Alertmanager need it). The GraphQL
+        call the SDK makes has no field for it, so such pods are created through RunPod's REST
+        API (C(POST /pods) with C(globalNetworking)); everything else still goes through the SDK.
+    type: bool
+    default: true
+  rest_url:
+    description: RunPod REST API base URL; defaults to C(RUNPOD_REST_API_URL), else C(https://rest.runpod.io/v1).
+    type: str
+  volume_mount_path: {description: Where the pod's volume is mounted., type: str, default: /workspace}
 requirements: [runpod>=1.12]
 """
 
@@ -120,11 +132,13 @@ from ansible.module_utils.runpod_common import (
     RUNPOD_IMPORT_ERROR,
     STOPPED_STATUSES,
     PodError,
+    RestError,
     configure,
     gql_string,
     is_capacity_error,
     list_pods,
     pod_facts,
+    rest_create_pod,
     runpod,
     runpod_error,
     sdk_call,
@@ -188,6 +202,8 @@ class PodManager:
         if not params["gpu_type"]:
             raise PodError("gpu_type is required to create a pod")
         candidates = [params["gpu_type"], *[g for g in params["gpu_type_fallbacks"] if g != params["gpu_type"]]]
+        if params["global_networking"]:
+            return self._create_rest(candidates)
         env = {k: gql_string(str(v)) for k, v in params["env"].items()}
         for round_no in range(params["capacity_retries"] + 1):
             if round_no:
@@ -206,6 +222,7 @@ class PodManager:
                         env=env or None,
                         template_id=params["template_id"],
                         network_volume_id=params["network_volume_id"],
+                        volume_mount_path=gql_string(params["volume_mount_path"]),
                     )
                 except runpod_error.QueryError as exc:
                     if is_capacity_error(str(exc)):
@@ -223,10 +240,48 @@ class PodManager:
                         f"cannot reach the RunPod API to create a pod: {type(exc).__name__}: {exc}"
                     ) from None
                 return created, gpu_type
+        raise self._no_capacity(candidates)
+
+    def _create_rest(self, candidates: list[str]) -> tuple[dict[str, Any], str]:
+        params = self.params
+        body: dict[str, Any] = {
+            "name": params["name"],
+            "imageName": params["image"] or "",
+            "gpuCount": params["gpu_count"],
+            "cloudType": params["cloud_type"] if params["cloud_type"] != "ALL" else "SECURE",
+            "computeType": "GPU",
+            "containerDiskInGb": params["container_disk_gb"],
+            "volumeInGb": params["volume_gb"],
+            "volumeMountPath": params["volume_mount_path"],
+            "ports": list(params["ports"]),
+            "env": {k: str(v) for k, v in params["env"].items()},
+            "globalNetworking": True,
+        }
+        for key, param in (("templateId", "template_id"), ("networkVolumeId", "network_volume_id")):
+            if params[param]:
+                body[key] = params[param]
+        for round_no in range(params["capacity_retries"] + 1):
+            if round_no:
+                time.sleep(params["capacity_retry_delay"])
+            for gpu_type in candidates:
+                # As the SDK's GraphQL create does: an unknown type fails here, clearly.
+                sdk_call(f"look up GPU type {gpu_type}", runpod.get_gpu, gpu_type)
+                try:
+                    created = rest_create_pod(params["rest_url"], params["api_key"], body | {"gpuTypeIds": [gpu_type]})
+                except RestError as exc:
+                    if is_capacity_error(str(exc)):
+                        self.capacity_errors[gpu_type] = str(exc)
+                        continue
+                    raise PodError(f"RunPod refused to create pod {params['name']} on {gpu_type}: {exc}") from None
+                return created, gpu_type
+        raise self._no_capacity(candidates)
+
+    def _no_capacity(self, candidates: list[str]) -> PodError:
+        params = self.params
         tried = ", ".join(candidates)
         detail = next(iter(self.capacity_errors.values()))
         rounds = f" (in {params['capacity_retries'] + 1} rounds)" if params["capacity_retries"] else ""
-        raise PodError(f"no capacity for pod {params['name']} with any GPU type tried ({tried}){rounds}: {detail}")
+        return PodError(f"no capacity for pod {params['name']} with any GPU type tried ({tried}){rounds}: {detail}")
 
     def drift(self, pod: dict[str, Any]) -> None:
         """Warn (never act) when an existing pod differs from what the task asks for."""
@@ -333,6 +388,9 @@ def main() -> None:
             "capacity_retry_delay": {"type": "float", "default": 30.0},
             "api_key": {"type": "str", "no_log": True, "fallback": (env_fallback, ["RUNPOD_API_KEY"])},
             "api_url": {"type": "str", "fallback": (env_fallback, ["RUNPOD_API_BASE_URL"])},
+            "global_networking": {"type": "bool", "default": True},
+            "rest_url": {"type": "str", "fallback": (env_fallback, ["RUNPOD_REST_API_URL"])},
+            "volume_mount_path": {"type": "str", "default": "/workspace"},
         },
         supports_check_mode=True,
     )

@@ -11,6 +11,12 @@ and stops it on SIGTERM. Its pid is in RUN_DIR/NAME.pid, its state in RUN_DIR/NA
     gw-supervise ... stop NAME... | stop --all
     gw-supervise ... restart NAME
     gw-supervise ... status [NAME...]
+    gw-supervise ... start-all                  # ensure every defined service, by its "order"
+
+`start-all` is what a RunPod pod's entrypoint runs at boot: the container disk of a stopped pod
+is wiped, the definitions (kept on the pod's volume) are not, so a resumed pod starts its
+services again without Ansible. Services start one by one by `order` (then name), each waiting
+for its readiness probe, so slurmd finds munged ready; one that fails does not stop the rest.
 
 `ensure` prints one JSON line {"name", "changed", "action", "pid"} so Ansible can report
 changed only when something was started or restarted. Stops go by pid (never by name).
@@ -379,6 +385,26 @@ def ensure(conf_dir: Path, run_dir: Path, name: str, dry_run: bool) -> dict[str,
     return {"name": name, "changed": True, "action": action, "pid": child}
 
 
+def start_all(conf_dir: Path, run_dir: Path) -> list[dict[str, Any]]:
+    definitions = []
+    for path in conf_dir.glob("*.json"):
+        try:
+            definitions.append(load_definition(conf_dir, path.stem))
+        except SuperviseError as exc:
+            definitions.append({"name": path.stem, "error": str(exc), "order": 0})
+    results = []
+    for definition in sorted(definitions, key=lambda d: (int(d.get("order", 50)), str(d["name"]))):
+        name = str(definition["name"])
+        if "error" in definition:
+            results.append({"name": name, "changed": False, "action": "failed", "error": definition["error"]})
+            continue
+        try:
+            results.append(ensure(conf_dir, run_dir, name, dry_run=False))
+        except SuperviseError as exc:
+            results.append({"name": name, "changed": False, "action": "failed", "error": str(exc)})
+    return results
+
+
 def status(conf_dir: Path, run_dir: Path, names: list[str]) -> list[dict[str, Any]]:
     rows = []
     for name in names or sorted(p.stem for p in conf_dir.glob("*.json")):
@@ -411,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     p_restart.add_argument("name")
     p_status = sub.add_parser("status")
     p_status.add_argument("names", nargs="*")
+    sub.add_parser("start-all", help="ensure every defined service, in order (a pod's boot)")
     p_run = sub.add_parser("run", help="(internal) the keeper process")
     p_run.add_argument("name")
     args = parser.parse_args(argv)
@@ -421,6 +448,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ensure":
             print(json.dumps(ensure(conf_dir, run_dir, args.name, args.dry_run)))
             return 0
+        if args.command == "start-all":
+            results = start_all(conf_dir, run_dir)
+            for result in results:
+                print(json.dumps(result))
+            return 1 if any(r["action"] == "failed" for r in results) else 0
         if args.command == "restart":
             definition = load_definition(conf_dir, args.name)
             stop(run_dir, args.name, definition)
