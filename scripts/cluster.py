@@ -46,9 +46,8 @@ from tests.fakes.runpod_pods import ContainerBackend  # noqa: E402
 
 ANSIBLE_DIR = REPO / "ansible"
 BIN = Path(sys.executable).parent
-PREFIX = "gwc"
-NETWORK = "gw-cluster"
-CONTAINER_PREFIX = "gwpod-"
+# Pod names <prefix>-head / <prefix>-worker-N; containers and volumes <prefix>-pod-<id>.
+DEFAULT_PREFIX = "gwc"
 WORKER_GPU_TYPE = "NVIDIA H100 80GB HBM3"
 HEAD_GPU_TYPE = "NVIDIA L4"
 # Every pod: 1 vCPU and 3 GB as the API reports them (and the container's limits). The facts
@@ -68,9 +67,17 @@ def log(message: str) -> None:
 
 
 class Cluster:
-    def __init__(self, state_dir: Path | None = None) -> None:
+    """One emulated cluster; several can live side by side with different prefixes (tests)."""
+
+    def __init__(self, state_dir: Path | None = None, prefix: str = DEFAULT_PREFIX, time_factor: float = 1.0) -> None:
         self.dir = (state_dir or REPO / ".run" / "cluster").resolve()
-        self.backend = ContainerBackend(network=NETWORK, prefix=CONTAINER_PREFIX)
+        self.prefix = prefix
+        self.network = f"{prefix}-net"
+        self.container_prefix = f"{prefix}-pod-"
+        # > 1: Prometheus gets time-compressed copies of the rules and Alertmanager of its
+        # timers (tests/harness/stack.py's compression), so alerts that wait minutes fire in seconds.
+        self.time_factor = time_factor
+        self.backend = ContainerBackend(network=self.network, prefix=self.container_prefix)
 
     # ----------------------------------------------------------------- paths
 
@@ -120,7 +127,9 @@ class Cluster:
             "--backend",
             "podman",
             "--pod-network",
-            NETWORK,
+            self.network,
+            "--pod-prefix",
+            self.container_prefix,
             "--pod-vcpus",
             str(POD_VCPUS),
             "--pod-memory-gb",
@@ -224,7 +233,7 @@ class Cluster:
             yaml.safe_dump(
                 {
                     "plugin": "runpod",
-                    "name_prefix": f"{PREFIX}-",
+                    "name_prefix": f"{self.prefix}-",
                     # Loopback ports of containers this machine made: no key to remember.
                     "ssh_common_args": ssh_args,
                 }
@@ -254,10 +263,12 @@ class Cluster:
             "prometheus_web_users": {WEB_USER: password},
             "alertmanager_web_users": {WEB_USER: password},
         }
+        if self.time_factor > 1:
+            group_vars.update(self._compressed_config())
         (self.inventory_dir / "group_vars" / "all.yml").write_text(yaml.safe_dump(group_vars, sort_keys=True))
         pubkey = (self.ssh_key.with_suffix(".pub")).read_text().strip()
         settings = {
-            "runpod_name_prefix": PREFIX,
+            "runpod_name_prefix": self.prefix,
             "runpod_workers": workers,
             "runpod_image": image,
             "runpod_worker_gpu_type": WORKER_GPU_TYPE,
@@ -272,6 +283,18 @@ class Cluster:
         }
         (self.dir / "vars.yml").write_text(yaml.safe_dump(settings, sort_keys=True))
 
+    def _compressed_config(self) -> dict[str, Any]:
+        """Time-compressed copies of the rules and of Alertmanager's timers, for the roles to deploy."""
+        from tests.harness.stack import compressed_alertmanager_config, compressed_rule_files
+
+        rules = self.dir / "rules"
+        compressed_rule_files(rules, factor=self.time_factor)
+        # The role points the agent receiver at the agent itself: only the timers matter here.
+        config = compressed_alertmanager_config("http://agent.invalid", Path("/nonexistent"), factor=self.time_factor)
+        am_file = self.dir / "alertmanager.yml"
+        am_file.write_text(yaml.safe_dump(config, sort_keys=False))
+        return {"prometheus_rules_src_dir": str(rules), "alertmanager_config_src": str(am_file)}
+
     def ensure_ssh_key(self) -> None:
         if self.ssh_key.exists():
             return
@@ -284,13 +307,13 @@ class Cluster:
     # ----------------------------------------------------------------- what runs
 
     def pods(self) -> list[dict[str, Any]]:
-        return [p for p in self.api_state()["pods"] if str(p["name"]).startswith(f"{PREFIX}-")]
+        return [p for p in self.api_state()["pods"] if str(p["name"]).startswith(f"{self.prefix}-")]
 
     def describe(self) -> dict[str, Any]:
         pods = {p["name"]: p for p in self.pods()}
-        head = pods.get(f"{PREFIX}-head")
+        head = pods.get(f"{self.prefix}-head")
         if head is None:
-            raise ClusterError(f"no {PREFIX}-head pod: make cluster-up")
+            raise ClusterError(f"no {self.prefix}-head pod: make cluster-up")
 
         def ssh_of(pod: dict[str, Any]) -> dict[str, Any] | None:
             for entry in (pod.get("runtime") or {}).get("ports") or []:
@@ -309,18 +332,18 @@ class Cluster:
             web_password_file=str(self.web_password_file),
             ssh_key=str(self.ssh_key),
             head_ssh=ssh_of(head),
-            head={"name": head["name"], "pod_id": head["id"], "container": f"{CONTAINER_PREFIX}{head['id']}"},
+            head={"name": head["name"], "pod_id": head["id"], "container": f"{self.container_prefix}{head['id']}"},
             workers=[
                 {
                     "name": pod["name"],
                     "slurm_node": pod["name"],
                     "ssh": ssh_of(pod),
                     "pod_id": pod["id"],
-                    "container": f"{CONTAINER_PREFIX}{pod['id']}",
+                    "container": f"{self.container_prefix}{pod['id']}",
                     "status": pod["desiredStatus"],
                 }
                 for name, pod in sorted(pods.items())
-                if name.startswith(f"{PREFIX}-worker-")
+                if name.startswith(f"{self.prefix}-worker-")
             ],
         )
         return endpoints
@@ -375,9 +398,9 @@ class Cluster:
         image = pod_image.build()
         self.ensure_ssh_key()
         emulator = self.start_emulator()
-        log(f"RunPod emulator at {emulator['url']} (pods are podman containers on network {NETWORK})")
+        log(f"RunPod emulator at {emulator['url']} (pods are podman containers on network {self.network})")
         self.write_config(image, workers, gpus)
-        log(f"provisioning {PREFIX}-head + {workers} worker(s) with ansible-playbook provision.yml")
+        log(f"provisioning {self.prefix}-head + {workers} worker(s) with ansible-playbook provision.yml")
         self.playbook("provision.yml")
         endpoints = self.write_outputs()
         elapsed = time.monotonic() - started
@@ -386,7 +409,7 @@ class Cluster:
 
     def print_summary(self, endpoints: dict[str, Any], elapsed: float | None = None) -> None:
         took = f" in {elapsed:.0f} s" if elapsed is not None else ""
-        print(f"\ngpu-watchdog cluster up{took}: {PREFIX}-head + {len(endpoints['workers'])} GPU worker pod(s)")
+        print(f"\ngpu-watchdog cluster up{took}: {self.prefix}-head + {len(endpoints['workers'])} GPU worker pod(s)")
         for name in HEAD_HTTP_PORTS:
             print(f"  {name:<13} {endpoints[name]}")
         print(f"  web login     {WEB_USER} / password in {self.web_password_file}")
@@ -435,7 +458,7 @@ class Cluster:
                 for line in services.stdout.splitlines():
                     row = json.loads(line)
                     print(f"      {row['name']:<15} {'running' if row['running'] else 'STOPPED'}")
-        head = next((p for p in pods if p["name"] == f"{PREFIX}-head" and p.get("runtime")), None)
+        head = next((p for p in pods if p["name"] == f"{self.prefix}-head" and p.get("runtime")), None)
         if head:
             sinfo = self.backend.exec(head, ["sinfo", "--Node", "--long"])
             print(sinfo.stdout.rstrip() or sinfo.stderr.rstrip())
@@ -445,6 +468,13 @@ class Cluster:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, default=None, help="where the cluster's files go [.run/cluster]")
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="pod name prefix (a second cluster needs another)")
+    parser.add_argument(
+        "--time-factor",
+        type=float,
+        default=1.0,
+        help="divide the rules' and Alertmanager's durations by this (tests: 12, a minute becomes 5 s)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="provision and configure the cluster")
     p_up.add_argument("--workers", type=int, default=2)
@@ -452,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="tear the cluster down (safe to re-run)")
     sub.add_parser("status", help="pods, services and Slurm nodes")
     args = parser.parse_args(argv)
-    cluster = Cluster(args.state_dir)
+    cluster = Cluster(args.state_dir, prefix=args.prefix, time_factor=args.time_factor)
     try:
         if args.command == "up":
             cluster.up(args.workers, args.gpus)

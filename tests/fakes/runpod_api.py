@@ -779,15 +779,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--public-ip", default="127.0.0.1")
     parser.add_argument("--backend", choices=["none", "podman"], default="none", help="podman: pods are containers")
     parser.add_argument("--pod-network", default="gw-runpod", help="podman network of the pods")
+    parser.add_argument("--pod-prefix", default="gwpod-", help="name prefix of the pods' containers and volumes")
     parser.add_argument("--pod-vcpus", type=int, default=None, help="vCPUs of every pod (container backend)")
     parser.add_argument("--pod-memory-gb", type=int, default=None, help="memory of every pod (container backend)")
     args = parser.parse_args(argv)
+    backend = ContainerBackend(network=args.pod_network, prefix=args.pod_prefix) if args.backend == "podman" else None
     fake = FakeRunPod(
         api_keys=args.api_key or [DEFAULT_API_KEY],
         start_delay=args.start_delay,
         public_ip=args.public_ip,
         state_file=args.state,
-        backend=ContainerBackend(network=args.pod_network) if args.backend == "podman" else None,
+        backend=backend,
         pod_vcpus=args.pod_vcpus,
         pod_memory_gb=args.pod_memory_gb,
     )

@@ -6,7 +6,9 @@ bridge network; a pod created with global networking answers to `<pod_id>.runpod
 there (aardvark-dns), as on RunPod; its ports are published on 127.0.0.1 (RunPod's public IP +
 mapped port, and its HTTP proxy, both become loopback ports); vCPU and memory limits come from
 the pod's spec; stop removes the container (its disk is lost) and keeps the volume, like RunPod;
-resume starts a new container on the same volume; terminate removes both.
+resume starts a new container on the same volume; terminate removes both. A pod keeps its
+private IP across stop/resume and a network cut (slurmctld caches the address it resolved for
+a node; the emulator assumes RunPod keeps a pod's global-networking address, docs/runpod.md).
 
 Containers need `--runtime runc` and explicit ulimits on these machines (scripts/pod_image.py).
 """
@@ -82,6 +84,7 @@ class ContainerBackend:
             "--network",
             self.network,
             *(["--network-alias", self.alias(pod)] if pod.get("globalNetworking") else []),
+            *(["--ip", pod["ip"]] if pod.get("ip") else []),
             "--label",
             f"{LABEL}=1",
             "--label",
@@ -100,6 +103,7 @@ class ContainerBackend:
             args += ["--publish", f"127.0.0.1::{port}"]
         args.append(pod["imageName"])
         _podman(*args)
+        pod["ip"] = self.address(pod)
         return self.portmap(pod)
 
     def portmap(self, pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -154,6 +158,8 @@ class ContainerBackend:
 
     def reconnect(self, pod: dict[str, Any]) -> None:
         args = ["network", "connect"]
+        if pod.get("ip"):
+            args += ["--ip", pod["ip"]]
         if pod.get("globalNetworking"):
             args += ["--alias", self.alias(pod)]
         _podman(*args, self.network, self.container(pod))

@@ -1,0 +1,174 @@
+"""A head pod and two GPU worker pods on this machine, end to end (issue: many pods on one machine).
+
+The pods are containers of the image built from pod-image/Dockerfile, created by the RunPod
+emulator (the fake API with its container backend) through the runpod_pod module, and configured
+by site.yml over SSH through the runpod inventory plugin: the path a RunPod user runs, with only
+the API URLs, simulated GPUs and time-compressed rules changed. The tests run in file order on
+one cluster (the module fixture), each leaving it as it found it.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from tests.cluster.conftest import RunningCluster, wait_for
+
+# The first test's budget includes building the image and provisioning the cluster.
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+
+
+def gpu_targets_by_node(c: RunningCluster) -> dict[str, dict[str, Any]]:
+    return {t["labels"]["node"]: t for t in c.targets() if t["labels"].get("job") == "gpu"}
+
+
+def test_from_nothing_slurm_runs_jobs_on_both_workers_and_prometheus_scrapes_every_pod(
+    cluster: RunningCluster,
+) -> None:
+    workers = [cluster.worker(1)["slurm_node"], cluster.worker(2)["slurm_node"]]
+    nodes = wait_for(
+        "both workers idle in sinfo",
+        lambda: (rows := cluster.sinfo()) and all(rows.get(w, ("",))[0] == "idle" for w in workers) and rows,
+        timeout=120,
+    )
+    assert sorted(nodes) == sorted(workers)
+    for worker in workers:
+        assert re.fullmatch(r"gpu:[a-z0-9]+:4(\(S:.*\))?", nodes[worker][1]), nodes[worker]
+
+    # Slurm's CPUs and memory are the pod's (the API's 1 vCPU, 95% of 3 GB), not this machine's.
+    node_conf = cluster.exec(cluster.head, "scontrol", "show", "node", workers[0]).stdout
+    assert "CPUTot=1 " in node_conf and "RealMemory=2918 " in node_conf, node_conf
+
+    run = cluster.exec(cluster.head, "srun", "-N2", "--gres=gpu:1", "hostname", timeout=120)
+    assert run.returncode == 0, run.stderr
+    pod_ids = {cluster.worker(1)["pod_id"], cluster.worker(2)["pod_id"]}
+    assert set(run.stdout.split()) == pod_ids  # a pod's hostname is its id, as on RunPod
+
+    # Every target up, scraped at the pods' internal names; GPU targets labelled by Slurm node.
+    def all_up() -> list[dict[str, Any]] | None:
+        targets = cluster.targets()
+        return targets if targets and all(t["health"] == "up" for t in targets) else None
+
+    targets = wait_for("every Prometheus target up", all_up, timeout=90)
+    jobs = {t["labels"]["job"] for t in targets}
+    assert {"gpu", "slurm", "prometheus", "alertmanager", "agent-webhook"} <= jobs
+    gpu = gpu_targets_by_node(cluster)
+    assert sorted(gpu) == sorted(workers)
+    for node, target in gpu.items():
+        pod_id = next(w["pod_id"] for w in cluster.endpoints["workers"] if w["slurm_node"] == node)
+        assert target["scrapeUrl"].startswith(f"http://{pod_id}.runpod.internal:9400/")
+    # The GPU exporter's own node label agrees with the target label Prometheus joins on.
+    series = cluster.query('count by (node) (nvidia_gpu_info{job="gpu"})')
+    assert {s["metric"]["node"]: s["value"][1] for s in series} == {w: "4" for w in workers}
+
+
+def test_web_uis_need_their_password(cluster: RunningCluster) -> None:
+    for name in ("prometheus", "alertmanager"):
+        url = cluster.endpoints[name] + ("/api/v1/status/buildinfo" if name == "prometheus" else "/api/v2/status")
+        plain = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url], capture_output=True, text=True
+        )
+        assert plain.stdout == "401", f"{name} answered {plain.stdout} without credentials"
+
+
+def test_xid_on_a_worker_gpu_becomes_exactly_one_finding_naming_that_node_and_gpu(cluster: RunningCluster) -> None:
+    worker = cluster.worker(2)
+    node = worker["slurm_node"]
+    before = {f["id"] for f in cluster.findings()}
+    started = time.monotonic()
+    inject = cluster.exec(worker["container"], "gpu-watchdog", "sim", "inject", "--gpu", "1", "xid", "79")
+    assert inject.returncode == 0, inject.stderr
+    try:
+        found = wait_for(
+            "a GPUXidError finding for the worker's GPU 1",
+            lambda: [f for f in cluster.findings() if f["id"] not in before and f["alertname"] == "GPUXidError"],
+            timeout=90,
+            interval=1,
+        )
+        elapsed = time.monotonic() - started
+        (finding,) = found
+        assert (finding["node"], str(finding["gpu"])) == (node, "1"), finding
+        assert "79" in finding["summary"], finding
+        # No other node or GPU was blamed.
+        new = [f for f in cluster.findings() if f["id"] not in before]
+        assert {(f["node"], str(f["gpu"])) for f in new} == {(node, "1")}, new
+        print(f"XID 79 on {node} GPU 1 -> finding in {elapsed:.1f} s")
+    finally:
+        cluster.exec(worker["container"], "gpu-watchdog", "sim", "clear")
+
+
+def test_a_cut_network_pages_for_the_node_and_recovers(cluster: RunningCluster) -> None:
+    worker = cluster.worker(1)
+    node = worker["slurm_node"]
+    before = {f["id"] for f in cluster.findings()}
+    cluster.cluster.control({"disconnect": worker["pod_id"]})
+    try:
+
+        def node_findings() -> dict[str, dict[str, Any]] | None:
+            found = {f["alertname"]: f for f in cluster.findings() if f["id"] not in before and f["node"] == node}
+            return found if {"SlurmNodeNotResponding", "GPUExporterDown"} <= set(found) else None
+
+        found = wait_for("SlurmNodeNotResponding and GPUExporterDown findings", node_findings, timeout=240)
+        assert all(f["status"] == "firing" for f in found.values())
+    finally:
+        cluster.cluster.control({"reconnect": worker["pod_id"]})
+
+    def resolved() -> bool:
+        current = {f["id"]: f for f in cluster.findings()}
+        return all(current[f["id"]]["status"] == "resolved" for f in found.values())
+
+    wait_for("both findings resolved after the reconnect", resolved, timeout=240)
+    wait_for("the node idle again", lambda: cluster.sinfo().get(node, ("",))[0] == "idle", timeout=120)
+
+
+def test_a_stopped_then_resumed_worker_rejoins_slurm_and_prometheus_by_itself(
+    cluster: RunningCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runpod
+
+    worker = cluster.worker(2)
+    node = worker["slurm_node"]
+    env = cluster.cluster.env()
+    monkeypatch.setattr(runpod, "api_key", env["RUNPOD_API_KEY"])
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", env["RUNPOD_API_BASE_URL"])
+    runpod.stop_pod(worker["pod_id"])
+    wait_for("the stopped worker's target down", lambda: gpu_targets_by_node(cluster)[node]["health"] == "down", 60)
+    # The container (and its disk) is gone; the volume is not.
+    assert cluster.exec(worker["container"], "true").returncode != 0
+    runpod.resume_pod(worker["pod_id"], 4)
+    # No Ansible: the entrypoint finds the configuration on the volume and starts the services.
+    wait_for("the resumed worker idle in Slurm", lambda: cluster.sinfo().get(node, ("",))[0] == "idle", 180)
+    wait_for("its GPU target up again", lambda: gpu_targets_by_node(cluster)[node]["health"] == "up", 120)
+
+
+def test_site_yml_again_changes_nothing(cluster: RunningCluster) -> None:
+    output = cluster.cluster.playbook("site.yml", quiet=True)
+    recap = output[output.rindex("PLAY RECAP") :]
+    changed = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", recap, re.M)}
+    assert changed and all(v == 0 for v in changed.values()), recap
+
+
+def test_scale_to_three_workers_joins_slurm_and_prometheus(cluster: RunningCluster) -> None:
+    cluster.cluster.playbook("scale.yml", {"workers": 3}, quiet=True)
+    cluster.reload()
+    assert len(cluster.endpoints["workers"]) == 3
+    new = cluster.worker(3)["slurm_node"]
+    wait_for("the new worker idle in Slurm", lambda: cluster.sinfo().get(new, ("",))[0] == "idle", 120)
+    wait_for("its GPU target up", lambda: gpu_targets_by_node(cluster).get(new, {}).get("health") == "up", 90)
+
+
+def test_teardown_twice_leaves_nothing(cluster: RunningCluster) -> None:
+    c = cluster.cluster
+    c.down()
+    c.down()
+    left = subprocess.run(
+        ["podman", "ps", "--all", "--format", "{{.Names}}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert not [name for name in left if name.startswith(c.container_prefix)], left
+    volumes = subprocess.run(["podman", "volume", "ls", "--format", "{{.Name}}"], capture_output=True, text=True)
+    assert not [v for v in volumes.stdout.split() if v.startswith(c.container_prefix)]
+    assert subprocess.run(["podman", "network", "exists", c.network]).returncode != 0
