@@ -21,8 +21,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
 from aiohttp import web
@@ -38,6 +37,8 @@ from agent_webhook.sinks import Sink, build_sinks
 from agent_webhook.store import READ, QueryError, Store, StoreError
 from agent_webhook.wiring import make_action_engine
 from agent_webhook.worker import WorkerPool
+from exporters.common.server import install_web_config
+from exporters.common.webconfig import AuthBusy
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,16 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def _error(status: int, reason: str, **headers: str) -> web.Response:
     return web.json_response({"error": reason}, status=status, headers=headers or None)
+
+
+async def _refusal(check: Awaitable[bool], scheme: str, reason: str) -> web.Response | None:
+    """The 401 (or 429 while bcrypt checks queue up) for a failed credential check, else None."""
+    try:
+        if await check:
+            return None
+    except AuthBusy as exc:
+        return _error(429, f"{exc}; retry", **{"Retry-After": "1"})
+    return _error(401, reason, **{"WWW-Authenticate": f'{scheme} realm="gpu-watchdog"'})
 
 
 def parse_since(value: str, now: float | None = None) -> float:
@@ -158,20 +169,14 @@ class Service:
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer":
             return False
-        return hmac.compare_digest(presented.strip().encode(), token.encode())
+        # aiohttp hands non-UTF-8 header bytes over surrogate-escaped: compare the raw bytes.
+        return hmac.compare_digest(presented.strip().encode("utf-8", "surrogateescape"), token.encode())
 
     async def _alerts_auth_ok(self, request: web.Request) -> bool:
         """The bearer token when one is configured, else the web config's basic auth, else open."""
         if self.config.token is not None:
             return self._bearer_ok(request)
-        web_config = self.config.web_config
-        if not web_config.auth_required:
-            return True
-        header = request.headers.get("Authorization")
-        ok = web_config.cached_authorization(header)
-        if ok is None:
-            ok = await asyncio.get_running_loop().run_in_executor(None, web_config.check_authorization, header)
-        return bool(ok)
+        return await self.config.web_config.authorize(request.headers.get("Authorization"))
 
     async def _read_ok(self, request: web.Request) -> bool:
         web_config = self.config.web_config
@@ -181,10 +186,7 @@ class Service:
         if self.config.token is not None and header and header.lower().startswith("bearer "):
             return self._bearer_ok(request)
         if web_config.auth_required:
-            ok = web_config.cached_authorization(header)
-            if ok is None:
-                ok = await asyncio.get_running_loop().run_in_executor(None, web_config.check_authorization, header)
-            return bool(ok)
+            return await web_config.authorize(header)
         return False
 
     # -- handlers ---------------------------------------------------------------------------
@@ -197,11 +199,10 @@ class Service:
         return response
 
     async def _post_alerts(self, request: web.Request) -> web.Response:
-        if not await self._alerts_auth_ok(request):
-            scheme = "Bearer" if self.config.token is not None else "Basic"
-            return _error(
-                401, "missing or invalid credentials", **{"WWW-Authenticate": f'{scheme} realm="gpu-watchdog"'}
-            )
+        scheme = "Bearer" if self.config.token is not None else "Basic"
+        refused = await _refusal(self._alerts_auth_ok(request), scheme, "missing or invalid credentials")
+        if refused is not None:
+            return refused
         content_type = request.headers.get("Content-Type")
         if content_type is not None:
             mime = content_type.split(";", 1)[0].strip().lower()
@@ -257,8 +258,9 @@ class Service:
         )
 
     async def list_findings(self, request: web.Request) -> web.Response:
-        if not await self._read_ok(request):
-            return _error(401, "unauthorized", **{"WWW-Authenticate": 'Bearer realm="gpu-watchdog"'})
+        refused = await _refusal(self._read_ok(request), "Bearer", "unauthorized")
+        if refused is not None:
+            return refused
         q = request.query
         try:
             status = q.get("status")
@@ -286,8 +288,9 @@ class Service:
         return web.json_response({"findings": findings, "next_cursor": cursor})
 
     async def get_finding(self, request: web.Request) -> web.Response:
-        if not await self._read_ok(request):
-            return _error(401, "unauthorized", **{"WWW-Authenticate": 'Bearer realm="gpu-watchdog"'})
+        refused = await _refusal(self._read_ok(request), "Bearer", "unauthorized")
+        if refused is not None:
+            return refused
         finding_id = request.match_info["id"]
         try:
             finding = await self.store.call(READ, self.store.finding, finding_id)
@@ -325,29 +328,6 @@ class Service:
 SERVICE_KEY: web.AppKey[Service] = web.AppKey("agent_service", Service)
 
 
-def _middleware(service: Service) -> Any:
-    web_config = service.config.web_config
-    own_auth = ("/alerts", "/findings")
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        if web_config.auth_required and not request.path.startswith(own_auth):
-            header = request.headers.get("Authorization")
-            ok = web_config.cached_authorization(header)
-            if ok is None:
-                ok = await asyncio.get_running_loop().run_in_executor(None, web_config.check_authorization, header)
-            if not ok:
-                return web.Response(
-                    status=401, text="Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="gpu-watchdog"'}
-                )
-        response: web.StreamResponse = await handler(request)
-        for key, value in web_config.headers.items():
-            response.headers[key] = value
-        return response
-
-    return middleware
-
-
 def build_app(config: AgentConfig, investigator: Investigator, *, sinks: list[Sink] | None = None) -> web.Application:
     """The aiohttp application; the store, workers and deliveries start and stop with it."""
     service = Service(config, investigator, sinks=sinks)
@@ -356,11 +336,9 @@ def build_app(config: AgentConfig, investigator: Investigator, *, sinks: list[Si
     # Lingering: after a 401/413/415 the unread rest of a body is drained so the client can read
     # the answer, but for 2 s rather than aiohttp's 10 (an oversized upload must not hold a
     # connection, or a shutdown, for long).
-    app = web.Application(
-        middlewares=[_middleware(service)],
-        client_max_size=config.max_body_bytes,
-        handler_args={"lingering_time": 2.0},
-    )
+    app = web.Application(client_max_size=config.max_body_bytes, handler_args={"lingering_time": 2.0})
+    # /alerts and /findings take the bearer token as well, so they check credentials themselves.
+    install_web_config(app, config.web_config, own_auth=("/alerts", "/findings"))
     app[SERVICE_KEY] = service
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
