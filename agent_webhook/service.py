@@ -192,7 +192,12 @@ class Service:
     # -- handlers ---------------------------------------------------------------------------
 
     async def post_alerts(self, request: web.Request) -> web.Response:
-        response = await self._post_alerts(request)
+        try:
+            response = await self._post_alerts(request)
+        except Exception:
+            # A bug, not bad input: still answered and counted, so a 5xx rate is visible in metrics.
+            log.exception("unexpected error handling a webhook notification")
+            response = _error(500, "internal error; see the agent's log")
         self.metrics.notifications.labels(str(response.status)).inc()
         if response.status in (401, 413, 415):
             response.force_close()  # the body was not (fully) read: no keep-alive after this
