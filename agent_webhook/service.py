@@ -37,6 +37,7 @@ from agent_webhook.sinks import Sink, build_sinks
 from agent_webhook.store import READ, QueryError, Store, StoreError
 from agent_webhook.wiring import make_action_engine
 from agent_webhook.worker import WorkerPool
+from exporters.common.limits import ConnectionLimits, limits_from_env
 from exporters.common.server import install_web_config
 from exporters.common.webconfig import AuthBusy
 
@@ -85,8 +86,16 @@ def parse_since(value: str, now: float | None = None) -> float:
 class Service:
     """The store, the worker pool and the delivery loops behind the HTTP app."""
 
-    def __init__(self, config: AgentConfig, investigator: Investigator, *, sinks: list[Sink] | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        investigator: Investigator,
+        *,
+        sinks: list[Sink] | None = None,
+        body_timeout: float = ConnectionLimits.body_timeout,
+    ) -> None:
         self.config = config
+        self.body_timeout = body_timeout
         self.investigator = investigator
         self.metrics = AgentMetrics()
         self.store = Store(config.db, synchronous=config.db_synchronous, sinks=[s.name for s in config.sinks])
@@ -199,7 +208,7 @@ class Service:
             log.exception("unexpected error handling a webhook notification")
             response = _error(500, "internal error; see the agent's log")
         self.metrics.notifications.labels(str(response.status)).inc()
-        if response.status in (401, 413, 415):
+        if response.status in (401, 408, 413, 415):
             response.force_close()  # the body was not (fully) read: no keep-alive after this
         return response
 
@@ -218,10 +227,14 @@ class Service:
             return _error(413, f"body of {request.content_length} bytes exceeds the limit of {limit} bytes")
         body = bytearray()
         try:
-            async for chunk in request.content.iter_chunked(64 * 1024):
-                body += chunk
-                if len(body) > limit:
-                    return _error(413, f"body exceeds the limit of {limit} bytes")
+            # A client trickling its body in holds a connection: it gets body_timeout, then a 408.
+            async with asyncio.timeout(self.body_timeout):
+                async for chunk in request.content.iter_chunked(64 * 1024):
+                    body += chunk
+                    if len(body) > limit:
+                        return _error(413, f"body exceeds the limit of {limit} bytes")
+        except TimeoutError:
+            return _error(408, f"the body did not arrive within {self.body_timeout:g} s")
         except (aiohttp.ClientPayloadError, web.HTTPException, ConnectionError) as exc:
             return _error(400, f"cannot read the body: {type(exc).__name__}")
         try:
@@ -333,9 +346,19 @@ class Service:
 SERVICE_KEY: web.AppKey[Service] = web.AppKey("agent_service", Service)
 
 
-def build_app(config: AgentConfig, investigator: Investigator, *, sinks: list[Sink] | None = None) -> web.Application:
-    """The aiohttp application; the store, workers and deliveries start and stop with it."""
-    service = Service(config, investigator, sinks=sinks)
+def build_app(
+    config: AgentConfig,
+    investigator: Investigator,
+    *,
+    sinks: list[Sink] | None = None,
+    limits: ConnectionLimits | None = None,
+) -> web.Application:
+    """The aiohttp application; the store, workers and deliveries start and stop with it.
+
+    `limits` default to the GPU_WATCHDOG_HTTP_* environment (LimitsError if invalid).
+    """
+    limits = limits or limits_from_env()
+    service = Service(config, investigator, sinks=sinks, body_timeout=limits.body_timeout)
     # The body limit is enforced while streaming in post_alerts; aiohttp's own read() cap must
     # not be lower (it is not used for /alerts, which never calls read()).
     # Lingering: after a 401/413/415 the unread rest of a body is drained so the client can read

@@ -12,10 +12,19 @@ import html
 import ipaddress
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from exporters.common.limits import (
+    AcceptErrorLog,
+    ConnectionLimits,
+    ConnectionTracker,
+    LimitsError,
+    limits_from_env,
+    raise_open_file_limit,
+)
 from exporters.common.poller import SnapshotPoller
 from exporters.common.snapshot import render_scrape, wants_openmetrics
 from exporters.common.webconfig import AuthBusy, WebConfig
@@ -150,35 +159,71 @@ def run_app(
     *,
     on_started: Callable[[], None] | None = None,
     on_shutdown: Callable[[], None] | None = None,
+    limits: ConnectionLimits | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM. Blocks; exits cleanly so pid-based supervisors see 0."""
+    """Serve until SIGINT/SIGTERM. Blocks; exits cleanly so pid-based supervisors see 0.
+
+    The listener is guarded against slow and many clients (:mod:`exporters.common.limits`).
+    """
     host, port = parse_listen(listen)
+    if limits is None:
+        try:
+            limits = limits_from_env()
+        except LimitsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    guard = limits
 
     async def main() -> None:
-        runner = web.AppRunner(app, handle_signals=False, access_log=logging.getLogger("aiohttp.access"))
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(AcceptErrorLog(guard.accept_log_interval))
+        open_files = raise_open_file_limit()
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=logging.getLogger("aiohttp.access"),
+            keepalive_timeout=guard.idle_timeout,
+        )
         await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=web_config.ssl_context(), reuse_address=True)
-        await site.start()
+        assert runner.server is not None
+        tracker = ConnectionTracker(guard, runner.server)
+        ssl_context = web_config.ssl_context()
+        try:
+            listener = await loop.create_server(
+                tracker,
+                host,
+                port,
+                ssl=ssl_context,
+                ssl_handshake_timeout=guard.header_timeout if ssl_context else None,
+                reuse_address=True,
+                backlog=512,
+            )
+        except BaseException:
+            await runner.cleanup()
+            raise
         log.info(
             "listening",
             extra={
                 "address": f"{host}:{port}",
                 "tls": web_config.tls is not None,
                 "basic_auth": web_config.auth_required,
+                "max_connections": tracker.cap,
+                "open_files_limit": open_files,
             },
         )
         if on_started:
             on_started()
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
             await stop.wait()
         finally:
             log.info("shutting down")
+            listener.close()
             if on_shutdown:
                 on_shutdown()
             await runner.cleanup()
+            tracker.stop()
 
     asyncio.run(main())
