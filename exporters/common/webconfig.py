@@ -360,6 +360,31 @@ def _parse_users(raw: dict[str, Any]) -> dict[str, bytes]:
     return users
 
 
+# exporter-toolkit's validateHeaderConfig: only these headers, and these values where they are enumerations.
+_HEADERS: dict[str, tuple[str, ...]] = {
+    "Strict-Transport-Security": (),
+    "X-Content-Type-Options": ("nosniff",),
+    "X-Frame-Options": ("deny", "sameorigin"),
+    "X-XSS-Protection": (),
+    "Content-Security-Policy": (),
+}
+
+
+def _check_headers(headers: dict[str, str]) -> None:
+    for name, value in headers.items():
+        if name not in _HEADERS:
+            raise WebConfigError(
+                f"http_server_config.headers: {name!r} can not be configured (one of {', '.join(_HEADERS)})"
+            )
+        allowed = _HEADERS[name]
+        if allowed and value not in allowed:
+            raise WebConfigError(
+                f"http_server_config.headers.{name}: expected one of {', '.join(allowed)}, got {value!r}"
+            )
+        if "\r" in value or "\n" in value:
+            raise WebConfigError(f"http_server_config.headers.{name}: a value must be one line")
+
+
 def parse_web_config(data: Any, base: Path, source: Path | None = None) -> WebConfig:
     top = _expect_mapping(data, "web config")
     _check_keys(top, _TOP_KEYS, "web config")
@@ -369,6 +394,7 @@ def parse_web_config(data: Any, base: Path, source: Path | None = None) -> WebCo
     headers = {
         str(k): str(v) for k, v in _expect_mapping(http_raw.get("headers"), "http_server_config.headers").items()
     }
+    _check_headers(headers)
     config = WebConfig(
         tls=_parse_tls(tls_raw, base) if tls_raw else None,
         basic_auth_users=_parse_users(_expect_mapping(top.get("basic_auth_users"), "basic_auth_users")),

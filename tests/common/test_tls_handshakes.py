@@ -206,6 +206,8 @@ def test_headers_on_every_response_and_basic_auth_edge_cases(start: Start, pki: 
         ("  client_allowed_sans: [prometheus.example]\n", "client_allowed_sans"),
         ("  client_ca_file: ca.crt\n", "client_ca_file"),
         ("  prefer_server_cipher_suites: maybe\n", "prefer_server_cipher_suites"),
+        ("http_server_config:\n  headers:\n    Set-Cookie: a=b\n", "Set-Cookie"),
+        ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "X-Frame-Options"),
     ],
 )
 def test_settings_that_cannot_apply_exit_2_naming_the_key(
