@@ -14,7 +14,7 @@ from agent_webhook.store import Store, StoreError
 from agent_webhook.wiring import make_investigator
 from exporters.common.cli import fail
 from exporters.common.limits import LimitsError, limits_from_env
-from exporters.common.logs import setup_logging
+from exporters.common.logs import setup_logging, strip_userinfo
 from exporters.common.server import run_app
 
 log = logging.getLogger("agent_webhook")
@@ -62,7 +62,7 @@ def main(config_path: str | None, log_level: str, log_format: str, **overrides: 
             "db": str(config.db),
             "workers": config.workers,
             "sinks": [s.name for s in config.sinks],
-            "prometheus_url": config.prometheus_url,
+            "prometheus_url": strip_userinfo(config.prometheus_url) if config.prometheus_url else None,
             "llm": bool((config.investigation.get("llm") or {}).get("base_url")),
             "investigator": type(investigator).__name__,
         },
