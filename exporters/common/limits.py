@@ -6,7 +6,8 @@ logs every failed accept(). So every listener of the suite (the exporters and th
 :func:`exporters.common.server.run_app`) gets:
 
 - header timeout: a connection must deliver its first request head within this many seconds
-  of being accepted (TLS handshake included: asyncio's ``ssl_handshake_timeout``), or it is closed;
+  of being accepted, or it is closed; with TLS the handshake gets as long again before that
+  (asyncio's ``ssl_handshake_timeout``), as the app protocol only starts after it;
 - idle timeout: aiohttp's keep-alive time, which also bounds a request head that trickles in
   on a kept-alive connection;
 - body timeout: for handlers that read a body (the agent's ``POST /alerts``), see
