@@ -141,3 +141,50 @@ def test_accept_errors_are_logged_once_per_interval(caplog: pytest.LogCaptureFix
     lines = [r for r in caplog.records if "cannot accept" in r.getMessage()]
     assert len(lines) == 3  # at 0 s, 10 s and 20 s
     assert lines[1].not_logged_since_last == 399  # type: ignore[attr-defined]
+
+
+async def test_at_the_cap_stalled_make_room_and_busy_ones_refuse() -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    from exporters.common.limits import ConnectionLimits, ConnectionTracker
+
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="done")
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    assert runner.server is not None
+    tracker = ConnectionTracker(ConnectionLimits(max_connections=2), runner.server)
+    listener = await asyncio.get_running_loop().create_server(tracker, LOOPBACK, 0)
+    port = listener.sockets[0].getsockname()[1]
+    request = b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        stalled_r, stalled_w = await asyncio.open_connection(LOOPBACK, port)
+        busy_r, busy_w = await asyncio.open_connection(LOOPBACK, port)
+        busy_w.write(request)
+        await asyncio.sleep(0.2)
+        # Third client: the stalled one is evicted for it.
+        third_r, third_w = await asyncio.open_connection(LOOPBACK, port)
+        third_w.write(request)
+        assert await asyncio.wait_for(stalled_r.read(), 5) == b""
+        await asyncio.sleep(0.2)
+        # Fourth: both connections are in a request, nothing to evict: 503 and closed.
+        fourth_r, _ = await asyncio.open_connection(LOOPBACK, port)
+        answer = await asyncio.wait_for(fourth_r.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in answer
+        assert (tracker.evicted, tracker.refused, tracker.open_connections) == (1, 1, 2)
+        release.set()
+        assert (await asyncio.wait_for(busy_r.readuntil(b"done"), 5)).startswith(b"HTTP/1.1 200")
+        assert (await asyncio.wait_for(third_r.readuntil(b"done"), 5)).startswith(b"HTTP/1.1 200")
+        for writer in (stalled_w, busy_w, third_w):
+            writer.close()
+    finally:
+        listener.close()
+        await runner.cleanup()
