@@ -13,7 +13,8 @@ from agent_webhook.service import build_app
 from agent_webhook.store import Store, StoreError
 from agent_webhook.wiring import make_investigator
 from exporters.common.cli import fail
-from exporters.common.logs import setup_logging
+from exporters.common.limits import LimitsError, limits_from_env
+from exporters.common.logs import setup_logging, strip_userinfo
 from exporters.common.server import run_app
 
 log = logging.getLogger("agent_webhook")
@@ -61,17 +62,18 @@ def main(config_path: str | None, log_level: str, log_format: str, **overrides: 
             "db": str(config.db),
             "workers": config.workers,
             "sinks": [s.name for s in config.sinks],
-            "prometheus_url": config.prometheus_url,
+            "prometheus_url": strip_userinfo(config.prometheus_url) if config.prometheus_url else None,
             "llm": bool((config.investigation.get("llm") or {}).get("base_url")),
             "investigator": type(investigator).__name__,
         },
     )
     try:
-        app = build_app(config, investigator)
-    except ConfigError as exc:
+        limits = limits_from_env()
+        app = build_app(config, investigator, limits=limits)
+    except (ConfigError, LimitsError) as exc:
         fail(str(exc))
     try:
-        run_app(app, config.listen, config.web_config)
+        run_app(app, config.listen, config.web_config, limits=limits)
     except OSError as exc:
         fail(f"cannot listen on {config.listen}: {exc.strerror or exc}", code=1)
     except StoreError as exc:

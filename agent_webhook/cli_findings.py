@@ -8,6 +8,7 @@ Both read the same settings as the service: flags, then GPU_WATCHDOG_* variables
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -29,7 +30,7 @@ from agent_webhook.model import Alert, Diagnosis
 from agent_webhook.payload import PayloadError, parse_payload
 from agent_webhook.sinks.render import action_text
 from agent_webhook.wiring import make_investigator
-from exporters.common.logs import redact, redact_value
+from exporters.common.logs import redact, redact_value, strip_userinfo
 
 ENV = "GPU_WATCHDOG"
 _PAGE = 1000
@@ -66,7 +67,15 @@ def default_server(config: AgentConfig) -> str:
 
 class FindingsClient:
     def __init__(self, server: str, token: str | None, *, ca_file: str | None = None, timeout: float = 10.0) -> None:
-        self.server = server.rstrip("/")
+        # Credentials in --server (https://user:pass@host) become basic auth and never appear in
+        # a message: `server` is kept without them.
+        parts = urllib.parse.urlsplit(server.rstrip("/"))
+        self.basic: str | None = None
+        if parts.username is not None or parts.password is not None:
+            user = urllib.parse.unquote(parts.username or "")
+            password = urllib.parse.unquote(parts.password or "")
+            self.basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.server = strip_userinfo(server.rstrip("/"))
         self.token = token
         self.timeout = timeout
         self.context = ssl.create_default_context(cafile=ca_file) if ca_file else None
@@ -78,6 +87,8 @@ class FindingsClient:
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        elif self.basic:
+            headers["Authorization"] = f"Basic {self.basic}"
         request = urllib.request.Request(url, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout, context=self.context) as resp:
@@ -87,9 +98,11 @@ class FindingsClient:
                 reason = json.loads(exc.read()).get("error", "")
             except (ValueError, AttributeError):
                 reason = ""
-            raise click.ClickException(f"{self.server} answered {exc.code}{': ' + reason if reason else ''}") from None
+            raise click.ClickException(
+                f"{self.server} answered {exc.code}{': ' + redact(reason) if reason else ''}"
+            ) from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
+            reason = redact(str(getattr(exc, "reason", exc)))
             raise click.ClickException(f"cannot reach {self.server}: {reason}") from None
 
     def findings(self, filters: dict[str, str], limit: int) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ import yaml
 
 from agent_webhook.investigation.config import CONFIG_KEYS
 from agent_webhook.store import Synchronous
+from exporters.common.logs import has_userinfo, strip_userinfo
 from exporters.common.sections import mapping_section, reject_unknown
 from exporters.common.server import ListenAddressError, parse_listen
 from exporters.common.webconfig import WebConfig, WebConfigError, load_web_config
@@ -280,6 +281,12 @@ def _sinks(raw: Any, base: Path) -> list[SinkConfig]:
             if (entry.get("token_file"))
             else None
         )
+        if url and token and has_userinfo(url):
+            # Both would become an Authorization header: aiohttp refuses the pair on every delivery.
+            raise ConfigError(
+                f"{where}: credentials both in url ({strip_userinfo(url)} carries user info) and in token_file;"
+                " keep one"
+            )
         tags = entry.get("tags") or []
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise ConfigError(f"{where}.tags: expected a list of strings")

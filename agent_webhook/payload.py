@@ -22,6 +22,10 @@ _MAX_FINGERPRINT = 128
 _MAX_LABEL_NAME = 256
 _MAX_LABEL_VALUE = 16_384
 _MAX_LABELS = 256
+# Characters a label must not carry: NUL (truncates C strings: Slurm, SQLite tools, terminals) and
+# the Unicode bidi controls, which make a label read differently from what it is (Trojan Source).
+_FORBIDDEN_IN_LABELS = re.compile("[\x00\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CHAR_NAMES = {"\x00": "NUL"}
 
 
 class PayloadError(ValueError):
@@ -47,6 +51,16 @@ def _valid_text(value: str, where: str) -> str:
     except UnicodeEncodeError:
         raise PayloadError(f"{where}: contains invalid Unicode (a lone surrogate escape)") from None
     return value
+
+
+def _check_label_chars(labels: dict[str, str], where: str) -> None:
+    for key, value in labels.items():
+        for text, place in ((key, f"{where}: a name"), (value, f"{where}.{key[:64]}")):
+            bad = _FORBIDDEN_IN_LABELS.search(text)
+            if bad:
+                char = bad.group()
+                name = _CHAR_NAMES.get(char, f"the bidi control U+{ord(char):04X}")
+                raise PayloadError(f"{place} contains {name}, which labels must not carry")
 
 
 def _string_map(value: Any, where: str, *, required: bool) -> dict[str, str]:
@@ -102,6 +116,9 @@ def parse_payload(body: bytes) -> list[Alert]:
         raise PayloadError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise PayloadError("malformed JSON: nested too deeply") from None
+    except ValueError as exc:
+        # Python refuses to convert integers of more than 4,300 digits (CVE-2020-10735 guard).
+        raise PayloadError(f"malformed JSON: a number is too long ({str(exc)[:80]})") from None
     top = _mapping(data, "payload")
     version = top.get("version")
     if version is not None and version != "4":
@@ -127,6 +144,9 @@ def _parse_alert(raw: Any, where: str, receiver: str, group_key: str, external_u
     if not fingerprint or len(fingerprint) > _MAX_FINGERPRINT:
         raise PayloadError(f"{where}.fingerprint: must be 1 to {_MAX_FINGERPRINT} characters")
     labels = _string_map(item.get("labels"), f"{where}.labels", required=True)
+    _check_label_chars(labels, f"{where}.labels")
+    if not labels.get("alertname"):
+        raise PayloadError(f"{where}.labels.alertname: missing; every Prometheus alert has one")
     annotations = _string_map(item.get("annotations"), f"{where}.annotations", required=False)
     starts_at = _string(item.get("startsAt"), f"{where}.startsAt")
     parse_time(starts_at, f"{where}.startsAt")

@@ -21,8 +21,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
 from aiohttp import web
@@ -38,6 +37,9 @@ from agent_webhook.sinks import Sink, build_sinks
 from agent_webhook.store import READ, QueryError, Store, StoreError
 from agent_webhook.wiring import make_action_engine
 from agent_webhook.worker import WorkerPool
+from exporters.common.limits import ConnectionLimits, limits_from_env
+from exporters.common.server import install_web_config
+from exporters.common.webconfig import AuthBusy
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,16 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def _error(status: int, reason: str, **headers: str) -> web.Response:
     return web.json_response({"error": reason}, status=status, headers=headers or None)
+
+
+async def _refusal(check: Awaitable[bool], scheme: str, reason: str) -> web.Response | None:
+    """The 401 (or 429 while bcrypt checks queue up) for a failed credential check, else None."""
+    try:
+        if await check:
+            return None
+    except AuthBusy as exc:
+        return _error(429, f"{exc}; retry", **{"Retry-After": "1"})
+    return _error(401, reason, **{"WWW-Authenticate": f'{scheme} realm="gpu-watchdog"'})
 
 
 def parse_since(value: str, now: float | None = None) -> float:
@@ -74,8 +86,16 @@ def parse_since(value: str, now: float | None = None) -> float:
 class Service:
     """The store, the worker pool and the delivery loops behind the HTTP app."""
 
-    def __init__(self, config: AgentConfig, investigator: Investigator, *, sinks: list[Sink] | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        investigator: Investigator,
+        *,
+        sinks: list[Sink] | None = None,
+        body_timeout: float = ConnectionLimits.body_timeout,
+    ) -> None:
         self.config = config
+        self.body_timeout = body_timeout
         self.investigator = investigator
         self.metrics = AgentMetrics()
         self.store = Store(config.db, synchronous=config.db_synchronous, sinks=[s.name for s in config.sinks])
@@ -158,20 +178,14 @@ class Service:
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer":
             return False
-        return hmac.compare_digest(presented.strip().encode(), token.encode())
+        # aiohttp hands non-UTF-8 header bytes over surrogate-escaped: compare the raw bytes.
+        return hmac.compare_digest(presented.strip().encode("utf-8", "surrogateescape"), token.encode())
 
     async def _alerts_auth_ok(self, request: web.Request) -> bool:
         """The bearer token when one is configured, else the web config's basic auth, else open."""
         if self.config.token is not None:
             return self._bearer_ok(request)
-        web_config = self.config.web_config
-        if not web_config.auth_required:
-            return True
-        header = request.headers.get("Authorization")
-        ok = web_config.cached_authorization(header)
-        if ok is None:
-            ok = await asyncio.get_running_loop().run_in_executor(None, web_config.check_authorization, header)
-        return bool(ok)
+        return await self.config.web_config.authorize(request.headers.get("Authorization"))
 
     async def _read_ok(self, request: web.Request) -> bool:
         web_config = self.config.web_config
@@ -181,27 +195,28 @@ class Service:
         if self.config.token is not None and header and header.lower().startswith("bearer "):
             return self._bearer_ok(request)
         if web_config.auth_required:
-            ok = web_config.cached_authorization(header)
-            if ok is None:
-                ok = await asyncio.get_running_loop().run_in_executor(None, web_config.check_authorization, header)
-            return bool(ok)
+            return await web_config.authorize(header)
         return False
 
     # -- handlers ---------------------------------------------------------------------------
 
     async def post_alerts(self, request: web.Request) -> web.Response:
-        response = await self._post_alerts(request)
+        try:
+            response = await self._post_alerts(request)
+        except Exception:
+            # A bug, not bad input: still answered and counted, so a 5xx rate is visible in metrics.
+            log.exception("unexpected error handling a webhook notification")
+            response = _error(500, "internal error; see the agent's log")
         self.metrics.notifications.labels(str(response.status)).inc()
-        if response.status in (401, 413, 415):
+        if response.status in (401, 408, 413, 415):
             response.force_close()  # the body was not (fully) read: no keep-alive after this
         return response
 
     async def _post_alerts(self, request: web.Request) -> web.Response:
-        if not await self._alerts_auth_ok(request):
-            scheme = "Bearer" if self.config.token is not None else "Basic"
-            return _error(
-                401, "missing or invalid credentials", **{"WWW-Authenticate": f'{scheme} realm="gpu-watchdog"'}
-            )
+        scheme = "Bearer" if self.config.token is not None else "Basic"
+        refused = await _refusal(self._alerts_auth_ok(request), scheme, "missing or invalid credentials")
+        if refused is not None:
+            return refused
         content_type = request.headers.get("Content-Type")
         if content_type is not None:
             mime = content_type.split(";", 1)[0].strip().lower()
@@ -212,10 +227,14 @@ class Service:
             return _error(413, f"body of {request.content_length} bytes exceeds the limit of {limit} bytes")
         body = bytearray()
         try:
-            async for chunk in request.content.iter_chunked(64 * 1024):
-                body += chunk
-                if len(body) > limit:
-                    return _error(413, f"body exceeds the limit of {limit} bytes")
+            # A client trickling its body in holds a connection: it gets body_timeout, then a 408.
+            async with asyncio.timeout(self.body_timeout):
+                async for chunk in request.content.iter_chunked(64 * 1024):
+                    body += chunk
+                    if len(body) > limit:
+                        return _error(413, f"body exceeds the limit of {limit} bytes")
+        except TimeoutError:
+            return _error(408, f"the body did not arrive within {self.body_timeout:g} s")
         except (aiohttp.ClientPayloadError, web.HTTPException, ConnectionError) as exc:
             return _error(400, f"cannot read the body: {type(exc).__name__}")
         try:
@@ -257,8 +276,9 @@ class Service:
         )
 
     async def list_findings(self, request: web.Request) -> web.Response:
-        if not await self._read_ok(request):
-            return _error(401, "unauthorized", **{"WWW-Authenticate": 'Bearer realm="gpu-watchdog"'})
+        refused = await _refusal(self._read_ok(request), "Bearer", "unauthorized")
+        if refused is not None:
+            return refused
         q = request.query
         try:
             status = q.get("status")
@@ -286,8 +306,9 @@ class Service:
         return web.json_response({"findings": findings, "next_cursor": cursor})
 
     async def get_finding(self, request: web.Request) -> web.Response:
-        if not await self._read_ok(request):
-            return _error(401, "unauthorized", **{"WWW-Authenticate": 'Bearer realm="gpu-watchdog"'})
+        refused = await _refusal(self._read_ok(request), "Bearer", "unauthorized")
+        if refused is not None:
+            return refused
         finding_id = request.match_info["id"]
         try:
             finding = await self.store.call(READ, self.store.finding, finding_id)
@@ -325,42 +346,27 @@ class Service:
 SERVICE_KEY: web.AppKey[Service] = web.AppKey("agent_service", Service)
 
 
-def _middleware(service: Service) -> Any:
-    web_config = service.config.web_config
-    own_auth = ("/alerts", "/findings")
+def build_app(
+    config: AgentConfig,
+    investigator: Investigator,
+    *,
+    sinks: list[Sink] | None = None,
+    limits: ConnectionLimits | None = None,
+) -> web.Application:
+    """The aiohttp application; the store, workers and deliveries start and stop with it.
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        if web_config.auth_required and not request.path.startswith(own_auth):
-            header = request.headers.get("Authorization")
-            ok = web_config.cached_authorization(header)
-            if ok is None:
-                ok = await asyncio.get_running_loop().run_in_executor(None, web_config.check_authorization, header)
-            if not ok:
-                return web.Response(
-                    status=401, text="Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="gpu-watchdog"'}
-                )
-        response: web.StreamResponse = await handler(request)
-        for key, value in web_config.headers.items():
-            response.headers[key] = value
-        return response
-
-    return middleware
-
-
-def build_app(config: AgentConfig, investigator: Investigator, *, sinks: list[Sink] | None = None) -> web.Application:
-    """The aiohttp application; the store, workers and deliveries start and stop with it."""
-    service = Service(config, investigator, sinks=sinks)
+    `limits` default to the GPU_WATCHDOG_HTTP_* environment (LimitsError if invalid).
+    """
+    limits = limits or limits_from_env()
+    service = Service(config, investigator, sinks=sinks, body_timeout=limits.body_timeout)
     # The body limit is enforced while streaming in post_alerts; aiohttp's own read() cap must
     # not be lower (it is not used for /alerts, which never calls read()).
     # Lingering: after a 401/413/415 the unread rest of a body is drained so the client can read
     # the answer, but for 2 s rather than aiohttp's 10 (an oversized upload must not hold a
     # connection, or a shutdown, for long).
-    app = web.Application(
-        middlewares=[_middleware(service)],
-        client_max_size=config.max_body_bytes,
-        handler_args={"lingering_time": 2.0},
-    )
+    app = web.Application(client_max_size=config.max_body_bytes, handler_args={"lingering_time": 2.0})
+    # /alerts and /findings take the bearer token as well, so they check credentials themselves.
+    install_web_config(app, config.web_config, own_auth=("/alerts", "/findings"))
     app[SERVICE_KEY] = service
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -311,7 +311,8 @@ def _decode_cursor(cursor: str) -> int:
         seq = data["s"]
     except (ValueError, TypeError, KeyError, binascii.Error):
         raise QueryError("cursor: not a cursor this server issued") from None
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+    # SQLite integers are 64-bit signed: a larger one would be an OverflowError, not a 400.
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**63:
         raise QueryError("cursor: not a cursor this server issued")
     return seq
 

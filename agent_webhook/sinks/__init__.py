@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from agent_webhook.config import SinkConfig
-from exporters.common.logs import redact_value
+from exporters.common.logs import redact, redact_value, strip_userinfo
 
 
 class SinkError(RuntimeError):
@@ -51,10 +51,12 @@ async def post_json(
         ) as resp:
             text = (await resp.text(errors="replace"))[:2000]
             if resp.status // 100 != 2:
-                raise SinkError(f"{method} {url} answered {resp.status}: {text[:300]}")
+                raise SinkError(f"{method} {strip_userinfo(url)} answered {resp.status}: {redact(text[:300])}")
             return resp.status, text
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise SinkError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from None
+        # aiohttp's messages repeat the URL, credentials included: shown nowhere.
+        shown = strip_userinfo(redact(str(exc)))
+        raise SinkError(f"{method} {strip_userinfo(url)} failed: {type(exc).__name__}: {shown}") from None
 
 
 def build_sinks(configs: list[SinkConfig], session: aiohttp.ClientSession, public_url: str | None) -> list[Sink]:

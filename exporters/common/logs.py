@@ -17,8 +17,9 @@ _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 
 _SECRET_KEY = re.compile(r"(?i)(token|secret|password|passwd|api[_-]?key|authorization|credential|munge[_-]?key)")
 _REDACTIONS = [
-    # user:password@ in URLs
+    # user:password@ in URLs, and a bare token@ (https://TOKEN@host)
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/\s:@]+):([^/\s@]+)@"), r"\1\2:<redacted>@"),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/\s:@<>]{8,})@"), r"\1<redacted>@"),
     # Authorization headers and bearer tokens
     (re.compile(r"(?i)\b(bearer|basic)\s+[a-z0-9._~+/=-]{8,}"), r"\1 <redacted>"),
     # key=value / key: value pairs whose key names a secret
@@ -35,6 +36,19 @@ _REDACTIONS = [
     (re.compile(r"(hooks\.slack\.com/services/)[A-Za-z0-9/]+"), r"\1<redacted>"),
     (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"), "<redacted>"),
 ]
+
+
+# Everything between "scheme://" and the last "@" of the authority, as urllib.parse splits it.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s?#]*@")
+
+
+def has_userinfo(url: str) -> bool:
+    return bool(_USERINFO.search(url))
+
+
+def strip_userinfo(url: str) -> str:
+    """The URL with no `user:password@`/`token@`: for every place a URL is shown (labels, errors)."""
+    return _USERINFO.sub(r"\1", url)
 
 
 def redact(text: str) -> str:

@@ -15,7 +15,7 @@ from exporters.common.cli import (
     select_or_exit,
     serve_exporter,
 )
-from exporters.common.logs import setup_logging
+from exporters.common.logs import setup_logging, strip_userinfo
 from exporters.common.poller import Collector
 from exporters.runpod.collectors.exporter import ExporterCollector
 from exporters.runpod.collectors.pods import PodsCollector
@@ -82,7 +82,8 @@ def main(  # noqa: PLR0917 - click passes every option
         fail(f"no RunPod API key: set {API_KEY_ENV} in the environment")
     source = RunPodSource(default_fetch(api_key), interval=interval, name_prefix=name_prefix, max_backoff=max_backoff)
     info = {
-        "api_url": os.environ.get("RUNPOD_API_BASE_URL", DEFAULT_API_URL),
+        # A label is public to everyone who can query Prometheus: never credentials in it.
+        "api_url": strip_userinfo(os.environ.get("RUNPOD_API_BASE_URL", DEFAULT_API_URL)),
         "name_prefix": name_prefix,
     }
     log.info("runpod exporter", extra={**info, "interval": interval})

@@ -80,6 +80,27 @@ def test_findings_unreachable_server_is_one_clear_line() -> None:
     assert "cannot reach http://127.0.0.1:9" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_credentials_in_server_are_used_and_never_printed(
+    tmp_path: Path, agent_config: Callable[..., AgentConfig], start_service: Callable[..., ServiceThread]
+) -> None:
+    import bcrypt
+
+    hashed = bcrypt.hashpw(b"hunter2-pass", bcrypt.gensalt(rounds=4)).decode()
+    (tmp_path / "web.yml").write_text(f"basic_auth_users:\n  ops: '{hashed}'\n")
+    svc = start_service(agent_config(web_config="web.yml"))
+    with_creds = svc.url.replace("http://", "http://ops:hunter2-pass@")
+    ok = _run("findings", "--server", with_creds)
+    assert ok.returncode == 0, ok.stderr  # the URL's user info became basic auth
+    wrong = _run("findings", "--server", svc.url.replace("http://", "http://ops:hunter2-wrong@"))
+    assert wrong.returncode == 1 and "401" in wrong.stderr and "hunter2" not in wrong.stderr
+    assert f"{svc.url} answered 401" in wrong.stderr
+    down = _run("findings", "--server", "http://ops:hunter2-pass@127.0.0.1:9")
+    assert down.returncode == 1 and "hunter2" not in down.stderr
+    assert "cannot reach http://127.0.0.1:9" in down.stderr
+    token_only = _run("findings", "--server", "http://ghp_0123456789abcdefghijklmnop@127.0.0.1:9")
+    assert "ghp_" not in token_only.stderr
+
+
 def test_investigate_prints_markdown_and_json(tmp_path: Path) -> None:
     result = _run("investigate", str(SAMPLES / "firing.json"))
     assert result.returncode == 0, result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -135,6 +136,17 @@ def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: config")
     assert "Traceback" not in result.stderr
+
+
+def test_sink_with_credentials_in_url_and_token_file_is_refused_at_start(tmp_path: Path) -> None:
+    (tmp_path / "sink.token").write_text("tok-0123456789")
+    config = tmp_path / "agent.yml"
+    sink = {"type": "webhook", "url": "https://bot:hunter2@hooks.example/x", "token_file": "sink.token"}
+    config.write_text(json.dumps({"db": "a.db", "listen": "127.0.0.1:0", "sinks": [sink]}))
+    result = subprocess.run([AGENT, "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "sinks[0]" in result.stderr and "token_file" in result.stderr and "https://hooks.example/x" in result.stderr
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_second_instance_on_the_same_database_exits_2(tmp_path: Path) -> None:

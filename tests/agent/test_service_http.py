@@ -165,6 +165,11 @@ def test_size_limit_while_streaming_a_chunked_body(svc: ServiceThread) -> None:
         (b"\x00\x01\x02", "application/json", 400, "malformed JSON"),
         (b'{"alerts": []}', "application/json; charset=utf-8", 202, None),
         (b'{"alerts": []}', "application/vnd.alertmanager+json", 202, None),
+        (b'{"alerts": [], "x": ' + b"9" * 4301 + b"}", "application/json", 400, "number is too long"),
+        (json.dumps(make_payload([make_alert("fp", node="gpu\x001")])).encode(), "application/json", 400, "NUL"),
+        (json.dumps(make_payload([make_alert("fp", node="gpu\u202e1")])).encode(), "application/json", 400, "U+202E"),
+        (json.dumps(make_payload([make_alert("fp", **{"x\u2066": "1"})])).encode(), "application/json", 400, "U+2066"),
+        (json.dumps(make_payload([make_alert("fp", alertname="")])).encode(), "application/json", 400, "alertname"),
     ],
 )
 def test_bad_payloads_get_a_reason(
@@ -319,6 +324,17 @@ def test_database_failure_is_a_503_so_alertmanager_retries(svc: ServiceThread) -
     assert "retry" in reply.json()["error"]
     assert http_get(f"{svc.url}/healthz")[0] == 503
     assert http_get(f"{svc.url}/metrics")[0] == 200  # metrics still answer, from the last known values
+
+
+def test_an_unexpected_error_is_a_counted_500(svc: ServiceThread) -> None:
+    async def broken(alerts: object) -> object:
+        raise RuntimeError("a bug in the store")  # stand-in for a defect, not for bad input
+
+    svc.service.store.ingest_async = broken  # type: ignore[method-assign,assignment]
+    reply = post_alerts(svc.url, sample("firing.json"))
+    assert reply.status == 500 and "internal error" in reply.json()["error"]
+    metrics = http_get(f"{svc.url}/metrics")[1].decode()
+    assert 'agent_webhook_notifications_total{code="500"} 1.0' in metrics
 
 
 def test_without_a_token_alerts_fall_back_to_web_config_basic_auth(tmp_path: Path, start_service: StartService) -> None:

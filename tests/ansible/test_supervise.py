@@ -159,3 +159,13 @@ def test_a_missing_definition_is_a_clear_error(supervisor: Supervisor) -> None:
     result = supervisor.cli("ensure", "nothing")
     assert result.returncode == 1
     assert "no definition for service 'nothing'" in result.stderr
+
+
+def test_the_program_gets_the_open_files_limit(supervisor: Supervisor, tmp_path: Path) -> None:
+    out = tmp_path / "limits"
+    probe = "import resource, sys; open(sys.argv[1], 'w').write(repr(resource.getrlimit(resource.RLIMIT_NOFILE))); "
+    probe += "import time; time.sleep(60)"
+    supervisor.define("nofile", [sys.executable, "-c", probe, str(out)], nofile=4096, ready={"path": str(out)})
+    supervisor.ensure("nofile")
+    wait_until(lambda: out.exists() and out.read_text(), 20, what="the probe's limits")
+    assert out.read_text() == "(4096, 4096)"

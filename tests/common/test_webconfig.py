@@ -103,3 +103,27 @@ def test_bad_certificate_content_fails_at_load(tmp_path: Path) -> None:
     (tmp_path / "key.pem").write_text("not a key")
     with pytest.raises(WebConfigError, match="cannot load certificate"):
         load_web_config(write(tmp_path, "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"))
+
+
+def test_basic_auth_edge_cases_are_refusals_not_errors(tmp_path: Path) -> None:
+    cfg = load_web_config(write(tmp_path, f"basic_auth_users:\n  alice: '{HASH}'\n"))
+    assert cfg.check_authorization("basic " + _basic("alice", "s3cret")[6:])  # scheme is case-insensitive
+    assert not cfg.check_authorization(_basic("alice", "s" * 73))  # bcrypt's 72-byte limit: 401, not ValueError
+    assert not cfg.check_authorization("Basic \udcff\udcfe")  # non-UTF-8 bytes, surrogate-escaped by aiohttp
+    assert not cfg.check_authorization("Basic " + b64encode(b"\xff\xfe:pw").decode())
+
+
+async def test_bcrypt_checks_run_one_at_a_time_and_a_flood_is_refused(tmp_path: Path) -> None:
+    import asyncio
+
+    from exporters.common.webconfig import AuthBusy
+
+    slow = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=8)).decode()
+    cfg = load_web_config(write(tmp_path, f"basic_auth_users:\n  alice: '{slow}'\n"))
+    results = await asyncio.gather(
+        *(cfg.authorize(_basic("alice", f"wrong{i}")) for i in range(100)), return_exceptions=True
+    )
+    busy = [r for r in results if isinstance(r, AuthBusy)]
+    assert len(busy) == 100 - 64  # the queue is bounded; the rest are answered 429 at once
+    assert all(r is False for r in results if not isinstance(r, AuthBusy))
+    assert cfg._bcrypt_pool is not None and cfg._bcrypt_pool._max_workers == 1

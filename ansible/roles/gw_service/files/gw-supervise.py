@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -164,6 +165,18 @@ def log_tail(definition: dict[str, Any], max_bytes: int = 3000) -> str:
 # ---------------------------------------------------------------- the keeper
 
 
+def set_open_files(limit: int) -> None:
+    """systemd's LimitNOFILE for the keeper and so for the program it starts (limits are inherited)."""
+    if limit <= 0:
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    except (ValueError, OSError):  # not root: as high as the hard limit allows
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(limit, hard), hard))
+
+
 def run_keeper(conf_dir: Path, run_dir: Path, name: str) -> int:
     """Runs detached (own session): start the program, restart it when it exits, stop on TERM."""
     definition = load_definition(conf_dir, name)
@@ -173,6 +186,7 @@ def run_keeper(conf_dir: Path, run_dir: Path, name: str) -> int:
     env.update(read_env_file(definition.get("env_file")))
     log_path = Path(definition["log"])
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    set_open_files(int(definition.get("nofile") or 0))
     stopping = False
     child: subprocess.Popen[bytes] | None = None
 
