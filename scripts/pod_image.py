@@ -91,11 +91,15 @@ def build_wheelhouse() -> Path:
     for old in wheels.glob("*.whl"):
         old.unlink()
     log("building the wheelhouse (pip wheel)")
-    subprocess.run(
+    result = subprocess.run(
         # The build backend too: the image's pip builds the package from source without an index.
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), str(REPO), *BUILD_REQUIRES],
-        check=True,
+        text=True,
+        capture_output=True,
     )
+    if result.returncode != 0:
+        sys.stderr.write((result.stdout + result.stderr)[-6000:])
+        raise SystemExit(f"pip wheel failed (exit {result.returncode})")
     return wheels
 
 
