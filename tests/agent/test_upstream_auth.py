@@ -28,8 +28,17 @@ from agent_webhook.investigation.prometheus import PrometheusAPI
 from agent_webhook.investigation.safety import URLAllowlist
 from agent_webhook.investigation.tools import ToolBox
 from tests.agent.conftest import ServiceThread, make_alert, make_payload, post_alerts
-from tests.harness.processes import http_get, wait_until
-from tests.harness.promstack import AlertmanagerServer, PrometheusServer, basic_auth_header
+from tests.harness.processes import ProcessManager, http_get, wait_until
+from tests.harness.promstack import (
+    AlertmanagerServer,
+    MissingBinary,
+    PrometheusServer,
+    basic_auth_header,
+    start_alertmanager,
+    start_prometheus,
+)
+
+pytestmark = pytest.mark.slow
 
 PROM_PASSWORD = "prom-pässword-1"  # not ASCII: sent as UTF-8, as Go clients do
 AM_PASSWORD = "am-password-2"
@@ -65,31 +74,37 @@ class Secured:
         return raw
 
 
-@pytest.fixture
-def secured(
-    prometheus_factory: Callable[..., PrometheusServer],
-    alertmanager_factory: Callable[..., AlertmanagerServer],
-    tmp_path: Path,
-) -> Secured:
-    am = alertmanager_factory(
-        {"route": {"receiver": "null"}, "receivers": [{"name": "null"}]},
-        basic_auth_users={"agent": AM_PASSWORD, "prometheus": "prom-to-am"},
-    )
-    rules = tmp_path / "auth.rules.yml"
-    rules.write_text(RULES)
-    prom = prometheus_factory(
-        basic_auth_users={"agent": PROM_PASSWORD},
-        rule_files=[rules],
-        alertmanager_urls=[am.url],
-        alertmanager_basic_auth={
-            "username": "prometheus",
-            "password_file": str(_secret(tmp_path / "prom-to-am", "prom-to-am\n")),
-        },
-    )
+@pytest.fixture(scope="module")
+def secured(session_procs: ProcessManager, tmp_path_factory: pytest.TempPathFactory) -> Secured:
+    """One Prometheus and one Alertmanager behind basic auth for the module (starting them is
+    most of its time); the tests only read from them."""
+    workdir = tmp_path_factory.mktemp("upstream-auth")
+    try:
+        am = start_alertmanager(
+            session_procs,
+            workdir,
+            {"route": {"receiver": "null"}, "receivers": [{"name": "null"}]},
+            basic_auth_users={"agent": AM_PASSWORD, "prometheus": "prom-to-am"},
+        )
+        rules = workdir / "auth.rules.yml"
+        rules.write_text(RULES)
+        prom = start_prometheus(
+            session_procs,
+            workdir,
+            basic_auth_users={"agent": PROM_PASSWORD},
+            rule_files=[rules],
+            alertmanager_urls=[am.url],
+            alertmanager_basic_auth={
+                "username": "prometheus",
+                "password_file": str(_secret(workdir / "prom-to-am", "prom-to-am\n")),
+            },
+        )
+    except MissingBinary as exc:
+        pytest.fail(str(exc), pytrace=False)
     # Prometheus delivered its alert through Alertmanager's basic auth.
     wait_until(lambda: [a["labels"]["alertname"] for a in am.alerts()] == ["AuthProbe"], 30, what="AuthProbe in AM")
     return Secured(
-        prom, am, _secret(tmp_path / "prom-password", PROM_PASSWORD + "\n"), _secret(tmp_path / "am-pw", AM_PASSWORD)
+        prom, am, _secret(workdir / "prom-password", PROM_PASSWORD + "\n"), _secret(workdir / "am-pw", AM_PASSWORD)
     )
 
 
