@@ -1,8 +1,10 @@
 """The web_auth role's hashing helper (gw-web-auth.py), run as the role runs it: passwords on
-stdin, the web config on stdout, an existing hash kept while it still verifies."""
+stdin, the web config on stdout, an existing hash kept while it still verifies. And the grafana
+role's data source with and without Prometheus web users."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,7 +14,9 @@ from typing import Any
 import bcrypt
 import yaml
 
-HELPER = Path(__file__).resolve().parents[2] / "ansible" / "roles" / "web_auth" / "files" / "gw-web-auth.py"
+REPO = Path(__file__).resolve().parents[2]
+HELPER = REPO / "ansible" / "roles" / "web_auth" / "files" / "gw-web-auth.py"
+GRAFANA_FILTER = REPO / "ansible" / "roles" / "grafana" / "filter_plugins" / "grafana_provisioning.py"
 
 
 def _run(users: dict[str, Any], existing: Path) -> subprocess.CompletedProcess[str]:
@@ -50,3 +54,21 @@ def test_a_foreign_or_broken_file_is_replaced_and_bad_users_refused(tmp_path: Pa
     for users in ({"a:b": "pw"}, {"admin": ""}, {}):
         bad = _run(users, web_config)
         assert bad.returncode == 2 and "gw-web-auth:" in bad.stderr and bad.stdout == ""
+
+
+def test_grafana_data_source_logs_in_only_when_prometheus_has_users() -> None:
+    spec = importlib.util.spec_from_file_location("grafana_provisioning", GRAFANA_FILTER)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    shipped = yaml.safe_load((REPO / "grafana" / "provisioning" / "datasources" / "gpu-watchdog.yml").read_text())
+    plain = module.grafana_provisioning(shipped, "datasources", "/d", "http://127.0.0.1:19090")
+    (source,) = plain["datasources"]
+    assert source["url"] == "http://127.0.0.1:19090"
+    assert not {"basicAuth", "basicAuthUser", "secureJsonData"} & set(source)  # as shipped: no auth
+    secured = module.grafana_provisioning(shipped, "datasources", "/d", "", "admin", "/etc/grafana/pw")
+    (source,) = secured["datasources"]
+    assert source["url"] == shipped["datasources"][0]["url"]
+    assert (source["basicAuth"], source["basicAuthUser"]) == (True, "admin")
+    assert source["secureJsonData"] == {"basicAuthPassword": "$__file{/etc/grafana/pw}"}
+    assert "secureJsonData" not in shipped["datasources"][0]  # the input is not modified
