@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import stat
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from agent_webhook.investigation.config import CONFIG_KEYS
+from agent_webhook.investigation.config import CONFIG_KEYS, BasicAuthConfig, basic_auth
 from agent_webhook.store import Synchronous
 from exporters.common.logs import has_userinfo, strip_userinfo
 from exporters.common.sections import mapping_section, reject_unknown
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 SINK_TYPES = ("slack", "webhook", "grafana", "stdout")
 # The agent.yml keys the investigation reads; passed through to it as given.
 INVESTIGATION_KEYS = CONFIG_KEYS
+# Basic auth toward Prometheus / Alertmanager behind a web config: {username, password_file}.
+AUTH_SECTIONS = ("prometheus_basic_auth", "alertmanager_basic_auth")
 _TOP_KEYS = {
     "listen",
     "db",
@@ -160,6 +163,10 @@ class AgentConfig:
     reconcile_stale_after_seconds: float = 600.0
     # What the investigation reads (prometheus_url, alertmanager_url, llm, slurm), as given.
     investigation: dict[str, Any] = field(default_factory=dict)
+    # Credentials for Prometheus / Alertmanager when they sit behind a web config (the
+    # reconciliation loop uses alertmanager_auth; the investigation reads its own copy).
+    prometheus_auth: BasicAuthConfig | None = None
+    alertmanager_auth: BasicAuthConfig | None = None
 
     @property
     def prometheus_url(self) -> str | None:
@@ -386,7 +393,24 @@ def _merge(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> tuple
     for key in ("prometheus_url", "alertmanager_url"):
         if merged.get(key):
             merged[key] = _url(merged[key], key)
+            # Credentials in a URL end up in logs and evidence; they belong in a password file.
+            parts = urllib.parse.urlsplit(merged[key])
+            if parts.username is not None or parts.password is not None:
+                auth_key = key.replace("_url", "_basic_auth")
+                raise ConfigError(f"{key} must not carry credentials: set {auth_key} (username, password_file) instead")
     return merged, flag_paths
+
+
+def _resolve_auth_paths(merged: dict[str, Any], base: Path) -> None:
+    """A relative `password_file` of the basic-auth sections resolves against agent.yml's directory,
+    like every other path in the file (the investigation receives absolute paths)."""
+    for key in AUTH_SECTIONS:
+        section = merged.get(key)
+        if not isinstance(section, Mapping):
+            continue
+        password_file = section.get("password_file")
+        if isinstance(password_file, str) and password_file:
+            merged[key] = {**section, "password_file": str(_path(password_file, f"{key}.password_file", base))}
 
 
 def _investigation_keys(merged: Mapping[str, Any]) -> dict[str, Any]:
@@ -395,15 +419,18 @@ def _investigation_keys(merged: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_investigation(path: Path | None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The investigation's settings from agent.yml and flags/env, with the same precedence as
-    :func:`load_config`, without reading the agent's secrets (`gpu-watchdog ask` needs none)."""
-    raw, _ = load_file(path)
+    :func:`load_config`, without reading the agent's own secrets (its token); the investigation
+    reads the Prometheus/Alertmanager password files it is given."""
+    raw, base = load_file(path)
     merged, _ = _merge(raw, overrides)
+    _resolve_auth_paths(merged, base)
     return _investigation_keys(merged)
 
 
 def build_config(raw: Mapping[str, Any], base: Path, overrides: Mapping[str, Any] | None = None) -> AgentConfig:
     """Validate the merged configuration. `overrides` (flags/env) win over `raw` (the file)."""
     merged, flag_paths = _merge(raw, overrides)
+    _resolve_auth_paths(merged, base)
     flag_base = Path.cwd()
 
     def path_of(key: str) -> Path:
@@ -467,6 +494,11 @@ def build_config(raw: Mapping[str, Any], base: Path, overrides: Mapping[str, Any
         "reconcile_stale_after_seconds",
         minimum=1,
     )
+    try:
+        cfg.prometheus_auth = basic_auth(merged, "prometheus_basic_auth")
+        cfg.alertmanager_auth = basic_auth(merged, "alertmanager_basic_auth")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     cfg.investigation = _investigation_keys(merged)
     return cfg
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from agent_webhook.investigation.config import BasicAuthConfig
 from agent_webhook.investigation.prometheus import read_capped
 from agent_webhook.metrics import AgentMetrics
 from agent_webhook.payload import PayloadError, canonical_time
@@ -70,6 +71,7 @@ class Reconciler:
         interval_seconds: float,
         stale_after_seconds: float,
         on_resolved: asyncio.Event | None = None,
+        auth: BasicAuthConfig | None = None,
     ) -> None:
         self.store = store
         self.session = session
@@ -78,6 +80,8 @@ class Reconciler:
         self.interval = interval_seconds
         self.stale_after = stale_after_seconds
         self.on_resolved = on_resolved
+        # Basic auth when Alertmanager sits behind a web config (alertmanager_basic_auth).
+        self.auth = auth
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -92,8 +96,13 @@ class Reconciler:
 
     async def _fetch(self) -> set[tuple[str, str]]:
         timeout = aiohttp.ClientTimeout(total=max(5.0, min(30.0, self.interval)))
-        async with self.session.get(self.url, params=_PARAMS, allow_redirects=False, timeout=timeout) as resp:
+        headers = self.auth.headers() if self.auth else None
+        async with self.session.get(
+            self.url, params=_PARAMS, allow_redirects=False, timeout=timeout, headers=headers
+        ) as resp:
             body = await read_capped(resp.content, _MAX_BODY_BYTES)
+            if resp.status in (401, 403):
+                raise AlertmanagerAnswerError(f"HTTP {resp.status}: check alertmanager_basic_auth in agent.yml")
             if resp.status != 200:
                 raise AlertmanagerAnswerError(f"HTTP {resp.status}")
         try:

@@ -149,6 +149,7 @@ class Service:
                 interval_seconds=self.config.reconcile_interval_seconds,
                 stale_after_seconds=self.config.reconcile_stale_after_seconds,
                 on_resolved=self.delivery.wake,
+                auth=self.config.alertmanager_auth,
             )
             self.reconciler.start()
         else:

@@ -88,11 +88,11 @@ def prometheus_factory(procs: ProcessManager, tmp_path: Path) -> Callable[..., P
 
 @pytest.fixture
 def alertmanager_factory(procs: ProcessManager, tmp_path: Path) -> Callable[..., AlertmanagerServer]:
-    """`alertmanager_factory(config_dict_or_yaml)`."""
+    """`alertmanager_factory(config_dict_or_yaml, basic_auth_users={...})`."""
 
-    def make(config: dict[str, Any] | str) -> AlertmanagerServer:
+    def make(config: dict[str, Any] | str, **kwargs: Any) -> AlertmanagerServer:
         try:
-            return start_alertmanager(procs, tmp_path, config)
+            return start_alertmanager(procs, tmp_path, config, **kwargs)
         except MissingBinary as exc:
             _fail_if_missing(exc)
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import urllib.parse
 from collections.abc import Mapping
@@ -16,6 +17,8 @@ SLURM_MODES = ("metrics", "scontrol")
 CONFIG_KEYS = (
     "prometheus_url",
     "alertmanager_url",
+    "prometheus_basic_auth",
+    "alertmanager_basic_auth",
     "llm",
     "slurm",
     "allowed_urls",
@@ -24,6 +27,58 @@ CONFIG_KEYS = (
     "max_series",
     "max_points",
 )
+
+
+@dataclass(frozen=True)
+class BasicAuthConfig:
+    """Basic auth toward a Prometheus or Alertmanager behind a web config (`--web.config.file`).
+
+    The password is read from `password_file` when the configuration is loaded; it never goes
+    into a URL, a repr or a log line.
+    """
+
+    username: str
+    password_file: str
+    password: str = field(repr=False)
+
+    def headers(self) -> dict[str, str]:
+        """The Authorization header, built per request. A header rather than aiohttp's `auth=`
+        (deprecated in aiohttp 3.12+); UTF-8 as Go clients send it (exporter-toolkit compares the
+        raw bytes), not aiohttp's latin-1 default."""
+        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode("ascii")
+        return {"Authorization": f"Basic {token}"}
+
+
+AUTH_KEYS = {"username", "password_file"}
+
+
+def basic_auth(raw: Mapping[str, Any], key: str) -> BasicAuthConfig | None:
+    """`key` of agent.yml (`{username, password_file}`), validated, with the password read; None when unset."""
+    value = raw.get(key)
+    if value is None or value == {}:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{key} must be a mapping with username and password_file, got {type(value).__name__}")
+    _known(value, key, AUTH_KEYS)
+    username = value.get("username")
+    if not isinstance(username, str) or not username or ":" in username:
+        raise ValueError(f"{key}.username: expected a user name (without ':')")
+    path = value.get("password_file")
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"{key}.password_file: expected a file path (the password is never put in agent.yml)")
+    try:
+        password = Path(path).read_text(encoding="utf-8").strip()
+    except PermissionError:
+        raise ValueError(
+            f"{key}.password_file: cannot read {path}: permission denied (a secret, readable by the agent's "
+            "user only: run as that user or root, e.g. with sudo)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(f"{key}.password_file: cannot read {path}: {reason}") from None
+    if not password:
+        raise ValueError(f"{key}.password_file: {path} is empty")
+    return BasicAuthConfig(username=username, password_file=path, password=password)
 
 
 @dataclass(frozen=True)
@@ -72,6 +127,8 @@ class SlurmConfig:
 class InvestigationConfig:
     prometheus_url: str | None = None
     alertmanager_url: str | None = None
+    prometheus_auth: BasicAuthConfig | None = None
+    alertmanager_auth: BasicAuthConfig | None = None
     llm: LLMConfig = field(default_factory=LLMConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     allowed_urls: tuple[str, ...] = ()
@@ -116,8 +173,10 @@ class InvestigationConfig:
         if llm.base_url and not llm.model:
             raise ValueError("llm.model is required when llm.base_url is set (the model name vLLM serves)")
         return cls(
-            prometheus_url=_url(raw.get("prometheus_url"), "prometheus_url"),
-            alertmanager_url=_url(raw.get("alertmanager_url"), "alertmanager_url"),
+            prometheus_url=_server_url(raw, "prometheus_url", "prometheus_basic_auth"),
+            alertmanager_url=_server_url(raw, "alertmanager_url", "alertmanager_basic_auth"),
+            prometheus_auth=basic_auth(raw, "prometheus_basic_auth"),
+            alertmanager_auth=basic_auth(raw, "alertmanager_basic_auth"),
             llm=llm,
             slurm=SlurmConfig(
                 mode=str(mode),
@@ -186,6 +245,16 @@ def _number(  # noqa: PLR0917 - one call shape, read at a glance
     if not low <= value <= high:
         raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
     return float(value)
+
+
+def _server_url(raw: Mapping[str, Any], key: str, auth_key: str) -> str | None:
+    url = _url(raw.get(key), key)
+    if url is not None:
+        parsed = urllib.parse.urlsplit(url)
+        # Credentials in a URL end up in logs and evidence; they belong in a password file.
+        if parsed.username is not None or parsed.password is not None:
+            raise ValueError(f"{key} must not carry credentials: set {auth_key} (username, password_file) instead")
+    return url
 
 
 def _url(value: Any, name: str) -> str | None:

@@ -112,6 +112,7 @@ class Investigation:
             timeout_seconds=self.cfg.tool_timeout_seconds,
             max_series=self.cfg.max_series,
             max_points=self.cfg.max_points,
+            auth=self.cfg.prometheus_auth,
         )
 
     async def close(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from agent_webhook.investigation.config import BasicAuthConfig
 from agent_webhook.investigation.safety import GuardrailError, URLAllowlist, check_query
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -150,8 +151,11 @@ class PrometheusAPI:
         timeout_seconds: float = 10.0,
         max_series: int = 50,
         max_points: int = 500,
+        auth: BasicAuthConfig | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # Basic auth when Prometheus sits behind a web config (prometheus_basic_auth).
+        self.auth = auth
         self.allowlist = allowlist
         self.timeout_seconds = timeout_seconds
         self.max_series = max_series
@@ -167,10 +171,14 @@ class PrometheusAPI:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_seconds))
             self._session_loop = loop
         try:
-            async with self._session.get(url, params=params, allow_redirects=False) as resp:
+            headers = self.auth.headers() if self.auth else None
+            async with self._session.get(url, params=params, allow_redirects=False, headers=headers) as resp:
                 body = await read_capped(resp.content, MAX_BODY_BYTES)
                 if len(body) > MAX_BODY_BYTES:
                     raise PrometheusQueryError("result larger than 8 MiB: narrow the query")
+                if resp.status in (401, 403):
+                    hint = "wrong prometheus_basic_auth" if self.auth else "set prometheus_basic_auth in agent.yml"
+                    raise PrometheusUnavailable(f"Prometheus answered HTTP {resp.status} ({hint})")
                 if resp.status >= 500 or resp.status in (401, 403, 404, 429):
                     raise PrometheusUnavailable(f"Prometheus answered HTTP {resp.status}")
                 try:

@@ -531,8 +531,13 @@ class ToolBox:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.tool_timeout_seconds))
         try:
-            async with self._session.get(url, params=params, allow_redirects=False) as resp:
+            headers = self.cfg.alertmanager_auth.headers() if self.cfg.alertmanager_auth else None
+            async with self._session.get(url, params=params, allow_redirects=False, headers=headers) as resp:
                 body = await read_capped(resp.content, 2 * 1024 * 1024)
+                if resp.status in (401, 403):
+                    hint = "wrong alertmanager_basic_auth" if headers else "set alertmanager_basic_auth in agent.yml"
+                    self.unavailable["alertmanager"] = f"Alertmanager answered HTTP {resp.status} ({hint})"
+                    return ToolOutput(f"unavailable: {self.unavailable['alertmanager']}", ok=False)
                 if resp.status != 200:
                     raise PrometheusUnavailable(f"Alertmanager answered HTTP {resp.status}")
                 alerts = json.loads(body)

@@ -94,6 +94,12 @@ class Deployment:
         secret = self.variables["prometheus_exporter_basic_auth_password"]
         return {"Authorization": "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()}
 
+    def web_auth(self, port_var: str) -> dict[str, str]:
+        """The basic-auth header of Prometheus (prometheus_port) or Alertmanager (alertmanager_port)."""
+        users = self.variables[port_var.replace("_port", "_web_users")]
+        user, secret = next(iter(users.items()))
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()}
+
     def url(self, port_var: str, path: str = "") -> str:
         return f"http://127.0.0.1:{self.port(port_var)}{path}"
 
@@ -205,6 +211,10 @@ def deployment() -> Iterator[Deployment]:
         "exporters_web_config": {"basic_auth_users": {"prometheus": hashed}},
         "prometheus_exporter_basic_auth_username": "prometheus",
         "prometheus_exporter_basic_auth_password": password,
+        # Prometheus and Alertmanager behind their web configs (issue 15: RunPod's public proxy);
+        # every consumer on the deployment (Prometheus, the agent, Grafana) must log in.
+        "prometheus_web_users": {"admin": secrets.token_urlsafe(18)},
+        "alertmanager_web_users": {"admin": secrets.token_urlsafe(18)},
         "exporters_gpu_enabled": built["gpu-exporter"],
         "exporters_slurm_enabled": built["slurm-exporter"],
         "agent_webhook_enabled": built["agent-webhook"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pwd
 import socket
 import subprocess
 import time
@@ -31,8 +32,8 @@ NODE = socket.gethostname().split(".")[0]
 SLURM_ENV = {**os.environ, "SLURM_CONF": "/etc/slurm/slurm.conf"}
 
 
-def _json(url: str) -> Any:
-    status, body = http_get(url, timeout=5)
+def _json(url: str, headers: dict[str, str] | None = None) -> Any:
+    status, body = http_get(url, timeout=5, headers=headers)
     assert status == 200, f"GET {url} -> {status}: {body[:300]!r}"
     return json.loads(body)
 
@@ -112,10 +113,17 @@ def test_a_gpu_job_runs_to_completion(deployment: Deployment, tmp_path: Path) ->
     assert job.stdout.strip() == "gpus=0"
 
 
-def test_prometheus_and_alertmanager_answer(deployment: Deployment) -> None:
-    for port_var in ("prometheus_port", "alertmanager_port"):
-        assert http_get(deployment.url(port_var, "/-/ready"))[0] == 200
-    status = _json(deployment.url("alertmanager_port", "/api/v2/status"))
+def test_prometheus_and_alertmanager_answer_only_with_their_web_users(deployment: Deployment) -> None:
+    for port_var, name in (("prometheus_port", "prometheus"), ("alertmanager_port", "alertmanager")):
+        url = deployment.url(port_var, "/-/ready")
+        assert http_get(url)[0] == 401
+        assert http_get(url, headers={"Authorization": "Basic YWRtaW46d3Jvbmc="})[0] == 401  # admin:wrong
+        assert http_get(url, headers=deployment.web_auth(port_var))[0] == 200
+        web_config = deployment.prefix / "etc" / name / "web-config.yml"
+        assert oct(web_config.stat().st_mode & 0o777) == "0o640"
+        assert list(yaml.safe_load(web_config.read_text())["basic_auth_users"]) == ["admin"]
+        assert yaml.safe_load(web_config.read_text())["basic_auth_users"]["admin"].startswith("$2b$10$")
+    status = _json(deployment.url("alertmanager_port", "/api/v2/status"), deployment.web_auth("alertmanager_port"))
     config = yaml.safe_load(status["config"]["original"])
     agent = next(r for r in config["receivers"] if r["name"] == "gpu-watchdog-agent")
     hook = agent["webhook_configs"][0]
@@ -130,7 +138,8 @@ def test_prometheus_has_the_rules_loaded(deployment: Deployment) -> None:
     shipped = sorted(p.name for p in (REPO / "alert_rules").glob("*.rules.yml"))
     installed = sorted(p.name for p in (deployment.prefix / "etc" / "prometheus" / "rules").iterdir())
     assert installed == shipped
-    groups = _json(deployment.url("prometheus_port", "/api/v1/rules"))["data"]["groups"]
+    groups = _json(deployment.url("prometheus_port", "/api/v1/rules"), deployment.web_auth("prometheus_port"))
+    groups = groups["data"]["groups"]
     assert sorted({Path(g["file"]).name for g in groups}) == shipped
     expected_groups = sum(len(yaml.safe_load((REPO / "alert_rules" / n).read_text())["groups"]) for n in shipped)
     assert len(groups) == expected_groups
@@ -144,14 +153,14 @@ def test_prometheus_targets_are_up_with_the_node_label(deployment: Deployment) -
     url = deployment.url("prometheus_port", "/api/v1/targets")
 
     def all_up() -> list[dict[str, Any]] | None:
-        targets = _json(url)["data"]["activeTargets"]
+        targets = _json(url, deployment.web_auth("prometheus_port"))["data"]["activeTargets"]
         jobs = {t["labels"]["job"] for t in targets}
         return targets if jobs == expected and all(t["health"] == "up" for t in targets) else None
 
     try:
         targets = wait_until(all_up, 30, interval=1, what="every target up")
     except TimeoutError:
-        pytest.fail(json.dumps(_json(url)["data"]["activeTargets"], indent=1)[:4000])
+        pytest.fail(json.dumps(_json(url, deployment.web_auth("prometheus_port"))["data"], indent=1)[:4000])
     assert isinstance(targets, list)
     for target in targets:
         if target["labels"]["job"] == "gpu":
@@ -212,18 +221,82 @@ def test_grafana_files_are_provisioned(deployment: Deployment) -> None:
         for datasource in copied.get("datasources", []):
             if datasource["type"] == "prometheus":
                 assert datasource["url"] == deployment.url("prometheus_port")
+                # Prometheus has web users: Grafana logs in, reading the password from a file.
+                password_file = grafana / "provisioning" / "gpu-watchdog-prometheus-password"
+                assert password_file.read_text() == deployment.variables["prometheus_web_users"]["admin"]
+                assert oct(password_file.stat().st_mode & 0o777) == "0o640"
+                assert datasource.pop("basicAuth") is True and datasource.pop("basicAuthUser") == "admin"
+                assert datasource.pop("secureJsonData") == {"basicAuthPassword": f"$__file{{{password_file}}}"}
                 datasource["url"] = next(d["url"] for d in shipped["datasources"] if d["type"] == "prometheus")
         assert copied == shipped
 
 
 def test_no_secret_reaches_the_output(deployment: Deployment) -> None:
     token = (deployment.prefix / "secrets" / "agent-token").read_text()
-    password = deployment.variables["prometheus_exporter_basic_auth_password"]
+    passwords = [
+        deployment.variables["prometheus_exporter_basic_auth_password"],
+        deployment.variables["prometheus_web_users"]["admin"],
+        deployment.variables["alertmanager_web_users"]["admin"],
+    ]
     key = Path("/etc/munge/munge.key").read_bytes()
     for run in deployment.runs.values():
         assert token not in run.stdout + run.stderr
-        assert password not in run.stdout + run.stderr
+        assert all(password not in run.stdout + run.stderr for password in passwords)
         assert base64.b64encode(key).decode()[:40] not in run.stdout + run.stderr
+    # Nor a command line, a service definition, a log or a config file others can read.
+    readable = [
+        *(deployment.prefix / "services").glob("*.json"),
+        *(deployment.prefix / "log").glob("*.log"),
+        deployment.prefix / "etc" / "agent.yml",
+        deployment.prefix / "etc" / "prometheus" / "prometheus.yml",
+        deployment.prefix / "etc" / "prometheus" / "web-config.yml",
+        deployment.prefix / "etc" / "alertmanager" / "web-config.yml",
+    ]
+    for row in _supervised(deployment):
+        readable.append(Path(f"/proc/{row['pid']}/cmdline"))
+    for path in readable:
+        text = path.read_bytes().decode(errors="replace")
+        assert all(password not in text for password in passwords[1:]), path
+
+
+def test_consumers_log_in_with_password_files(deployment: Deployment) -> None:
+    """Prometheus (its alerts, its `alertmanager` and `prometheus` jobs) and the agent authenticate
+    with password files of their own users; the password never sits in a config or a URL."""
+    config = yaml.safe_load((deployment.prefix / "etc" / "prometheus" / "prometheus.yml").read_text())
+    prom_files = deployment.prefix / "etc" / "prometheus"
+    alerting = config["alerting"]["alertmanagers"][0]["basic_auth"]
+    assert alerting == {"username": "admin", "password_file": str(prom_files / "alertmanager-password")}
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["alertmanager"]["basic_auth"] == alerting
+    assert jobs["prometheus"]["basic_auth"] == {"username": "admin", "password_file": str(prom_files / "web-password")}
+    agent = yaml.safe_load((deployment.prefix / "etc" / "agent.yml").read_text())
+    secrets_dir = deployment.prefix / "secrets"
+    assert agent["prometheus_basic_auth"] == {
+        "username": "admin",
+        "password_file": str(secrets_dir / "agent-prometheus-password"),
+    }
+    assert agent["alertmanager_basic_auth"] == {
+        "username": "admin",
+        "password_file": str(secrets_dir / "agent-alertmanager-password"),
+    }
+    for path, owner, secret in (
+        (prom_files / "web-password", "prometheus", deployment.variables["prometheus_web_users"]["admin"]),
+        (prom_files / "alertmanager-password", "prometheus", deployment.variables["alertmanager_web_users"]["admin"]),
+        (
+            secrets_dir / "agent-prometheus-password",
+            "gpu-watchdog",
+            deployment.variables["prometheus_web_users"]["admin"],
+        ),
+        (
+            secrets_dir / "agent-alertmanager-password",
+            "gpu-watchdog",
+            deployment.variables["alertmanager_web_users"]["admin"],
+        ),
+    ):
+        info = path.stat()
+        assert oct(info.st_mode & 0o777) == "0o600", path
+        assert pwd.getpwuid(info.st_uid).pw_name == owner, path
+        assert path.read_text() == secret
 
 
 def _cli(*args: str, timeout: float = 60, prefix: Path | None = None) -> str:
@@ -239,7 +312,7 @@ def _cli(*args: str, timeout: float = 60, prefix: Path | None = None) -> str:
 
 def _query(deployment: Deployment, expr: str) -> list[dict[str, Any]]:
     url = deployment.url("prometheus_port", "/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
-    result: list[dict[str, Any]] = _json(url)["data"]["result"]
+    result: list[dict[str, Any]] = _json(url, deployment.web_auth("prometheus_port"))["data"]["result"]
     return result
 
 
@@ -256,7 +329,8 @@ def test_readme_walkthrough_an_injected_xid_79_becomes_a_finding(deployment: Dep
     wait_until(lambda: [s["value"][1] for s in _query(deployment, xid)] == ["1"], 60, what="XID counter = 1")
 
     def firing() -> bool:
-        alerts = _json(deployment.url("prometheus_port", "/api/v1/alerts"))["data"]["alerts"]
+        alerts = _json(deployment.url("prometheus_port", "/api/v1/alerts"), deployment.web_auth("prometheus_port"))
+        alerts = alerts["data"]["alerts"]
         return any(
             a["labels"]["alertname"] == "GPUXidError" and a["labels"].get("gpu") == "3" and a["state"] == "firing"
             for a in alerts
@@ -265,7 +339,24 @@ def test_readme_walkthrough_an_injected_xid_79_becomes_a_finding(deployment: Dep
     wait_until(firing, 90, interval=1, what="GPUXidError firing in Prometheus")
     fired = time.monotonic() - injected
     # Alertmanager has it once Prometheus has sent it (a minute later GPUFellOffBus inhibits it).
-    amtool = ("amtool", "alert", f"--alertmanager.url={deployment.url('alertmanager_port')}")
+    # Alertmanager has web users: amtool logs in with an HTTP client config (docs/ansible.md).
+    http_config = deployment.vars_file.parent / "amtool-http.yml"
+    http_config.write_text(
+        yaml.safe_dump(
+            {
+                "basic_auth": {
+                    "username": "admin",
+                    "password_file": str(deployment.prefix / "etc" / "prometheus" / "alertmanager-password"),
+                }
+            }
+        )
+    )
+    amtool = (
+        "amtool",
+        "alert",
+        f"--alertmanager.url={deployment.url('alertmanager_port')}",
+        f"--http.config.file={http_config}",
+    )
     wait_until(lambda: "GPUXidError" in _cli(*amtool) or "GPUFellOffBus" in _cli(*amtool), 60, what="amtool alert")
 
     def findings() -> list[dict[str, Any]]:

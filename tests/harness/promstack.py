@@ -4,20 +4,26 @@ prom = start_prometheus(procs, tmp_path, scrape_targets={"gpu": ["127.0.0.1:9400
                         rule_files=[Path("alert_rules/gpu.rules.yml")])
 prom.wait_for("up == 1")
 am = start_alertmanager(procs, tmp_path, config={...})
+
+Either can sit behind an exporter-toolkit web config (`--web.config.file`) with basic auth:
+`basic_auth_users={"admin": "plaintext"}` (hashed here); the returned server's helpers then
+send those credentials (`server.headers`), and a plain `http_get(server.url)` gets 401.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import yaml
 
 from tests.harness.processes import LOOPBACK, ManagedProcess, ProcessManager, free_port, http_get, wait_until
@@ -38,11 +44,35 @@ def find_binary(candidates: Sequence[str], package: str) -> str:
     raise MissingBinary(f"none of {', '.join(candidates)} found; install Debian's {package} (make test does)")
 
 
-def _api_get(base: str, path: str, params: Mapping[str, str] | None = None, timeout: float = 10.0) -> Any:
+def basic_auth_header(username: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
+
+
+def _web_config(root: Path, users: Mapping[str, str] | None) -> tuple[list[str], dict[str, str]]:
+    """The --web.config.file argument for `users` (bcrypt cost 4: fast, still real bcrypt) and the
+    headers of the first user; nothing without users."""
+    if not users:
+        return [], {}
+    hashed = {
+        user: bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode() for user, password in users.items()
+    }
+    path = root / "web-config.yml"
+    path.write_text(yaml.safe_dump({"basic_auth_users": hashed}))
+    user, password = next(iter(users.items()))
+    return [f"--web.config.file={path}"], basic_auth_header(user, password)
+
+
+def _api_get(
+    base: str,
+    path: str,
+    params: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+    headers: Mapping[str, str] | None = None,
+) -> Any:
     url = f"{base}{path}"
     if params:
         url += "?" + urllib.parse.urlencode(params)
-    status, body = http_get(url, timeout=timeout)
+    status, body = http_get(url, timeout=timeout, headers=headers)
     if status != 200:
         raise RuntimeError(f"GET {url} -> {status}: {body[:300]!r}")
     return json.loads(body)
@@ -55,17 +85,22 @@ class PrometheusServer:
     process: ManagedProcess
     config_path: Path
     data_dir: Path
+    # Basic-auth header when started behind a web config.
+    headers: dict[str, str] = field(default_factory=dict)
 
     def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
         params = {"query": expr}
         if at is not None:
             params["time"] = str(at)
-        data = _api_get(self.url, "/api/v1/query", params)
+        data = _api_get(self.url, "/api/v1/query", params, headers=self.headers)
         return list(data["data"]["result"])
 
     def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
         data = _api_get(
-            self.url, "/api/v1/query_range", {"query": expr, "start": str(start), "end": str(end), "step": str(step)}
+            self.url,
+            "/api/v1/query_range",
+            {"query": expr, "start": str(start), "end": str(end), "step": str(step)},
+            headers=self.headers,
         )
         return list(data["data"]["result"])
 
@@ -85,16 +120,16 @@ class PrometheusServer:
         return result
 
     def targets(self) -> list[dict[str, Any]]:
-        return list(_api_get(self.url, "/api/v1/targets")["data"]["activeTargets"])
+        return list(_api_get(self.url, "/api/v1/targets", headers=self.headers)["data"]["activeTargets"])
 
     def rules(self) -> list[dict[str, Any]]:
-        return list(_api_get(self.url, "/api/v1/rules")["data"]["groups"])
+        return list(_api_get(self.url, "/api/v1/rules", headers=self.headers)["data"]["groups"])
 
     def alerts(self) -> list[dict[str, Any]]:
-        return list(_api_get(self.url, "/api/v1/alerts")["data"]["alerts"])
+        return list(_api_get(self.url, "/api/v1/alerts", headers=self.headers)["data"]["alerts"])
 
     def reload(self) -> None:
-        req = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+        req = urllib.request.Request(f"{self.url}/-/reload", method="POST", headers=self.headers)
         with urllib.request.urlopen(req, timeout=10) as resp:
             resp.read()
 
@@ -105,17 +140,18 @@ class AlertmanagerServer:
     port: int
     process: ManagedProcess
     config_path: Path
+    headers: dict[str, str] = field(default_factory=dict)
 
     def alerts(self, active_only: bool = True) -> list[dict[str, Any]]:
         params = {"active": "true"} if active_only else None
-        return list(_api_get(self.url, "/api/v2/alerts", params))
+        return list(_api_get(self.url, "/api/v2/alerts", params, headers=self.headers))
 
     def post_alerts(self, alerts: list[dict[str, Any]]) -> None:
         req = urllib.request.Request(
             f"{self.url}/api/v2/alerts",
             data=json.dumps(alerts).encode(),
             method="POST",
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **self.headers},
         )
         with urllib.request.urlopen(req, timeout=10) as resp:
             resp.read()
@@ -128,7 +164,9 @@ def prometheus_config(
     scrape_interval: str = "1s",
     evaluation_interval: str = "1s",
     extra_scrape_configs: Sequence[Mapping[str, Any]] = (),
+    alertmanager_basic_auth: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
+    """`alertmanager_basic_auth`: {username, password_file} for an Alertmanager behind a web config."""
     scrape_configs: list[dict[str, Any]] = [
         {"job_name": job, "static_configs": [{"targets": list(targets)}]}
         for job, targets in (scrape_targets or {}).items()
@@ -144,11 +182,12 @@ def prometheus_config(
         "scrape_configs": scrape_configs,
     }
     if alertmanager_urls:
-        config["alerting"] = {
-            "alertmanagers": [
-                {"static_configs": [{"targets": [urllib.parse.urlparse(u).netloc for u in alertmanager_urls]}]}
-            ]
+        alertmanager: dict[str, Any] = {
+            "static_configs": [{"targets": [urllib.parse.urlparse(u).netloc for u in alertmanager_urls]}]
         }
+        if alertmanager_basic_auth:
+            alertmanager["basic_auth"] = dict(alertmanager_basic_auth)
+        config["alerting"] = {"alertmanagers": [alertmanager]}
     return config
 
 
@@ -160,9 +199,11 @@ def start_prometheus(
     timeout: float = 30.0,
     extra_args: Sequence[str] = (),
     resend_delay: str = "1s",
+    basic_auth_users: Mapping[str, str] | None = None,
     **config_kwargs: Any,
 ) -> PrometheusServer:
-    """Start Prometheus with `config` (or one built by :func:`prometheus_config` from kwargs)."""
+    """Start Prometheus with `config` (or one built by :func:`prometheus_config` from kwargs),
+    behind a web config with `basic_auth_users` (username -> plaintext password) when given."""
     binary = find_binary(PROMETHEUS_BINARIES, "prometheus")
     port = free_port()
     root = workdir / f"prometheus-{port}"
@@ -170,6 +211,7 @@ def start_prometheus(
     data_dir.mkdir(parents=True)
     config_path = root / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(dict(config) if config is not None else prometheus_config(**config_kwargs)))
+    web_args, headers = _web_config(root, basic_auth_users)
     proc = procs.start(
         "prometheus",
         [
@@ -185,12 +227,21 @@ def start_prometheus(
             # stalled Prometheus on a loaded machine keep its alerts alive in Alertmanager.)
             f"--rules.alert.resend-delay={resend_delay}",
             "--log.level=info",
+            *web_args,
             *extra_args,
         ],
     )
     url = f"http://{LOOPBACK}:{port}"
-    proc.wait_http(f"{url}/-/ready", timeout=timeout)
-    return PrometheusServer(url=url, port=port, process=proc, config_path=config_path, data_dir=data_dir)
+    _wait_ready(proc, url, headers, timeout)
+    return PrometheusServer(
+        url=url, port=port, process=proc, config_path=config_path, data_dir=data_dir, headers=headers
+    )
+
+
+def _wait_ready(proc: ManagedProcess, url: str, headers: dict[str, str], timeout: float) -> None:
+    proc.wait_ready(
+        lambda: http_get(f"{url}/-/ready", timeout=2, headers=headers)[0] == 200, timeout, what=f"{proc.name} at {url}"
+    )
 
 
 def start_alertmanager(
@@ -199,6 +250,7 @@ def start_alertmanager(
     config: Mapping[str, Any] | str,
     timeout: float = 30.0,
     port: int | None = None,
+    basic_auth_users: Mapping[str, str] | None = None,
 ) -> AlertmanagerServer:
     """Start a single, non-clustered Alertmanager with `config` (a dict or YAML text).
 
@@ -211,6 +263,7 @@ def start_alertmanager(
     (root / "data").mkdir(parents=True, exist_ok=True)
     config_path = root / "alertmanager.yml"
     config_path.write_text(config if isinstance(config, str) else yaml.safe_dump(dict(config)))
+    web_args, headers = _web_config(root, basic_auth_users)
     proc = procs.start(
         "alertmanager",
         [
@@ -220,11 +273,12 @@ def start_alertmanager(
             f"--web.listen-address={LOOPBACK}:{port}",
             "--cluster.listen-address=",  # no gossip: a private, single instance
             "--log.level=info",
+            *web_args,
         ],
     )
     url = f"http://{LOOPBACK}:{port}"
-    proc.wait_http(f"{url}/-/ready", timeout=timeout)
-    return AlertmanagerServer(url=url, port=port, process=proc, config_path=config_path)
+    _wait_ready(proc, url, headers, timeout)
+    return AlertmanagerServer(url=url, port=port, process=proc, config_path=config_path, headers=headers)
 
 
 def wait_seconds(seconds: float) -> None:
