@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,17 @@ class GpuLost(RuntimeError):
     """NVML says the GPU fell off the bus (NVML_ERROR_GPU_IS_LOST)."""
 
 
+# Why a GPU is reported down (`nvidia_gpu_down_reason{reason}`): a bounded set of values.
+REASON_NOT_READ_YET = "not_read_yet"
+REASON_TIMEOUT = "timeout"
+REASON_EXPORTER_ERROR = "exporter_error"
+
+
+def reason_of(error_name: str) -> str:
+    """An NVML error class name as a reason label: `GpuIsLost` -> `gpu_is_lost`."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", error_name).lower() if error_name != "NVMLError" else "nvml_error"
+
+
 @dataclass(frozen=True)
 class GpuStatic:
     """What does not change while the driver is loaded: read once at start-up."""
@@ -58,6 +70,9 @@ class GpuStatic:
     name: str
     pci_bus_id: str
     nvlink_count: int
+    # Set when NVML would not give this GPU's handle (GpuIsLost, NoPermission, Unknown): the GPU
+    # is exported as down with this reason, and the lookup is retried every cycle.
+    handle_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,7 @@ class GpuSample:
     index: int
     up: bool = True
     error: str | None = None
+    reason: str | None = None  # bounded, for the down-reason label; set whenever up is False
     utilization_gpu: float | None = None  # percent
     utilization_memory: float | None = None
     memory_used_bytes: float | None = None
@@ -157,9 +173,34 @@ class NvmlBackend:
             raise BackendUnavailable(f"NVML initialised but cannot list GPUs: {exc}") from None
         self.cuda_version = self._cuda_version()
         for index in range(count):
+            # One GPU off the bus must not cost the others: its lookup failing leaves a placeholder
+            # (exported as down with the reason) and the lookup is retried every cycle.
+            self.handles.append(None)
+            self.static.append(self._unavailable(index, "NotReadYet"))
+            self.acquire(index)
+
+    def _unavailable(self, index: int, reason: str) -> GpuStatic:
+        return GpuStatic(
+            index=index, uuid=f"unknown-{index}", name="unknown", pci_bus_id="", nvlink_count=0, handle_error=reason
+        )
+
+    def acquire(self, index: int) -> bool:
+        """Look the GPU's handle up (again); False, with the static info saying why, when NVML refuses."""
+        try:
             handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
-            self.handles.append(handle)
-            self.static.append(self._read_static(index, handle))
+            static = self._read_static(index, handle)
+        except pynvml.NVMLError as exc:
+            reason = _error_name(exc)
+            if self.static[index].handle_error != reason:
+                log.warning("cannot get GPU handle; GPU reported down", extra={"gpu": index, "error": str(exc)})
+            self.handles[index] = None
+            self.static[index] = self._unavailable(index, reason)
+            return False
+        if self.static[index].handle_error not in (None, "NotReadYet"):
+            log.info("GPU handle acquired after earlier failure", extra={"gpu": index})
+        self.handles[index] = handle
+        self.static[index] = static
+        return True
 
     def _cuda_version(self) -> str:
         try:
@@ -172,6 +213,8 @@ class NvmlBackend:
         def read(name: str, fallback: str) -> str:
             try:
                 return _text(getattr(self.nvml, name)(handle))
+            except pynvml.NVMLError_GpuIsLost:
+                raise  # the GPU went away between lookup and reads: treat as a failed lookup
             except pynvml.NVMLError as exc:
                 log.warning("cannot read GPU property", extra={"gpu": index, "call": name, "error": str(exc)})
                 return fallback
@@ -180,6 +223,8 @@ class NvmlBackend:
         name = read("nvmlDeviceGetName", "unknown")
         try:
             pci = _text(self.nvml.nvmlDeviceGetPciInfo(handle).busId)
+        except pynvml.NVMLError_GpuIsLost:
+            raise
         except pynvml.NVMLError:
             pci = ""
         nvlinks = 0
@@ -207,15 +252,25 @@ class NvmlBackend:
     def sample(self, index: int, reads: frozenset[str], fields: Iterable[FieldKey]) -> GpuSample:
         """Everything the enabled collectors need from one GPU. Never raises for NVML errors."""
         sample = GpuSample(index=index)
+        if self.handles[index] is None and not self.acquire(index):
+            error = self.static[index].handle_error or "NVMLError"
+            sample.calls = 1
+            sample.up = False
+            sample.reason = reason_of(error)
+            sample.error = f"nvmlDeviceGetHandleByIndex failed: {error}"
+            sample.errors[error] = 1
+            return sample
         handle = self.handles[index]
         try:
             self._sample(sample, handle, reads, list(fields))
         except GpuLost:
             sample.up = False
+            sample.reason = "gpu_is_lost"
             sample.error = "GPU is lost"
         # Readable means at least one call answered: a GPU whose every call fails is as good as gone.
         if sample.up and sample.calls and sum(sample.errors.values()) >= sample.calls:
             sample.up = False
+            sample.reason = reason_of(max(sorted(sample.errors), key=lambda e: sample.errors[e]))
             sample.error = "every NVML call failed: " + ", ".join(sorted(sample.errors))
         return sample
 

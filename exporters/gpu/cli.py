@@ -48,12 +48,11 @@ class _Name:
 
 
 def choose_collectors(wanted: tuple[str, ...]) -> list[type[GpuCollector]]:
-    """Collectors by name; `device` always runs (it takes the cycle's sample and reports up)."""
+    """Collectors by name, in dependency order whatever order they were named in: `device` always
+    runs, and first, because it takes the cycle's sample the others turn into series."""
     by_name = {cls.name: cls for cls in COLLECTOR_CLASSES}
-    chosen = [by_name[c.name] for c in select_or_exit([_Name(n) for n in by_name], wanted)]
-    if DeviceCollector not in chosen:
-        chosen.insert(0, DeviceCollector)
-    return chosen
+    named = {c.name for c in select_or_exit([_Name(n) for n in by_name], wanted)}
+    return [cls for cls in COLLECTOR_CLASSES if cls is DeviceCollector or cls.name in named]
 
 
 def build(
@@ -75,6 +74,7 @@ def build(
     if xid and any(cls.name == "xid" for cls in classes):
         watcher = XidWatcher(backend)
         watcher.register()  # before the first cycle: NVML drops events from before registration
+        sampler.on_recovered = watcher.gpu_recovered
     ctx = GpuContext(sampler=sampler, xid=watcher, jobs=JobResolver(proc_roots))
     return ctx, [cls(ctx) for cls in classes]
 

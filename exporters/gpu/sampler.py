@@ -18,7 +18,15 @@ from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
-from exporters.gpu.backend import FieldKey, GpuSample, GpuStatic, NvmlBackend
+from exporters.gpu.backend import (
+    REASON_EXPORTER_ERROR,
+    REASON_NOT_READ_YET,
+    REASON_TIMEOUT,
+    FieldKey,
+    GpuSample,
+    GpuStatic,
+    NvmlBackend,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,29 +73,37 @@ class GpuSampler:
         reads: Iterable[str],
         fields: Iterable[FieldKey],
         timeout: float,
+        *,
         before_cycle: Callable[[], None] | None = None,
+        on_recovered: Callable[[int], None] | None = None,
     ) -> None:
         self.backend = backend
         self.reads = frozenset(reads)
         self.timeout = timeout
         self.before_cycle = before_cycle
-        # NVLink fields exist per link: ask each GPU only for the links it has.
-        self._fields: list[list[FieldKey]] = []
-        base = sorted(set(fields))
-        for static in backend.static:
-            self._fields.append([(f, s) for f, s in base if s < max(1, static.nvlink_count) or s == 0])
+        # Called with a GPU's index when it answers again after being down (a reset, a reload):
+        # the XID watcher re-registers its events then.
+        self.on_recovered = on_recovered
+        self._base_fields = sorted(set(fields))
         self._workers = [_GpuWorker(f"nvml-gpu{i}") for i in range(backend.count)]
         self._pending: dict[int, Future[GpuSample]] = {}
         self._lock = threading.Lock()
         self.samples: list[GpuSample] = [
-            GpuSample(index=i, up=False, error="not read yet") for i in range(backend.count)
+            GpuSample(index=i, up=False, error="not read yet", reason=REASON_NOT_READ_YET) for i in range(backend.count)
         ]
         self.timeouts_total = [0] * backend.count
+        self.late_discarded_total = [0] * backend.count
         self.last_duration = 0.0
 
     @property
     def static(self) -> list[GpuStatic]:
         return self.backend.static
+
+    def fields_for(self, index: int) -> list[FieldKey]:
+        """NVLink fields exist per link: ask each GPU only for the links it has (it may change
+        when a GPU whose handle was unavailable at start-up is acquired later)."""
+        links = max(1, self.backend.static[index].nvlink_count)
+        return [(f, s) for f, s in self._base_fields if s < links or s == 0]
 
     def refresh(self) -> list[GpuSample]:
         started = time.perf_counter()
@@ -96,21 +112,30 @@ class GpuSampler:
         futures: dict[int, Future[GpuSample]] = {}
         for index, worker in enumerate(self._workers):
             pending = self._pending.get(index)
-            if pending is not None and not pending.done():
-                continue  # still stuck in last cycle's call: do not pile more work on it
-            futures[index] = worker.submit(self.backend.sample, index, self.reads, self._fields[index])
+            if pending is not None:
+                if not pending.done():
+                    continue  # still stuck in last cycle's call: do not pile more work on it
+                # The stuck call came back, but its readings are from before the deadline it
+                # missed: never publish them as this cycle's. Take a fresh sample instead.
+                del self._pending[index]
+                self.late_discarded_total[index] += 1
+                log.info("late NVML sample discarded", extra={"gpu": index})
+            futures[index] = worker.submit(self.backend.sample, index, self.reads, self.fields_for(index))
         if futures:
             wait_futures(futures.values(), timeout=self.timeout)
         samples: list[GpuSample] = []
         for index in range(self.backend.count):
             future = futures.get(index) or self._pending.get(index)
-            if future is not None and future.done():
-                self._pending.pop(index, None)
+            if future is not None and index in futures and future.done():
                 try:
                     samples.append(future.result())
                 except Exception as exc:  # a bug in one GPU's read must not hide the others
                     log.exception("sampling GPU failed", extra={"gpu": index})
-                    samples.append(GpuSample(index=index, up=False, error=f"{type(exc).__name__}: {exc}"))
+                    samples.append(
+                        GpuSample(
+                            index=index, up=False, error=f"{type(exc).__name__}: {exc}", reason=REASON_EXPORTER_ERROR
+                        )
+                    )
                 continue
             if future is not None:
                 if index not in self._pending:
@@ -120,7 +145,13 @@ class GpuSampler:
                         extra={"gpu": index, "timeout_s": self.timeout},
                     )
                 self._pending[index] = future
-            samples.append(GpuSample(index=index, up=False, error="timeout: an NVML call did not return"))
+            samples.append(
+                GpuSample(index=index, up=False, error="timeout: an NVML call did not return", reason=REASON_TIMEOUT)
+            )
+        if self.on_recovered is not None:
+            for before, after in zip(self.samples, samples, strict=True):
+                if after.up and not before.up and before.reason != REASON_NOT_READ_YET:
+                    self.on_recovered(after.index)
         self.samples = samples
         self.last_duration = time.perf_counter() - started
         return samples

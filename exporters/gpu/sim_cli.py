@@ -63,6 +63,9 @@ inject.help = (
         "\n    utilization PCT     pin utilization (0-100)"
         "\n    process PID [JOB]   a compute process; JOB: its Slurm job id (else read from /proc/PID)"
         "\n    hang SECONDS        every NVML call on the GPU blocks this long"
+        "\n    stall SECONDS       the next NVML call blocks this long, then answers with old readings"
+        "\n    handle_error ERR    handle lookup and every call raise ERR: gpu_is_lost, no_permission, unknown"
+        "\n    unsupported NAME    that pynvml function or NVML_FI_ field answers NOT_SUPPORTED"
     )
 )
 

@@ -203,3 +203,24 @@ def test_real_nvml_xid_registration() -> None:
     finally:
         watcher.stop()
         be.close()
+
+
+@pytest.mark.parametrize("driver_events", [None, pynvml.nvmlEventTypeXidCriticalError])
+def test_xid_watcher_registers_newer_event_types_where_the_driver_takes_them(
+    faults_path: Path, driver_events: int | None
+) -> None:
+    sim = SimNvml(gpus=2, faults_path=faults_path, event_types=driver_events)
+    be = NvmlBackend(sim)
+    be.open()
+    watcher = XidWatcher(be, wait_ms=100)
+    try:
+        watcher.register()
+        assert watcher.snapshot().registered == {0: True, 1: True}
+        masks = {gpu.event_mask for gpu in sim._gpus}
+        if driver_events is None:  # a recent driver: XIDs plus the newer types this pynvml has
+            assert masks == {sim.event_types} and sim.event_types != pynvml.nvmlEventTypeXidCriticalError
+        else:  # an old driver refuses them: XIDs only, still registered
+            assert masks == {pynvml.nvmlEventTypeXidCriticalError}
+    finally:
+        watcher.stop()
+        be.close()

@@ -11,6 +11,7 @@ from exporters.gpu.collectors.power import PowerCollector
 from exporters.gpu.collectors.processes import ProcessesCollector
 from exporters.gpu.collectors.xid import XidCollector
 
+# Dependency order: `device` first (it takes the cycle's sample); the poller runs them in this order.
 COLLECTOR_CLASSES: tuple[type[GpuCollector], ...] = (
     DeviceCollector,
     ClocksCollector,

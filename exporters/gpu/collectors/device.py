@@ -34,6 +34,12 @@ class DeviceCollector(GpuCollector):
         up = GaugeMetricFamily(
             "nvidia_gpu_up", "1 when the GPU answered NVML this cycle, 0 when lost or unreadable.", labels=GPU_LABELS
         )
+        down = GaugeMetricFamily(
+            "nvidia_gpu_down_reason",
+            "1 for a GPU reported down (nvidia_gpu_up 0), with why: gpu_is_lost, no_permission, unknown or "
+            "another NVML error (from the handle lookup or every call failing), timeout, not_read_yet.",
+            labels=[*GPU_LABELS, "reason"],
+        )
         calls = GaugeMetricFamily(
             "gpu_exporter_nvml_calls", "NVML calls made for this GPU in the last cycle.", labels=["gpu"]
         )
@@ -53,6 +59,8 @@ class DeviceCollector(GpuCollector):
                 1.0,
             )
             up.add_metric(labels, 1.0 if sample.up else 0.0)
+            if not sample.up:
+                down.add_metric([*labels, sample.reason or "unknown"], 1.0)
             calls.add_metric([str(static.index)], float(sample.calls))
             for error, count in sample.errors.items():
                 key = (static.index, error)
@@ -71,6 +79,13 @@ class DeviceCollector(GpuCollector):
         )
         for index, count in enumerate(sampler.timeouts_total):
             timeouts.add_metric([str(index)], float(count))
+        late = CounterMetricFamily(
+            "gpu_exporter_nvml_late_samples_discarded",
+            "Samples whose NVML calls returned after the watchdog deadline and were thrown away, not published.",
+            labels=["gpu"],
+        )
+        for index, count in enumerate(sampler.late_discarded_total):
+            late.add_metric([str(index)], float(count))
         sample_time = GaugeMetricFamily(
             "gpu_exporter_sample_duration_seconds", "Wall time of the last cycle's NVML reads, all GPUs in parallel."
         )
@@ -94,4 +109,4 @@ class DeviceCollector(GpuCollector):
                 mem_util.add_metric(labels, sample.utilization_memory / 100.0)
             if sample.temperature_celsius is not None:
                 temp.add_metric(labels, sample.temperature_celsius)
-        return [info, up, util, mem_util, temp, calls, errors, timeouts, sample_time]
+        return [info, up, down, util, mem_util, temp, calls, errors, timeouts, late, sample_time]

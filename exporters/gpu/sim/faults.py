@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pynvml
 import yaml
 
 from exporters.common.sections import reject_unknown
@@ -51,7 +52,13 @@ KINDS: dict[str, tuple[type | None, bool]] = {
     "utilization": (float, True),
     "process": (int, True),
     "hang": (float, True),
+    "stall": (float, True),
+    "handle_error": (str, True),
+    "unsupported": (str, True),
 }
+
+# `handle_error` values: what nvmlDeviceGetHandleByIndex raises for a sick GPU on real nodes.
+HANDLE_ERRORS = ("gpu_is_lost", "no_permission", "unknown")
 
 
 class FaultFileError(ValueError):
@@ -125,8 +132,17 @@ def _coerce(kind: str, value: Any, where: str) -> Any:
         raise FaultFileError(f"{where}: utilization must be 0-100, got {coerced}")
     if kind in ("xid", "process", "ecc_dbe") and coerced < 0:
         raise FaultFileError(f"{where}: {kind} value must not be negative")
-    if kind == "hang" and not 0 < coerced <= 3600:
-        raise FaultFileError(f"{where}: hang seconds must be in (0, 3600]")
+    if kind in ("hang", "stall") and not 0 < coerced <= 3600:
+        raise FaultFileError(f"{where}: {kind} seconds must be in (0, 3600]")
+    if kind == "handle_error" and coerced not in HANDLE_ERRORS:
+        raise FaultFileError(f"{where}: handle_error {coerced!r} is not one of {', '.join(HANDLE_ERRORS)}")
+    if kind == "unsupported" and not (
+        (coerced.startswith("nvml") or coerced.startswith("NVML_FI_")) and hasattr(pynvml, coerced)
+    ):
+        raise FaultFileError(
+            f"{where}: unsupported {coerced!r} is neither a pynvml function (nvmlDevice...) nor a field id "
+            "name (NVML_FI_...) of the installed pynvml"
+        )
     return coerced
 
 

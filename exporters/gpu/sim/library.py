@@ -16,6 +16,7 @@ import ctypes
 import logging
 import math
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -76,6 +77,19 @@ _UNSUPPORTED_FIELDS = {
 }
 
 
+XID_AND_NEWER_EVENTS = (
+    pynvml.nvmlEventTypeXidCriticalError
+    | getattr(pynvml, "nvmlEventTypeGpuUnavailableError", 0)
+    | getattr(pynvml, "nvmlEventTypeGpuRecoveryAction", 0)
+)
+
+_HANDLE_ERRORS = {
+    "gpu_is_lost": pynvml.NVML_ERROR_GPU_IS_LOST,
+    "no_permission": pynvml.NVML_ERROR_NO_PERMISSION,
+    "unknown": pynvml.NVML_ERROR_UNKNOWN,
+}
+
+
 def _err(code: int) -> pynvml.NVMLError:
     return pynvml.NVMLError(code)
 
@@ -93,12 +107,16 @@ class _Gpu:
     throttle_ns: dict[str, float] = field(default_factory=dict)
     last_throttle_at: float = 0.0
     registered: set[int] = field(default_factory=set)  # ids of event sets
+    event_mask: int = 0  # event types last registered
 
 
 @dataclass
 class _GpuFaults:
     lost: bool = False
     hang: float = 0.0
+    stalls: list[Fault] = field(default_factory=list)  # each blocks one call, once
+    handle_error: str | None = None
+    unsupported: set[str] = field(default_factory=set)  # pynvml function or NVML_FI_ names
     temperature: float | None = None
     utilization: float | None = None
     ecc_dbe: int = 0
@@ -124,8 +142,12 @@ class SimNvml:
         *,
         seed: int = 0,
         clock: Callable[[], float] = time.time,
+        event_types: int | None = None,
     ) -> None:
         self.gpu_count = gpus
+        # Event types the simulated driver accepts: by default XIDs plus the newer types this
+        # pynvml knows (a recent driver); pass nvmlEventTypeXidCriticalError to model an old one.
+        self.event_types = event_types if event_types is not None else XID_AND_NEWER_EVENTS
         self.faults_path = Path(faults_path) if faults_path else None
         self.clock = clock
         self.started_at = clock()
@@ -154,6 +176,7 @@ class SimNvml:
             self._by_handle[ctypes.addressof(struct)] = gpu
         self._faults: dict[int, _GpuFaults] = {}
         self._delivered: set[str] = set()
+        self._stalled: set[str] = set()  # stall faults already served
         self._event_sets: dict[int, _EventSet] = {}
         self._mtime: tuple[int, int, int] | None = None
         self._next_reload = 0.0
@@ -213,6 +236,12 @@ class SimNvml:
                         new_xids.append(fault)
             elif fault.kind == "lost":
                 state.lost = True
+            elif fault.kind == "stall":
+                state.stalls.append(fault)
+            elif fault.kind == "handle_error":
+                state.handle_error = str(fault.value)
+            elif fault.kind == "unsupported":
+                state.unsupported.add(str(fault.value))
             elif fault.kind == "hang":
                 state.hang = float(fault.value)
             elif fault.kind == "temperature":
@@ -229,6 +258,11 @@ class SimNvml:
                 state.processes.append(fault)
         self._write_proc_entries(by_gpu)
         with self._cond:
+            for index, before in self._faults.items():
+                if before.lost and not by_gpu.get(index, _GpuFaults()).lost:
+                    # Back on the bus means the GPU was reset: like the driver, forget its event
+                    # registrations; a watcher must register it again to see its XIDs.
+                    self._gpus[index].registered.clear()
             self._faults = by_gpu
             for fault in new_xids:
                 gpu = self._gpus[fault.gpu]
@@ -284,9 +318,27 @@ class SimNvml:
         faults = self._faults.get(gpu.index) or _GpuFaults()
         if faults.hang:
             time.sleep(faults.hang)  # a wedged driver call: the exporter's watchdog must cope
+        stall = self._take_stall(faults)
+        if stall:
+            # Blocks, then answers from the state at the time of the call (`faults` was read
+            # before the sleep): a late answer carries old readings, as a stuck driver call does.
+            time.sleep(stall)
         if faults.lost:
             raise _err(pynvml.NVML_ERROR_GPU_IS_LOST)
+        if faults.handle_error:  # a GPU in this state answers every call with the same error
+            raise _err(_HANDLE_ERRORS[faults.handle_error])
+        # The calling sim function's name: a driver branch lacking it answers NOT_SUPPORTED.
+        if faults.unsupported and sys._getframe(1).f_code.co_name in faults.unsupported:
+            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return gpu, faults
+
+    def _take_stall(self, faults: _GpuFaults) -> float:
+        with self._lock:
+            for fault in faults.stalls:
+                if fault.id not in self._stalled:
+                    self._stalled.add(fault.id)
+                    return float(fault.value)
+        return 0.0
 
     def _utilization(self, gpu: _Gpu, faults: _GpuFaults, now: float) -> float:
         if faults.utilization is not None:
@@ -359,6 +411,12 @@ class SimNvml:
         self._check_init()
         if not 0 <= index < self.gpu_count:
             raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        self._reload_faults()
+        faults = self._faults.get(index) or _GpuFaults()
+        if faults.lost:
+            raise _err(pynvml.NVML_ERROR_GPU_IS_LOST)
+        if faults.handle_error:
+            raise _err(_HANDLE_ERRORS[faults.handle_error])
         return self._gpus[index].handle
 
     # -- device identity -------------------------------------------------------------------
@@ -481,6 +539,8 @@ class SimNvml:
     def _field(self, gpu: _Gpu, faults: _GpuFaults, fid: int, scope: int, now: float) -> int | float | None:
         if fid in _UNSUPPORTED_FIELDS:
             return None
+        if faults.unsupported and any(getattr(pynvml, name, None) == fid for name in faults.unsupported):
+            return None
         if fid in _NVLINK_FIELDS:
             if scope >= H100_NVLINKS:
                 return None
@@ -524,18 +584,23 @@ class SimNvml:
 
     def nvmlDeviceRegisterEvents(self, handle: Any, event_types: int, event_set: Any) -> None:
         gpu, _ = self._device(handle)
-        if event_types & ~pynvml.nvmlEventTypeXidCriticalError:
+        if event_types & ~self.event_types:
             raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
         with self._lock:
             gpu.registered.add(ctypes.addressof(self._event_set(event_set).struct))
+            gpu.event_mask = event_types
 
     def nvmlEventSetWait_v2(self, event_set: Any, timeout_ms: int) -> Any:
         self._check_init()
         target = self._event_set(event_set)
         deadline = time.monotonic() + timeout_ms / 1000
+        key = ctypes.addressof(target.struct)
         while True:
             self._reload_faults()
             with self._cond:
+                # A registered GPU off the bus poisons the whole set, as the driver's wait does.
+                if any(key in g.registered and self._faults.get(g.index, _GpuFaults()).lost for g in self._gpus):
+                    raise _err(pynvml.NVML_ERROR_GPU_IS_LOST)
                 if target.events:
                     return target.events.popleft()
                 remaining = deadline - time.monotonic()
