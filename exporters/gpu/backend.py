@@ -21,9 +21,13 @@ from typing import Any
 
 import pynvml
 
+from exporters.gpu.fields import FieldIds
+
 log = logging.getLogger(__name__)
 
-FieldKey = tuple[int, int]  # (field id, scope id): scope is the NVLink link for per-link fields
+# (field id name, scope id): scope is the NVLink link for per-link fields. Names, not ids: the
+# ids move between pynvml releases and driver branches (exporters/gpu/fields.py).
+FieldKey = tuple[str, int]
 
 # Reads that have no field id, by the name collectors ask for them.
 READ_UTILIZATION = "utilization"
@@ -34,11 +38,11 @@ READ_CLOCK_REASONS = "clock_reasons"
 READ_PROCESSES = "processes"
 READ_MIG = "mig"
 
-# Field ids that older drivers lack, and the function that reads the same value.
-FIELD_FALLBACKS: dict[int, str] = {
-    pynvml.NVML_FI_DEV_POWER_INSTANT: "nvmlDeviceGetPowerUsage",
-    pynvml.NVML_FI_DEV_POWER_CURRENT_LIMIT: "nvmlDeviceGetEnforcedPowerLimit",
-    pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION: "nvmlDeviceGetTotalEnergyConsumption",
+# Fields that older drivers lack, and the function that reads the same value.
+FIELD_FALLBACKS: dict[str, str] = {
+    "NVML_FI_DEV_POWER_INSTANT": "nvmlDeviceGetPowerUsage",
+    "NVML_FI_DEV_POWER_CURRENT_LIMIT": "nvmlDeviceGetEnforcedPowerLimit",
+    "NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION": "nvmlDeviceGetTotalEnergyConsumption",
 }
 
 
@@ -95,6 +99,7 @@ class GpuSample:
     utilization_memory: float | None = None
     memory_used_bytes: float | None = None
     memory_total_bytes: float | None = None
+    memory_reserved_bytes: float | None = None  # v2 memory API only
     temperature_celsius: float | None = None
     sm_clock_mhz: float | None = None
     memory_clock_mhz: float | None = None
@@ -103,10 +108,15 @@ class GpuSample:
     processes: list[ProcessSample] = field(default_factory=list)
     fields: dict[FieldKey, float] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)  # NVML error class -> count this cycle
+    field_errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (field name, error) -> count
     calls: int = 0
 
-    def field(self, field_id: int, scope: int = 0) -> float | None:
-        return self.fields.get((field_id, scope))
+    def field(self, name: str, scope: int = 0) -> float | None:
+        return self.fields.get((name, scope))
+
+    def field_error(self, name: str, error: str) -> None:
+        key = (name, error)
+        self.field_errors[key] = self.field_errors.get(key, 0) + 1
 
 
 def _text(value: Any) -> str:
@@ -124,16 +134,31 @@ def handle_key(handle: Any) -> int:
     return int(ctypes.cast(handle, ctypes.c_void_p).value or 0)
 
 
-# Which member of NVML's value union holds the number, by nvmlValueType_t.
+# Which member of NVML's value union holds the number, by nvmlValueType_t (by name: older
+# pynvml releases lack UNSIGNED_SHORT).
 _FIELD_VALUE_ATTR = {
-    pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
-    pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
-    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
-    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
-    pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
-    pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
-    pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
+    getattr(pynvml, f"NVML_VALUE_TYPE_{kind}"): attr
+    for kind, attr in (
+        ("DOUBLE", "dVal"),
+        ("UNSIGNED_INT", "uiVal"),
+        ("UNSIGNED_LONG", "ulVal"),
+        ("UNSIGNED_LONG_LONG", "ullVal"),
+        ("SIGNED_LONG_LONG", "sllVal"),
+        ("SIGNED_INT", "siVal"),
+        ("UNSIGNED_SHORT", "usVal"),
+    )
+    if hasattr(pynvml, f"NVML_VALUE_TYPE_{kind}")
 }
+
+
+# Memory info v2 (pynvml 12.535+ knows it; the driver may not).
+_MEMORY_V2: int | None = getattr(pynvml, "nvmlMemory_v2", None)
+_VERSION_MISMATCH: type[Exception] = getattr(pynvml, "NVMLError_ArgumentVersionMismatch", pynvml.NVMLError_NotSupported)
+
+
+def return_name(code: int) -> str:
+    """NVML return code -> pynvml's error class name without the prefix (`NotSupported`)."""
+    return _error_name(pynvml.NVMLError(code))
 
 
 def field_value(entry: Any) -> float | None:
@@ -153,6 +178,8 @@ class NvmlBackend:
         self.handles: list[Any] = []
         self.driver_version = ""
         self.cuda_version = ""
+        self.field_ids = FieldIds()
+        self._memory_v2 = True
         self._opened = False
 
     # -- start-up -------------------------------------------------------------------------
@@ -172,6 +199,7 @@ class NvmlBackend:
         except pynvml.NVMLError as exc:
             raise BackendUnavailable(f"NVML initialised but cannot list GPUs: {exc}") from None
         self.cuda_version = self._cuda_version()
+        self.field_ids = FieldIds(self.driver_version)
         for index in range(count):
             # One GPU off the bus must not cost the others: its lookup failing leaves a placeholder
             # (exported as down with the reason) and the lookup is retried every cycle.
@@ -228,9 +256,13 @@ class NvmlBackend:
         except pynvml.NVMLError:
             pci = ""
         nvlinks = 0
+        link_count = self.field_ids.id("NVML_FI_DEV_NVLINK_LINK_COUNT")
         try:
-            values = self.nvml.nvmlDeviceGetFieldValues(handle, [pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT])
-            nvlinks = int(field_value(values[0]) or 0)
+            if link_count is not None:
+                values = self.nvml.nvmlDeviceGetFieldValues(handle, [link_count])
+                nvlinks = int(field_value(values[0]) or 0)
+        except pynvml.NVMLError_GpuIsLost:
+            raise
         except pynvml.NVMLError:
             pass
         return GpuStatic(index=index, uuid=uuid, name=name, pci_bus_id=pci, nvlink_count=nvlinks)
@@ -289,28 +321,56 @@ class NvmlBackend:
             sample.errors[err] = sample.errors.get(err, 0) + 1
             return None
 
+    def _memory_info(self, sample: GpuSample, handle: Any) -> Any:
+        """v2 where the driver has it: its `used` leaves out the driver's reserved memory, matching
+        nvidia-smi (v1 counts it as used). A driver without v2 falls back to v1 for good."""
+        if self._memory_v2 and _MEMORY_V2 is not None:
+            sample.calls += 1
+            try:
+                return self.nvml.nvmlDeviceGetMemoryInfo(handle, version=_MEMORY_V2)
+            except pynvml.NVMLError_GpuIsLost:
+                sample.errors["GpuIsLost"] = sample.errors.get("GpuIsLost", 0) + 1
+                raise GpuLost() from None
+            except (pynvml.NVMLError_FunctionNotFound, pynvml.NVMLError_NotSupported, _VERSION_MISMATCH):
+                log.info("NVML memory info v2 unavailable; using v1 (reserved memory counted as used)")
+                self._memory_v2 = False
+                sample.calls -= 1
+            except pynvml.NVMLError as exc:
+                err = _error_name(exc)
+                sample.errors[err] = sample.errors.get(err, 0) + 1
+                return None
+        return self._call(sample, "nvmlDeviceGetMemoryInfo", handle)
+
     def _sample(self, sample: GpuSample, handle: Any, reads: frozenset[str], fields: list[FieldKey]) -> None:
         call: Callable[..., Any] = self._call
-        if fields:
-            values = call(sample, "nvmlDeviceGetFieldValues", handle, fields)
-            failed: list[int] = []
+        request: list[tuple[FieldKey, int]] = []
+        for name, scope in fields:
+            field_id = self.field_ids.id(name)
+            if field_id is None:
+                sample.field_error(name, self.field_ids.unresolved.get(name, "Unresolved"))
+            else:
+                request.append(((name, scope), field_id))
+        if request:
+            values = call(sample, "nvmlDeviceGetFieldValues", handle, [(fid, key[1]) for key, fid in request])
+            failed: list[str] = []
             if values is not None:
-                for key, entry in zip(fields, values, strict=False):
+                for (key, _fid), entry in zip(request, values, strict=False):
                     if entry.nvmlReturn == pynvml.NVML_ERROR_GPU_IS_LOST:
                         raise GpuLost()
                     value = field_value(entry)
                     if value is None:
                         failed.append(key[0])
+                        sample.field_error(key[0], return_name(entry.nvmlReturn))
                     else:
                         sample.fields[key] = value
             else:
-                failed = [key[0] for key in fields]
-            for field_id in failed:
-                fallback = FIELD_FALLBACKS.get(field_id)
+                failed = [key[0] for key, _fid in request]
+            for name in failed:
+                fallback = FIELD_FALLBACKS.get(name)
                 if fallback:
                     value = call(sample, fallback, handle)
                     if value is not None:
-                        sample.fields[(field_id, 0)] = float(value)
+                        sample.fields[(name, 0)] = float(value)
         if READ_UTILIZATION in reads:
             util = call(sample, "nvmlDeviceGetUtilizationRates", handle)
             if util is not None:
@@ -320,10 +380,12 @@ class NvmlBackend:
             temp = call(sample, "nvmlDeviceGetTemperature", handle, pynvml.NVML_TEMPERATURE_GPU)
             sample.temperature_celsius = None if temp is None else float(temp)
         if READ_MEMORY in reads:
-            mem = call(sample, "nvmlDeviceGetMemoryInfo", handle)
+            mem = self._memory_info(sample, handle)
             if mem is not None:
                 sample.memory_used_bytes = float(mem.used)
                 sample.memory_total_bytes = float(mem.total)
+                reserved = getattr(mem, "reserved", None)
+                sample.memory_reserved_bytes = None if reserved is None else float(reserved)
         if READ_CLOCKS in reads:
             sm = call(sample, "nvmlDeviceGetClockInfo", handle, pynvml.NVML_CLOCK_SM)
             sample.sm_clock_mhz = None if sm is None else float(sm)

@@ -50,7 +50,7 @@ def test_every_issue_metric_is_exported(sim: SimNvml) -> None:
     names = {name for name, _ in samples(text)}
     missing = [m for m in ISSUE_METRICS if m not in names]
     assert not missing
-    assert value(text, "nvidia_gpu_info", gpu="0", mig_mode="disabled", driver_version="550.90.07") == 1
+    assert value(text, "nvidia_gpu_info", gpu="0", mig_mode="disabled", driver_version="580.82.07") == 1
     assert value(text, "nvidia_gpu_collector_success") is None
     assert value(text, "gpu_exporter_collector_success", collector="xid") == 1
     assert value(text, "gpu_exporter_nvml_calls", gpu="3") == 9

@@ -51,5 +51,5 @@ class GpuCollector:
         raise NotImplementedError
 
 
-def per_link(field_ids: Iterable[int], links: int) -> tuple[FieldKey, ...]:
-    return tuple((f, link) for f in field_ids for link in range(links))
+def per_link(names: Iterable[str], links: int) -> tuple[FieldKey, ...]:
+    return tuple((f, link) for f in names for link in range(links))

@@ -9,6 +9,7 @@ from prometheus_client.metrics_core import Metric
 
 from exporters.gpu.backend import READ_MIG, READ_TEMPERATURE, READ_UTILIZATION
 from exporters.gpu.collectors.base import GPU_LABELS, GpuCollector, GpuContext
+from exporters.gpu.fields import short_name
 
 _MIG_MODES = {0: "disabled", 1: "enabled"}
 
@@ -21,6 +22,7 @@ class DeviceCollector(GpuCollector):
         super().__init__(ctx)
         self._mig: dict[int, str] = {}
         self._errors: dict[tuple[int, str], int] = {}
+        self._field_errors: dict[tuple[str, str], int] = {}
 
     def collect(self) -> Iterable[Metric]:
         sampler = self.ctx.sampler
@@ -65,6 +67,8 @@ class DeviceCollector(GpuCollector):
             for error, count in sample.errors.items():
                 key = (static.index, error)
                 self._errors[key] = self._errors.get(key, 0) + count
+            for field_key, count in sample.field_errors.items():
+                self._field_errors[field_key] = self._field_errors.get(field_key, 0) + count
         errors = CounterMetricFamily(
             "gpu_exporter_nvml_errors",
             "NVML calls that failed (other than not supported), by GPU and NVML error.",
@@ -72,6 +76,14 @@ class DeviceCollector(GpuCollector):
         )
         for (index, error), count in sorted(self._errors.items()):
             errors.add_metric([str(index), error], float(count))
+        field_errors = CounterMetricFamily(
+            "gpu_exporter_field_errors",
+            "NVML field values that could not be read, summed over GPUs: by field (NVML_FI_DEV_ name without "
+            "the prefix) and error (NotSupported, ..., NotInPynvml, NotInDriver); those series are left out.",
+            labels=["field", "error"],
+        )
+        for (name, error), count in sorted(self._field_errors.items()):
+            field_errors.add_metric([short_name(name), error], float(count))
         timeouts = CounterMetricFamily(
             "gpu_exporter_nvml_timeouts",
             "Cycles in which a GPU's NVML calls did not return within the watchdog timeout.",
@@ -109,4 +121,4 @@ class DeviceCollector(GpuCollector):
                 mem_util.add_metric(labels, sample.utilization_memory / 100.0)
             if sample.temperature_celsius is not None:
                 temp.add_metric(labels, sample.temperature_celsius)
-        return [info, up, down, util, mem_util, temp, calls, errors, timeouts, late, sample_time]
+        return [info, up, down, util, mem_util, temp, calls, errors, field_errors, timeouts, late, sample_time]

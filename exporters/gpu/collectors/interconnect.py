@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import pynvml
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 
@@ -12,12 +11,12 @@ from exporters.gpu.collectors.base import GPU_LABELS, GpuCollector, per_link
 
 # H100 SXM has 18 NVLinks; the sampler asks each GPU only for the links it reports.
 MAX_NVLINKS = 18
-NVLINK_ERROR_FIELDS: dict[str, int] = {
-    "crc": pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_CRC,
-    "replay": pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY,
-    "recovery": pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY,
+NVLINK_ERROR_FIELDS: dict[str, str] = {
+    "crc": "NVML_FI_DEV_NVLINK_ERROR_DL_CRC",
+    "replay": "NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY",
+    "recovery": "NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY",
 }
-PCIE_REPLAY = pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER
+PCIE_REPLAY = "NVML_FI_DEV_PCIE_REPLAY_COUNTER"
 
 
 class InterconnectCollector(GpuCollector):

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import pynvml
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from exporters.gpu.collectors.base import GPU_LABELS, GpuCollector
 
-POWER = pynvml.NVML_FI_DEV_POWER_INSTANT
-LIMIT = pynvml.NVML_FI_DEV_POWER_CURRENT_LIMIT
-ENERGY = pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION
+POWER = "NVML_FI_DEV_POWER_INSTANT"
+LIMIT = "NVML_FI_DEV_POWER_CURRENT_LIMIT"
+ENERGY = "NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION"
 
 
 class PowerCollector(GpuCollector):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -136,8 +137,10 @@ def _coerce(kind: str, value: Any, where: str) -> Any:
         raise FaultFileError(f"{where}: {kind} seconds must be in (0, 3600]")
     if kind == "handle_error" and coerced not in HANDLE_ERRORS:
         raise FaultFileError(f"{where}: handle_error {coerced!r} is not one of {', '.join(HANDLE_ERRORS)}")
+    # A versioned C entry point (`nvmlDeviceGetMemoryInfo_v2`) counts by its pynvml function.
     if kind == "unsupported" and not (
-        (coerced.startswith("nvml") or coerced.startswith("NVML_FI_")) and hasattr(pynvml, coerced)
+        (coerced.startswith("nvml") or coerced.startswith("NVML_FI_"))
+        and hasattr(pynvml, re.sub(r"_v\d+$", "", coerced))
     ):
         raise FaultFileError(
             f"{where}: unsupported {coerced!r} is neither a pynvml function (nvmlDevice...) nor a field id "

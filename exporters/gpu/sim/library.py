@@ -41,8 +41,9 @@ H100_SM_MAX_MHZ = 1980
 H100_SM_IDLE_MHZ = 345
 H100_MEM_MHZ = 2619
 H100_NVLINKS = 18
-DRIVER_VERSION = "550.90.07"
-CUDA_VERSION = 12040
+DRIVER_VERSION = "580.82.07"
+CUDA_VERSION = 13000
+H100_RESERVED = 535 * 1024 * 1024  # what the driver keeps for itself: in v1 "used", not in v2
 NOT_MIG = 0xFFFFFFFF
 RELOAD_EVERY_S = 0.1
 
@@ -57,24 +58,73 @@ _THROTTLE_BITS = {
     "hw_power_brake": pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown,
     "display_clocks": pynvml.nvmlClocksEventReasonDisplayClockSetting,
 }
+# The driver's own field numbering, by name. Stable ids are pynvml's; the throttle-duration ids
+# depend on the driver branch (absent before 575, 251-253 in 575, 269-271 from 580 on, where
+# 251-253 are power-smoothing fields this sim does not have).
 _THROTTLE_TIME_FIELDS = {
-    pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP: "power_cap",
-    pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_SYNC_BOOST: "sync_boost",
-    pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN: "sw_thermal",
-    pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN: "thermal",
-    pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN: "hw_power_brake",
+    "NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP": "power_cap",
+    "NVML_FI_DEV_CLOCKS_EVENT_REASON_SYNC_BOOST": "sync_boost",
+    "NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN": "sw_thermal",
+    "NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN": "thermal",
+    "NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN": "hw_power_brake",
+    # the same ids under the names pynvml releases before 12.575 use
+    "NVML_FI_DEV_PERF_POLICY_POWER": "power_cap",
+    "NVML_FI_DEV_PERF_POLICY_SYNC_BOOST": "sync_boost",
+}
+_DRIVER_THROTTLE_IDS = {
+    575: {
+        "NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN": 251,
+        "NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN": 252,
+        "NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN": 253,
+    },
+    580: {
+        "NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN": 269,
+        "NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN": 270,
+        "NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN": 271,
+    },
 }
 _NVLINK_FIELDS = {
-    pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_CRC,
-    pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY,
-    pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY,
+    "NVML_FI_DEV_NVLINK_ERROR_DL_CRC",
+    "NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY",
+    "NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY",
 }
 # H100 replaced page retirement with row remapping: these answer NOT_SUPPORTED, as on the real part.
-_UNSUPPORTED_FIELDS = {
-    pynvml.NVML_FI_DEV_RETIRED_SBE,
-    pynvml.NVML_FI_DEV_RETIRED_DBE,
-    pynvml.NVML_FI_DEV_RETIRED_PENDING,
-}
+_UNSUPPORTED_FIELDS = {"NVML_FI_DEV_RETIRED_SBE", "NVML_FI_DEV_RETIRED_DBE", "NVML_FI_DEV_RETIRED_PENDING"}
+
+
+_SERVED_FIELDS = (
+    "NVML_FI_DEV_NVLINK_LINK_COUNT",
+    "NVML_FI_DEV_ECC_SBE_VOL_TOTAL",
+    "NVML_FI_DEV_ECC_DBE_VOL_TOTAL",
+    "NVML_FI_DEV_ECC_SBE_AGG_TOTAL",
+    "NVML_FI_DEV_ECC_DBE_AGG_TOTAL",
+    "NVML_FI_DEV_REMAPPED_COR",
+    "NVML_FI_DEV_REMAPPED_UNC",
+    "NVML_FI_DEV_REMAPPED_PENDING",
+    "NVML_FI_DEV_REMAPPED_FAILURE",
+    "NVML_FI_DEV_PCIE_REPLAY_COUNTER",
+    "NVML_FI_DEV_POWER_INSTANT",
+    "NVML_FI_DEV_POWER_CURRENT_LIMIT",
+    "NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+    "NVML_FI_DEV_MEMORY_TEMP",
+)
+
+
+def driver_field_ids(driver_version: str) -> dict[int, str]:
+    """Field id -> name as a driver of this version numbers them."""
+    branch = int(driver_version.split(".", maxsplit=1)[0])
+    moved = {name for ids in _DRIVER_THROTTLE_IDS.values() for name in ids}
+    out: dict[int, str] = {}
+    # The names this sim serves first: pynvml has aliases (SW_POWER_CAP is PERF_POLICY_POWER).
+    names = [*_SERVED_FIELDS, *_THROTTLE_TIME_FIELDS, *_NVLINK_FIELDS, *_UNSUPPORTED_FIELDS, *dir(pynvml)]
+    for name in names:
+        if name.startswith("NVML_FI_") and name not in moved and isinstance(getattr(pynvml, name, None), int):
+            out.setdefault(getattr(pynvml, name), name)
+    for first, ids in sorted(_DRIVER_THROTTLE_IDS.items()):
+        if branch >= first:
+            for name, fid in ids.items():
+                out[fid] = name
+    return out
 
 
 XID_AND_NEWER_EVENTS = (
@@ -143,8 +193,11 @@ class SimNvml:
         seed: int = 0,
         clock: Callable[[], float] = time.time,
         event_types: int | None = None,
+        driver_version: str = DRIVER_VERSION,
     ) -> None:
         self.gpu_count = gpus
+        self.driver_version = driver_version
+        self._field_names = driver_field_ids(driver_version)
         # Event types the simulated driver accepts: by default XIDs plus the newer types this
         # pynvml knows (a recent driver); pass nvmlEventTypeXidCriticalError to model an old one.
         self.event_types = event_types if event_types is not None else XID_AND_NEWER_EVENTS
@@ -397,7 +450,7 @@ class SimNvml:
 
     def nvmlSystemGetDriverVersion(self) -> str:
         self._check_init()
-        return DRIVER_VERSION
+        return self.driver_version
 
     def nvmlSystemGetCudaDriverVersion(self) -> int:
         self._check_init()
@@ -462,13 +515,30 @@ class SimNvml:
         return int(self._temperature(gpu, faults, self.clock()))
 
     def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Any:
+        """v1 counts the driver's reserved memory as used; v2 (`version=nvmlMemory_v2`) reports it
+        apart and leaves it out of `used`, as nvidia-smi shows it."""
         gpu, faults = self._device(handle)
         util = self._utilization(gpu, faults, self.clock())
-        used = min(H100_MEMORY, 600 * 1024 * 1024 + self._process_memory(gpu, faults) + int(util / 100 * 60 * GIB))
+        used = min(
+            H100_MEMORY - H100_RESERVED,
+            64 * 1024 * 1024 + self._process_memory(gpu, faults) + int(util / 100 * 60 * GIB),
+        )
+        if version:
+            if "nvmlDeviceGetMemoryInfo_v2" in faults.unsupported:  # an old driver without the v2 entry point
+                raise _err(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+            if version != getattr(pynvml, "nvmlMemory_v2", None):
+                raise _err(pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+            mem2 = pynvml.c_nvmlMemory_v2_t()
+            mem2.version = version
+            mem2.total = H100_MEMORY
+            mem2.reserved = H100_RESERVED
+            mem2.used = used
+            mem2.free = H100_MEMORY - H100_RESERVED - used
+            return mem2
         mem = pynvml.c_nvmlMemory_t()
         mem.total = H100_MEMORY
-        mem.used = used
-        mem.free = H100_MEMORY - used
+        mem.used = used + H100_RESERVED
+        mem.free = H100_MEMORY - H100_RESERVED - used
         return mem
 
     def nvmlDeviceGetClockInfo(self, handle: Any, clock_type: int) -> int:
@@ -537,34 +607,33 @@ class SimNvml:
         return values
 
     def _field(self, gpu: _Gpu, faults: _GpuFaults, fid: int, scope: int, now: float) -> int | float | None:
-        if fid in _UNSUPPORTED_FIELDS:
+        name = self._field_names.get(fid)
+        if name is None or name in _UNSUPPORTED_FIELDS or name in faults.unsupported:
             return None
-        if faults.unsupported and any(getattr(pynvml, name, None) == fid for name in faults.unsupported):
-            return None
-        if fid in _NVLINK_FIELDS:
+        if name in _NVLINK_FIELDS:
             if scope >= H100_NVLINKS:
                 return None
             # One flaky link on every eighth GPU, so the series is not all zeros.
-            return 3 if (gpu.index % 8 == 5 and scope == 7 and fid == pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_CRC) else 0
-        if fid in _THROTTLE_TIME_FIELDS:
-            return int(gpu.throttle_ns.get(_THROTTLE_TIME_FIELDS[fid], 0.0))
-        fields: dict[int, Callable[[], int | float]] = {
-            pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT: lambda: H100_NVLINKS,
-            pynvml.NVML_FI_DEV_ECC_SBE_VOL_TOTAL: lambda: gpu.sbe_baseline,
-            pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL: lambda: faults.ecc_dbe,
-            pynvml.NVML_FI_DEV_ECC_SBE_AGG_TOTAL: lambda: gpu.sbe_baseline + 12,
-            pynvml.NVML_FI_DEV_ECC_DBE_AGG_TOTAL: lambda: faults.ecc_dbe,
-            pynvml.NVML_FI_DEV_REMAPPED_COR: lambda: gpu.index % 2,
-            pynvml.NVML_FI_DEV_REMAPPED_UNC: lambda: faults.ecc_dbe,
-            pynvml.NVML_FI_DEV_REMAPPED_PENDING: lambda: 1 if faults.ecc_dbe else 0,
-            pynvml.NVML_FI_DEV_REMAPPED_FAILURE: lambda: 1 if faults.remap_failure else 0,
-            pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER: lambda: 2 if gpu.index % 4 == 3 else 0,
-            pynvml.NVML_FI_DEV_POWER_INSTANT: lambda: int(self._power_mw(gpu, faults, now)),
-            pynvml.NVML_FI_DEV_POWER_CURRENT_LIMIT: lambda: H100_POWER_LIMIT_MW,
-            pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION: lambda: int(gpu.energy_mj),
-            pynvml.NVML_FI_DEV_MEMORY_TEMP: lambda: int(self._temperature(gpu, faults, now)) + 6,
+            return 3 if (gpu.index % 8 == 5 and scope == 7 and name == "NVML_FI_DEV_NVLINK_ERROR_DL_CRC") else 0
+        if name in _THROTTLE_TIME_FIELDS:
+            return int(gpu.throttle_ns.get(_THROTTLE_TIME_FIELDS[name], 0.0))
+        fields: dict[str, Callable[[], int | float]] = {
+            "NVML_FI_DEV_NVLINK_LINK_COUNT": lambda: H100_NVLINKS,
+            "NVML_FI_DEV_ECC_SBE_VOL_TOTAL": lambda: gpu.sbe_baseline,
+            "NVML_FI_DEV_ECC_DBE_VOL_TOTAL": lambda: faults.ecc_dbe,
+            "NVML_FI_DEV_ECC_SBE_AGG_TOTAL": lambda: gpu.sbe_baseline + 12,
+            "NVML_FI_DEV_ECC_DBE_AGG_TOTAL": lambda: faults.ecc_dbe,
+            "NVML_FI_DEV_REMAPPED_COR": lambda: gpu.index % 2,
+            "NVML_FI_DEV_REMAPPED_UNC": lambda: faults.ecc_dbe,
+            "NVML_FI_DEV_REMAPPED_PENDING": lambda: 1 if faults.ecc_dbe else 0,
+            "NVML_FI_DEV_REMAPPED_FAILURE": lambda: 1 if faults.remap_failure else 0,
+            "NVML_FI_DEV_PCIE_REPLAY_COUNTER": lambda: 2 if gpu.index % 4 == 3 else 0,
+            "NVML_FI_DEV_POWER_INSTANT": lambda: int(self._power_mw(gpu, faults, now)),
+            "NVML_FI_DEV_POWER_CURRENT_LIMIT": lambda: H100_POWER_LIMIT_MW,
+            "NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION": lambda: int(gpu.energy_mj),
+            "NVML_FI_DEV_MEMORY_TEMP": lambda: int(self._temperature(gpu, faults, now)) + 6,
         }
-        reader = fields.get(fid)
+        reader = fields.get(name)
         return None if reader is None else reader()
 
     # -- events ------------------------------------------------------------------------------
