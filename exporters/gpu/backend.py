@@ -37,6 +37,11 @@ READ_CLOCKS = "clocks"
 READ_CLOCK_REASONS = "clock_reasons"
 READ_PROCESSES = "processes"
 READ_MIG = "mig"
+READ_PCIE = "pcie"
+READ_PSTATE = "pstate"
+READ_ECC_MODE = "ecc_mode"
+READ_FAN = "fan"
+READ_CODEC = "codec"
 
 # Fields that older drivers lack, and the function that reads the same value.
 FIELD_FALLBACKS: dict[str, str] = {
@@ -77,6 +82,12 @@ class GpuStatic:
     # Set when NVML would not give this GPU's handle (GpuIsLost, NoPermission, Unknown): the GPU
     # is exported as down with this reason, and the lookup is retried every cycle.
     handle_error: str | None = None
+    serial: str = ""  # what an RMA asks for
+    vbios_version: str = ""
+    board_part_number: str = ""
+    minor_number: str = ""  # N of /dev/nvidiaN: what Slurm's gres.conf File= names
+    pcie_max_generation: int | None = None  # the most GPU and slot together can do
+    pcie_max_width: int | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,14 @@ class GpuSample:
     memory_clock_mhz: float | None = None
     clocks_event_reasons: int | None = None
     mig_mode: int | None = None
+    pcie_generation: int | None = None
+    pcie_width: int | None = None
+    pstate: int | None = None
+    ecc_mode_current: int | None = None
+    ecc_mode_pending: int | None = None
+    fan_speed_percent: float | None = None
+    encoder_utilization: float | None = None  # percent
+    decoder_utilization: float | None = None
     processes: list[ProcessSample] = field(default_factory=list)
     fields: dict[FieldKey, float] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)  # NVML error class -> count this cycle
@@ -123,6 +142,10 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode(errors="replace")
     return str(value)
+
+
+def _int_or_none(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
 
 
 def _error_name(exc: pynvml.NVMLError) -> str:
@@ -180,6 +203,9 @@ class NvmlBackend:
         self.cuda_version = ""
         self.field_ids = FieldIds()
         self._memory_v2 = True
+        # (GPU, function) pairs that answered NOT_SUPPORTED: a GPU without a fan never grows one,
+        # so they are not asked again (until the exporter restarts).
+        self._unsupported: set[tuple[int, str]] = set()
         self._opened = False
 
     # -- start-up -------------------------------------------------------------------------
@@ -265,7 +291,19 @@ class NvmlBackend:
             raise
         except pynvml.NVMLError:
             pass
-        return GpuStatic(index=index, uuid=uuid, name=name, pci_bus_id=pci, nvlink_count=nvlinks)
+        return GpuStatic(
+            index=index,
+            uuid=uuid,
+            name=name,
+            pci_bus_id=pci,
+            nvlink_count=nvlinks,
+            serial=read("nvmlDeviceGetSerial", ""),
+            vbios_version=read("nvmlDeviceGetVbiosVersion", ""),
+            board_part_number=read("nvmlDeviceGetBoardPartNumber", ""),
+            minor_number=read("nvmlDeviceGetMinorNumber", ""),
+            pcie_max_generation=_int_or_none(read("nvmlDeviceGetMaxPcieLinkGeneration", "")),
+            pcie_max_width=_int_or_none(read("nvmlDeviceGetMaxPcieLinkWidth", "")),
+        )
 
     def close(self) -> None:
         if self._opened:
@@ -308,6 +346,9 @@ class NvmlBackend:
 
     def _call(self, sample: GpuSample, name: str, *args: Any) -> Any:
         """One NVML call: GpuIsLost aborts the GPU's sample, other errors return None."""
+        key = (sample.index, name)
+        if len(args) == 1 and key in self._unsupported:
+            return None
         sample.calls += 1
         try:
             return getattr(self.nvml, name)(*args)
@@ -315,7 +356,10 @@ class NvmlBackend:
             sample.errors["GpuIsLost"] = sample.errors.get("GpuIsLost", 0) + 1
             raise GpuLost() from None
         except pynvml.NVMLError_NotSupported:
-            return None  # normal: not every GPU has every counter; the series is left out
+            # normal: not every GPU has every counter; the series is left out
+            if len(args) == 1:  # calls with arguments (a clock type, a sensor) may work for others
+                self._unsupported.add(key)
+            return None
         except pynvml.NVMLError as exc:
             err = _error_name(exc)
             sample.errors[err] = sample.errors.get(err, 0) + 1
@@ -397,6 +441,26 @@ class NvmlBackend:
         if READ_MIG in reads:
             mig = call(sample, "nvmlDeviceGetMigMode", handle)
             sample.mig_mode = None if mig is None else int(mig[0])
+        if READ_PCIE in reads:
+            gen = call(sample, "nvmlDeviceGetCurrPcieLinkGeneration", handle)
+            sample.pcie_generation = None if gen is None else int(gen)
+            width = call(sample, "nvmlDeviceGetCurrPcieLinkWidth", handle)
+            sample.pcie_width = None if width is None else int(width)
+        if READ_PSTATE in reads:
+            pstate = call(sample, "nvmlDeviceGetPerformanceState", handle)
+            sample.pstate = None if pstate is None else int(pstate)
+        if READ_ECC_MODE in reads:
+            ecc = call(sample, "nvmlDeviceGetEccMode", handle)
+            if ecc is not None:
+                sample.ecc_mode_current, sample.ecc_mode_pending = int(ecc[0]), int(ecc[1])
+        if READ_FAN in reads:
+            fan = call(sample, "nvmlDeviceGetFanSpeed", handle)
+            sample.fan_speed_percent = None if fan is None else float(fan)
+        if READ_CODEC in reads:
+            enc = call(sample, "nvmlDeviceGetEncoderUtilization", handle)
+            sample.encoder_utilization = None if enc is None else float(enc[0])
+            dec = call(sample, "nvmlDeviceGetDecoderUtilization", handle)
+            sample.decoder_utilization = None if dec is None else float(dec[0])
         if READ_PROCESSES in reads:
             procs = call(sample, "nvmlDeviceGetComputeRunningProcesses", handle)
             for proc in procs or ():

@@ -62,6 +62,7 @@ def build(
     timeout: float,
     proc_roots: list[str | Path],
     xid: bool = True,
+    nvlink_per_link: bool = False,
 ) -> tuple[GpuContext, list[GpuCollector]]:
     """Wire a sampler for exactly what the chosen collectors read, the XID watcher and collectors."""
     reads: set[str] = set()
@@ -75,7 +76,7 @@ def build(
         watcher = XidWatcher(backend)
         watcher.register()  # before the first cycle: NVML drops events from before registration
         sampler.on_recovered = watcher.gpu_recovered
-    ctx = GpuContext(sampler=sampler, xid=watcher, jobs=JobResolver(proc_roots))
+    ctx = GpuContext(sampler=sampler, xid=watcher, jobs=JobResolver(proc_roots), nvlink_per_link=nvlink_per_link)
     return ctx, [cls(ctx) for cls in classes]
 
 
@@ -133,6 +134,12 @@ def open_backend(backend_name: str, sim_gpus: int, sim_faults: str | None) -> tu
     envvar="GPU_EXPORTER_NVML_TIMEOUT",
     help="Seconds a GPU's NVML reads may take per cycle before it is reported down. [default: interval/2]",
 )
+@click.option(
+    "--nvlink-per-link/--no-nvlink-per-link",
+    default=False,
+    envvar="GPU_EXPORTER_NVLINK_PER_LINK",
+    help="NVLink error counters per link (18 links x 3 types per H100) instead of summed per GPU.",
+)
 def main(  # noqa: PLR0917 - click passes every flag
     listen: str,
     web_config_path: str | None,
@@ -144,6 +151,7 @@ def main(  # noqa: PLR0917 - click passes every flag
     sim_faults: str | None,
     collectors: tuple[str, ...],
     nvml_timeout: float | None,
+    nvlink_per_link: bool,
 ) -> None:
     """Export NVIDIA GPU metrics for Prometheus from a background NVML poll."""
     setup_logging(log_level, log_format)
@@ -153,7 +161,7 @@ def main(  # noqa: PLR0917 - click passes every flag
     classes = choose_collectors(collectors)
     gpu_backend, proc_roots = open_backend(backend, sim_gpus, sim_faults)
     timeout = nvml_timeout if nvml_timeout is not None else interval / 2
-    ctx, chosen = build(gpu_backend, classes, timeout=timeout, proc_roots=proc_roots)
+    ctx, chosen = build(gpu_backend, classes, timeout=timeout, proc_roots=proc_roots, nvlink_per_link=nvlink_per_link)
     log.info(
         "GPUs found",
         extra={

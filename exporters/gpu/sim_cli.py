@@ -66,6 +66,8 @@ inject.help = (
         "\n    stall SECONDS       the next NVML call blocks this long, then answers with old readings"
         "\n    handle_error ERR    handle lookup and every call raise ERR: gpu_is_lost, no_permission, unknown"
         "\n    unsupported NAME    that pynvml function or NVML_FI_ field answers NOT_SUPPORTED"
+        "\n    pcie_link GENxWIDTH the PCIe link runs at e.g. 4x8 (maximum 5x16)"
+        "\n    recovery_action N   the driver's recovery action field (0 none, 1 GPU reset, 2 node reboot, ...)"
     )
 )
 

@@ -31,8 +31,12 @@ def test_open_reads_h100_identity(backend: NvmlBackend) -> None:
 def test_sample_uses_one_batched_field_call(backend: NvmlBackend) -> None:
     sample = backend.sample(0, ALL_READS, ALL_FIELDS)
     assert sample.up and not sample.errors
-    # 1 field-values call + utilization, temperature, memory, 2 clocks, reasons, MIG, processes
-    assert sample.calls == 9
+    # 1 field-values call + utilization, temperature, memory, 2 clocks, reasons, MIG, processes,
+    # 2 PCIe link, pstate, ECC mode, fan, encoder, decoder
+    assert sample.calls == 16
+    # The fan answered NOT_SUPPORTED (an SXM part has none): it is not asked again.
+    assert sample.fan_speed_percent is None
+    assert backend.sample(0, ALL_READS, ALL_FIELDS).calls == 15
     assert 0 <= (sample.utilization_gpu or 0) <= 100
     assert sample.memory_total_bytes == 81559 * 1024 * 1024
     assert sample.field("NVML_FI_DEV_POWER_CURRENT_LIMIT") == 700_000
@@ -184,7 +188,7 @@ def test_real_nvml_backend_reads_every_gpu() -> None:
             )
             assert sample.up, sample.error
             assert sample.memory_total_bytes and sample.temperature_celsius is not None
-            assert sample.calls <= 12
+            assert sample.calls <= 18
     finally:
         be.close()
 

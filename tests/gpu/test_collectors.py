@@ -53,8 +53,12 @@ def test_every_issue_metric_is_exported(sim: SimNvml) -> None:
     assert value(text, "nvidia_gpu_info", gpu="0", mig_mode="disabled", driver_version="580.82.07") == 1
     assert value(text, "nvidia_gpu_collector_success") is None
     assert value(text, "gpu_exporter_collector_success", collector="xid") == 1
-    assert value(text, "gpu_exporter_nvml_calls", gpu="3") == 9
-    assert value(text, "nvidia_gpu_nvlink_errors_total", gpu="1", link="17", type="crc") == 0
+    assert value(text, "gpu_exporter_nvml_calls", gpu="3") == 16
+    # NVLink errors summed over the 18 links by default: 3 series per GPU, not 54.
+    assert value(text, "nvidia_gpu_nvlink_errors_total", gpu="1", type="crc") == 0
+    assert not any(
+        name == "nvidia_gpu_nvlink_errors_total" and ("link", "0") in labels for name, labels in samples(text)
+    )
 
 
 def test_faults_show_in_metrics(sim: SimNvml, faults_path: Path) -> None:
@@ -115,8 +119,9 @@ def test_collector_selection_always_keeps_device(sim: SimNvml, tmp_path: Path) -
     assert value(text, "nvidia_gpu_power_watts", gpu="0") is not None
     assert value(text, "nvidia_gpu_up", gpu="0") == 1
     assert value(text, "nvidia_gpu_sm_clock_hertz", gpu="0") is None
-    # power needs only the batched field call plus the device reads
-    assert value(text, "gpu_exporter_nvml_calls", gpu="0") == 4
+    # power needs only the batched field call plus the device reads (utilization, temperature,
+    # MIG, pstate, fan, encoder, decoder)
+    assert value(text, "gpu_exporter_nvml_calls", gpu="0") == 8
 
 
 def test_promtool_accepts_output(sim: SimNvml, tmp_path: Path) -> None:
@@ -125,3 +130,52 @@ def test_promtool_accepts_output(sim: SimNvml, tmp_path: Path) -> None:
     assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), (
         result.stdout + result.stderr
     ).decode()
+
+
+def test_links_identity_and_node_health(sim: SimNvml, faults_path: Path) -> None:
+    save_faults(
+        faults_path,
+        [
+            make_fault(0, "utilization", ["80"]),
+            make_fault(0, "pcie_link", ["5x8"]),
+            make_fault(1, "utilization", ["0"]),
+            make_fault(2, "recovery_action", ["1"]),
+        ],
+    )
+    sim._reload_faults(force=True)
+    text = _poller(sim, ["/proc"]).collect_once().text().decode()
+    # GPU 0 trained at x8 under load; GPU 1 idle drops to gen 1 (power saving); maxima from start-up
+    assert value(text, "nvidia_gpu_pcie_link_width", gpu="0") == 8
+    assert value(text, "nvidia_gpu_pcie_link_max_width", gpu="0") == 16
+    assert value(text, "nvidia_gpu_pcie_link_generation", gpu="1") == 1
+    assert value(text, "nvidia_gpu_pcie_link_max_generation", gpu="1") == 5
+    assert value(text, "nvidia_gpu_pcie_link_generation", gpu="3") == 5
+    info = {dict(labels)["gpu"]: dict(labels) for name, labels in samples(text) if name == "nvidia_gpu_info"}
+    assert info["0"]["serial"] == "1654923000000" and info["1"]["serial"] == "1654923000017"
+    assert info["0"]["vbios_version"] == "96.00.99.00.01" and info["0"]["board_part_number"] == "692-2G520-0200-000"
+    assert (info["0"]["minor_number"], info["1"]["minor_number"], info["2"]["minor_number"]) == ("1", "0", "2")
+    assert (
+        value(text, "nvidia_gpu_memory_temperature_celsius", gpu="0")
+        == value(text, "nvidia_gpu_temperature_celsius", gpu="0") + 6
+    )  # type: ignore[operator]
+    assert value(text, "nvidia_gpu_power_default_limit_watts", gpu="0") == 700
+    assert value(text, "nvidia_gpu_power_min_limit_watts", gpu="0") == 200
+    assert value(text, "nvidia_gpu_power_max_limit_watts", gpu="0") == 700
+    assert value(text, "nvidia_gpu_pstate", gpu="0") == 0 and value(text, "nvidia_gpu_pstate", gpu="1") == 1
+    assert value(text, "nvidia_gpu_ecc_mode_enabled", gpu="0", state="current") == 1
+    assert value(text, "nvidia_gpu_ecc_mode_enabled", gpu="0", state="pending") == 1
+    assert value(text, "nvidia_gpu_decoder_utilization_ratio", gpu="1") == 0.03
+    assert value(text, "nvidia_gpu_encoder_utilization_ratio", gpu="0") == 0
+    assert value(text, "nvidia_gpu_fan_speed_ratio", gpu="0") is None  # SXM: no fan, left out
+    assert value(text, "nvidia_gpu_recovery_action", gpu="2") == 1
+    assert value(text, "nvidia_gpu_recovery_action", gpu="0") == 0
+
+
+def test_nvlink_counters_per_link_behind_a_flag(sim: SimNvml) -> None:
+    be = NvmlBackend(sim)
+    be.open()
+    _ctx, collectors = build(be, choose_collectors(()), timeout=2.0, proc_roots=["/proc"], nvlink_per_link=True)
+    text = SnapshotPoller("gpu_exporter", collectors, interval=60).collect_once().text().decode()
+    per_link = [labels for name, labels in samples(text) if name == "nvidia_gpu_nvlink_errors_total"]
+    assert len(per_link) == 4 * 18 * 3
+    assert value(text, "nvidia_gpu_nvlink_errors_total", gpu="1", link="17", type="crc") == 0

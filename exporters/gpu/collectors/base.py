@@ -27,6 +27,7 @@ class GpuContext:
     sampler: GpuSampler
     xid: XidWatcher | None
     jobs: JobResolver
+    nvlink_per_link: bool = False  # --nvlink-per-link: NVLink counters keep their `link` label
 
     def readable(self) -> Iterator[tuple[GpuStatic, GpuSample, list[str]]]:
         """(static, sample, [gpu, uuid]) for each GPU that answered this cycle.

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from exporters.gpu.backend import READ_MEMORY
+from exporters.gpu.backend import READ_ECC_MODE, READ_MEMORY
 from exporters.gpu.collectors.base import GPU_LABELS, GpuCollector
 
 # (type, counter) -> field id
@@ -31,7 +31,7 @@ RETIRED_FIELDS: dict[str, str] = {
 
 class MemoryCollector(GpuCollector):
     name = "memory"
-    reads = frozenset({READ_MEMORY})
+    reads = frozenset({READ_MEMORY, READ_ECC_MODE})
     fields = tuple(
         (f, 0)
         for f in [
@@ -76,7 +76,16 @@ class MemoryCollector(GpuCollector):
             "1 when a page waits for retirement at the next reset.",
             labels=GPU_LABELS,
         )
+        ecc_mode = GaugeMetricFamily(
+            "nvidia_gpu_ecc_mode_enabled",
+            "1 when ECC is on: state current (now) or pending (after the next reboot or reset).",
+            labels=[*GPU_LABELS, "state"],
+        )
         for _static, sample, labels in self.ctx.readable():
+            if sample.ecc_mode_current is not None:
+                ecc_mode.add_metric([*labels, "current"], float(sample.ecc_mode_current))
+            if sample.ecc_mode_pending is not None:
+                ecc_mode.add_metric([*labels, "pending"], float(sample.ecc_mode_pending))
             if sample.memory_used_bytes is not None:
                 used.add_metric(labels, sample.memory_used_bytes)
             if sample.memory_total_bytes is not None:
@@ -98,4 +107,4 @@ class MemoryCollector(GpuCollector):
             value = sample.field("NVML_FI_DEV_RETIRED_PENDING")
             if value is not None:
                 pending.add_metric(labels, value)
-        return [used, total, reserved, ecc, remap, retired, pending]
+        return [used, total, reserved, ecc_mode, ecc, remap, retired, pending]

@@ -56,6 +56,8 @@ KINDS: dict[str, tuple[type | None, bool]] = {
     "stall": (float, True),
     "handle_error": (str, True),
     "unsupported": (str, True),
+    "pcie_link": (str, True),
+    "recovery_action": (int, True),
 }
 
 # `handle_error` values: what nvmlDeviceGetHandleByIndex raises for a sick GPU on real nodes.
@@ -135,6 +137,10 @@ def _coerce(kind: str, value: Any, where: str) -> Any:
         raise FaultFileError(f"{where}: {kind} value must not be negative")
     if kind in ("hang", "stall") and not 0 < coerced <= 3600:
         raise FaultFileError(f"{where}: {kind} seconds must be in (0, 3600]")
+    if kind == "pcie_link" and not re.fullmatch(r"[1-6][xX](1|2|4|8|16)", coerced):
+        raise FaultFileError(f"{where}: pcie_link must be GENxWIDTH (gen 1-6, width 1/2/4/8/16), got {coerced!r}")
+    if kind == "recovery_action" and not 0 <= coerced <= 7:
+        raise FaultFileError(f"{where}: recovery_action must be an NVML_GPU_RECOVERY_ACTION value 0-7")
     if kind == "handle_error" and coerced not in HANDLE_ERRORS:
         raise FaultFileError(f"{where}: handle_error {coerced!r} is not one of {', '.join(HANDLE_ERRORS)}")
     # A versioned C entry point (`nvmlDeviceGetMemoryInfo_v2`) counts by its pynvml function.

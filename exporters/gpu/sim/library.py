@@ -41,6 +41,11 @@ H100_SM_MAX_MHZ = 1980
 H100_SM_IDLE_MHZ = 345
 H100_MEM_MHZ = 2619
 H100_NVLINKS = 18
+H100_PCIE_GEN = 5
+H100_PCIE_WIDTH = 16
+H100_POWER_MIN_MW = 200_000
+H100_VBIOS = "96.00.99.00.01"
+H100_BOARD_PART = "692-2G520-0200-000"
 DRIVER_VERSION = "580.82.07"
 CUDA_VERSION = 13000
 H100_RESERVED = 535 * 1024 * 1024  # what the driver keeps for itself: in v1 "used", not in v2
@@ -107,6 +112,10 @@ _SERVED_FIELDS = (
     "NVML_FI_DEV_POWER_CURRENT_LIMIT",
     "NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
     "NVML_FI_DEV_MEMORY_TEMP",
+    "NVML_FI_DEV_POWER_DEFAULT_LIMIT",
+    "NVML_FI_DEV_POWER_MIN_LIMIT",
+    "NVML_FI_DEV_POWER_MAX_LIMIT",
+    "NVML_FI_DEV_GET_GPU_RECOVERY_ACTION",
 )
 
 
@@ -167,6 +176,8 @@ class _GpuFaults:
     stalls: list[Fault] = field(default_factory=list)  # each blocks one call, once
     handle_error: str | None = None
     unsupported: set[str] = field(default_factory=set)  # pynvml function or NVML_FI_ names
+    pcie_link: tuple[int, int] | None = None  # (generation, width) the link trained at
+    recovery_action: int = 0
     temperature: float | None = None
     utilization: float | None = None
     ecc_dbe: int = 0
@@ -295,6 +306,11 @@ class SimNvml:
                 state.handle_error = str(fault.value)
             elif fault.kind == "unsupported":
                 state.unsupported.add(str(fault.value))
+            elif fault.kind == "pcie_link":
+                gen, width = str(fault.value).lower().split("x")
+                state.pcie_link = (int(gen), int(width))
+            elif fault.kind == "recovery_action":
+                state.recovery_action = int(fault.value)
             elif fault.kind == "hang":
                 state.hang = float(fault.value)
             elif fault.kind == "temperature":
@@ -494,6 +510,63 @@ class SimNvml:
         info.pciDeviceId = 0x233010DE
         return info
 
+    def nvmlDeviceGetSerial(self, handle: Any) -> str:
+        gpu, _ = self._device(handle)
+        return f"{1654923000000 + gpu.index * 17:013d}"
+
+    def nvmlDeviceGetVbiosVersion(self, handle: Any) -> str:
+        self._device(handle)
+        return H100_VBIOS
+
+    def nvmlDeviceGetBoardPartNumber(self, handle: Any) -> str:
+        self._device(handle)
+        return H100_BOARD_PART
+
+    def nvmlDeviceGetMinorNumber(self, handle: Any) -> int:
+        gpu, _ = self._device(handle)
+        # Not the NVML index on every real node (the index follows PCI order, the minor the
+        # driver's probe order): the sim swaps the first two so a join on index would show it.
+        return {0: 1, 1: 0}.get(gpu.index, gpu.index) if self.gpu_count > 1 else gpu.index
+
+    def nvmlDeviceGetMaxPcieLinkGeneration(self, handle: Any) -> int:
+        self._device(handle)
+        return H100_PCIE_GEN
+
+    def nvmlDeviceGetMaxPcieLinkWidth(self, handle: Any) -> int:
+        self._device(handle)
+        return H100_PCIE_WIDTH
+
+    def nvmlDeviceGetCurrPcieLinkGeneration(self, handle: Any) -> int:
+        gpu, faults = self._device(handle)
+        if faults.pcie_link is not None:
+            return faults.pcie_link[0]
+        # Like the real part, an idle GPU drops its link to gen 1 to save power: not a fault.
+        return 1 if self._utilization(gpu, faults, self.clock()) < 5 else H100_PCIE_GEN
+
+    def nvmlDeviceGetCurrPcieLinkWidth(self, handle: Any) -> int:
+        _gpu, faults = self._device(handle)
+        return faults.pcie_link[1] if faults.pcie_link is not None else H100_PCIE_WIDTH
+
+    def nvmlDeviceGetPerformanceState(self, handle: Any) -> int:
+        gpu, faults = self._device(handle)
+        return 0 if self._utilization(gpu, faults, self.clock()) >= 5 else 1
+
+    def nvmlDeviceGetEccMode(self, handle: Any) -> list[int]:
+        self._device(handle)
+        return [1, 1]
+
+    def nvmlDeviceGetFanSpeed(self, handle: Any) -> int:
+        self._device(handle)
+        raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)  # SXM parts have no fan of their own
+
+    def nvmlDeviceGetEncoderUtilization(self, handle: Any) -> list[int]:
+        self._device(handle)
+        return [0, 167_000]
+
+    def nvmlDeviceGetDecoderUtilization(self, handle: Any) -> list[int]:
+        gpu, _ = self._device(handle)
+        return [3 if gpu.index % 4 == 1 else 0, 167_000]
+
     def nvmlDeviceGetMigMode(self, handle: Any) -> list[int]:
         self._device(handle)
         return [0, 0]
@@ -632,6 +705,10 @@ class SimNvml:
             "NVML_FI_DEV_POWER_CURRENT_LIMIT": lambda: H100_POWER_LIMIT_MW,
             "NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION": lambda: int(gpu.energy_mj),
             "NVML_FI_DEV_MEMORY_TEMP": lambda: int(self._temperature(gpu, faults, now)) + 6,
+            "NVML_FI_DEV_POWER_DEFAULT_LIMIT": lambda: H100_POWER_LIMIT_MW,
+            "NVML_FI_DEV_POWER_MIN_LIMIT": lambda: H100_POWER_MIN_MW,
+            "NVML_FI_DEV_POWER_MAX_LIMIT": lambda: H100_POWER_LIMIT_MW,
+            "NVML_FI_DEV_GET_GPU_RECOVERY_ACTION": lambda: faults.recovery_action,
         }
         reader = fields.get(name)
         return None if reader is None else reader()
