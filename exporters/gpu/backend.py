@@ -16,7 +16,7 @@ import ctypes
 import logging
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pynvml
@@ -42,6 +42,24 @@ READ_PSTATE = "pstate"
 READ_ECC_MODE = "ecc_mode"
 READ_FAN = "fan"
 READ_CODEC = "codec"
+READ_GPM = "gpm"
+
+# GPM (GPU Performance Monitoring, Hopper and later) metrics by our key: the pynvml constant
+# name, resolved by name so a pynvml without one just leaves it out.
+GPM_METRICS: dict[str, str] = {
+    "graphics_active": "NVML_GPM_METRIC_GRAPHICS_UTIL",
+    "sm_active": "NVML_GPM_METRIC_SM_UTIL",
+    "sm_occupancy": "NVML_GPM_METRIC_SM_OCCUPANCY",
+    "tensor_active": "NVML_GPM_METRIC_ANY_TENSOR_UTIL",
+    "dram_active": "NVML_GPM_METRIC_DRAM_BW_UTIL",
+    "fp64_active": "NVML_GPM_METRIC_FP64_UTIL",
+    "fp32_active": "NVML_GPM_METRIC_FP32_UTIL",
+    "fp16_active": "NVML_GPM_METRIC_FP16_UTIL",
+    "pcie_tx": "NVML_GPM_METRIC_PCIE_TX_PER_SEC",
+    "pcie_rx": "NVML_GPM_METRIC_PCIE_RX_PER_SEC",
+    "nvlink_tx": "NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC",
+    "nvlink_rx": "NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC",
+}
 
 # Fields that older drivers lack, and the function that reads the same value.
 FIELD_FALLBACKS: dict[str, str] = {
@@ -88,6 +106,7 @@ class GpuStatic:
     minor_number: str = ""  # N of /dev/nvidiaN: what Slurm's gres.conf File= names
     pcie_max_generation: int | None = None  # the most GPU and slot together can do
     pcie_max_width: int | None = None
+    gpm_supported: bool = False  # NVML GPM (Hopper and later): DCGM-class activity metrics
 
 
 @dataclass(frozen=True)
@@ -124,6 +143,9 @@ class GpuSample:
     fan_speed_percent: float | None = None
     encoder_utilization: float | None = None  # percent
     decoder_utilization: float | None = None
+    # GPM metrics over the interval since the previous cycle's GPM sample, as NVML gives them
+    # (percent, or MiB/s for throughput); empty on the first cycle and where unsupported.
+    gpm: dict[str, float] = field(default_factory=dict)
     processes: list[ProcessSample] = field(default_factory=list)
     fields: dict[FieldKey, float] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)  # NVML error class -> count this cycle
@@ -192,6 +214,12 @@ def field_value(entry: Any) -> float | None:
     return float(getattr(entry.value, attr)) if attr else None
 
 
+@dataclass
+class _GpmState:
+    buffers: list[Any]
+    previous: Any = None
+
+
 class NvmlBackend:
     """Reads GPUs through an NVML surface (`pynvml` or the simulated library)."""
 
@@ -206,6 +234,10 @@ class NvmlBackend:
         # (GPU, function) pairs that answered NOT_SUPPORTED: a GPU without a fan never grows one,
         # so they are not asked again (until the exporter restarts).
         self._unsupported: set[tuple[int, str]] = set()
+        # Per GPU: two GPM sample buffers and which holds the previous cycle's sample. Only that
+        # GPU's worker thread touches its entry.
+        self._gpm: dict[int, _GpmState] = {}
+        self._gpm_ids = {k: getattr(pynvml, v) for k, v in GPM_METRICS.items() if hasattr(pynvml, v)}
         self._opened = False
 
     # -- start-up -------------------------------------------------------------------------
@@ -303,7 +335,19 @@ class NvmlBackend:
             minor_number=read("nvmlDeviceGetMinorNumber", ""),
             pcie_max_generation=_int_or_none(read("nvmlDeviceGetMaxPcieLinkGeneration", "")),
             pcie_max_width=_int_or_none(read("nvmlDeviceGetMaxPcieLinkWidth", "")),
+            gpm_supported=self._gpm_supported(index, handle),
         )
+
+    def _gpm_supported(self, index: int, handle: Any) -> bool:
+        if not hasattr(self.nvml, "nvmlGpmQueryDeviceSupport"):
+            return False
+        try:
+            return bool(self.nvml.nvmlGpmQueryDeviceSupport(handle).isSupportedDevice)
+        except pynvml.NVMLError_GpuIsLost:
+            raise
+        except pynvml.NVMLError as exc:  # pre-Hopper GPUs, drivers before 520: skipped cleanly
+            log.info("GPM not available; no DCGM-class activity metrics", extra={"gpu": index, "error": str(exc)})
+            return False
 
     def close(self) -> None:
         if self._opened:
@@ -364,6 +408,43 @@ class NvmlBackend:
             err = _error_name(exc)
             sample.errors[err] = sample.errors.get(err, 0) + 1
             return None
+
+    def _read_gpm(self, sample: GpuSample, handle: Any) -> None:
+        """One GPM sample per cycle; metrics from this one and the previous cycle's (GPM gives
+        rates over an interval between two samples, so the first cycle has none)."""
+        state = self._gpm.get(sample.index)
+        if state is None:
+            try:
+                state = _GpmState(buffers=[self.nvml.nvmlGpmSampleAlloc(), self.nvml.nvmlGpmSampleAlloc()])
+            except pynvml.NVMLError as exc:
+                log.warning("cannot allocate GPM samples", extra={"gpu": sample.index, "error": str(exc)})
+                self.static[sample.index] = replace(self.static[sample.index], gpm_supported=False)
+                return
+            self._gpm[sample.index] = state
+        current = state.buffers[1] if state.previous is state.buffers[0] else state.buffers[0]
+        if self._call(sample, "nvmlGpmSampleGet", handle, current) is None:
+            state.previous = None  # a gap: the next interval starts from the next good sample
+            return
+        previous, state.previous = state.previous, current
+        if previous is None or not self._gpm_ids:
+            return
+        request = pynvml.c_nvmlGpmMetricsGet_t()
+        request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
+        request.numMetrics = len(self._gpm_ids)
+        request.sample1 = previous
+        request.sample2 = current
+        keys = list(self._gpm_ids)
+        for slot, key in enumerate(keys):
+            request.metrics[slot].metricId = self._gpm_ids[key]
+        result = self._call(sample, "nvmlGpmMetricsGet", request)
+        if result is None:
+            return
+        for slot, key in enumerate(keys):
+            metric = result.metrics[slot]
+            if metric.nvmlReturn == pynvml.NVML_SUCCESS:
+                sample.gpm[key] = float(metric.value)
+            else:
+                sample.field_error(GPM_METRICS[key], return_name(metric.nvmlReturn))
 
     def _memory_info(self, sample: GpuSample, handle: Any) -> Any:
         """v2 where the driver has it: its `used` leaves out the driver's reserved memory, matching
@@ -461,6 +542,8 @@ class NvmlBackend:
             sample.encoder_utilization = None if enc is None else float(enc[0])
             dec = call(sample, "nvmlDeviceGetDecoderUtilization", handle)
             sample.decoder_utilization = None if dec is None else float(dec[0])
+        if READ_GPM in reads and self.static[sample.index].gpm_supported:
+            self._read_gpm(sample, handle)
         if READ_PROCESSES in reads:
             procs = call(sample, "nvmlDeviceGetComputeRunningProcesses", handle)
             for proc in procs or ():

@@ -32,11 +32,13 @@ def test_sample_uses_one_batched_field_call(backend: NvmlBackend) -> None:
     sample = backend.sample(0, ALL_READS, ALL_FIELDS)
     assert sample.up and not sample.errors
     # 1 field-values call + utilization, temperature, memory, 2 clocks, reasons, MIG, processes,
-    # 2 PCIe link, pstate, ECC mode, fan, encoder, decoder
-    assert sample.calls == 16
-    # The fan answered NOT_SUPPORTED (an SXM part has none): it is not asked again.
-    assert sample.fan_speed_percent is None
-    assert backend.sample(0, ALL_READS, ALL_FIELDS).calls == 15
+    # 2 PCIe link, pstate, ECC mode, fan, encoder, decoder, GPM sample
+    assert sample.calls == 17
+    # The fan answered NOT_SUPPORTED (an SXM part has none): it is not asked again; from the
+    # second cycle GPM also reads the metrics between two samples.
+    assert sample.fan_speed_percent is None and not sample.gpm
+    second = backend.sample(0, ALL_READS, ALL_FIELDS)
+    assert second.calls == 17 and second.gpm
     assert 0 <= (sample.utilization_gpu or 0) <= 100
     assert sample.memory_total_bytes == 81559 * 1024 * 1024
     assert sample.field("NVML_FI_DEV_POWER_CURRENT_LIMIT") == 700_000

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from exporters.common.poller import SnapshotPoller
 from exporters.gpu.backend import NvmlBackend
 from exporters.gpu.cli import build, choose_collectors
@@ -53,7 +55,7 @@ def test_every_issue_metric_is_exported(sim: SimNvml) -> None:
     assert value(text, "nvidia_gpu_info", gpu="0", mig_mode="disabled", driver_version="580.82.07") == 1
     assert value(text, "nvidia_gpu_collector_success") is None
     assert value(text, "gpu_exporter_collector_success", collector="xid") == 1
-    assert value(text, "gpu_exporter_nvml_calls", gpu="3") == 16
+    assert value(text, "gpu_exporter_nvml_calls", gpu="3") == 17
     # NVLink errors summed over the 18 links by default: 3 series per GPU, not 54.
     assert value(text, "nvidia_gpu_nvlink_errors_total", gpu="1", type="crc") == 0
     assert not any(
@@ -179,3 +181,40 @@ def test_nvlink_counters_per_link_behind_a_flag(sim: SimNvml) -> None:
     per_link = [labels for name, labels in samples(text) if name == "nvidia_gpu_nvlink_errors_total"]
     assert len(per_link) == 4 * 18 * 3
     assert value(text, "nvidia_gpu_nvlink_errors_total", gpu="1", link="17", type="crc") == 0
+
+
+def test_gpm_activity_ratios_and_throughput(faults_path: Path) -> None:
+    now = [1_000_000.0]
+    save_faults(faults_path, [make_fault(0, "utilization", ["80"])])
+    sim = SimNvml(gpus=2, faults_path=faults_path, clock=lambda: now[0])
+    poller = _poller(sim, ["/proc"], ("activity",))
+    first = poller.collect_once().text().decode()
+    # GPM gives rates between two samples: nothing after the first cycle, no error either.
+    assert value(first, "nvidia_gpu_sm_active_ratio", gpu="0") is None
+    assert value(first, "gpu_exporter_nvml_errors_total") is None
+    now[0] += 5
+    text = poller.collect_once().text().decode()
+    assert value(text, "nvidia_gpu_sm_active_ratio", gpu="0") == pytest.approx(0.72)
+    assert value(text, "nvidia_gpu_sm_occupancy_ratio", gpu="0") == pytest.approx(0.36)
+    assert value(text, "nvidia_gpu_tensor_active_ratio", gpu="0") == pytest.approx(0.48)
+    assert value(text, "nvidia_gpu_dram_active_ratio", gpu="0") == pytest.approx(0.40)
+    assert value(text, "nvidia_gpu_graphics_engine_active_ratio", gpu="0") == pytest.approx(0.80)
+    assert value(text, "nvidia_gpu_pipe_active_ratio", gpu="0", pipe="fp64") == pytest.approx(0.016)
+    assert value(text, "nvidia_gpu_pipe_active_ratio", gpu="0", pipe="fp16") == pytest.approx(0.08)
+    mib = 1024 * 1024
+    pcie_rx = value(text, "nvidia_gpu_pcie_throughput_bytes_per_second", gpu="0", direction="rx")
+    assert pcie_rx == pytest.approx((20 + 120 * 80) * mib)
+    nvlink_tx = value(text, "nvidia_gpu_nvlink_throughput_bytes_per_second", gpu="0", direction="tx")
+    assert nvlink_tx == pytest.approx(2000 * 80 * mib)
+    assert value(text, "nvidia_gpu_sm_active_ratio", gpu="1") is not None
+
+
+def test_gpm_skipped_cleanly_where_unsupported(faults_path: Path) -> None:
+    sim = SimNvml(gpus=2, faults_path=faults_path, gpm=False)  # an A100: GPM says not supported
+    poller = _poller(sim, ["/proc"], ("activity",))
+    poller.collect_once()
+    text = poller.collect_once().text().decode()
+    assert value(text, "nvidia_gpu_up", gpu="0") == 1
+    assert value(text, "nvidia_gpu_sm_active_ratio") is None
+    assert value(text, "gpu_exporter_nvml_errors_total") is None
+    assert value(text, "gpu_exporter_collector_success", collector="activity") == 1

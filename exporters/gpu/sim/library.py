@@ -142,6 +142,27 @@ XID_AND_NEWER_EVENTS = (
     | getattr(pynvml, "nvmlEventTypeGpuRecoveryAction", 0)
 )
 
+# GPM metric id -> (base, per percent of load): percentages, or MiB/s for throughput. A busy
+# H100 training job: SMs mostly active, tensor cores about half the time, little FP64.
+_GPM_LOAD_FACTORS: dict[int, tuple[float, float]] = {
+    getattr(pynvml, name): factors
+    for name, factors in {
+        "NVML_GPM_METRIC_GRAPHICS_UTIL": (0.0, 1.0),
+        "NVML_GPM_METRIC_SM_UTIL": (0.0, 0.9),
+        "NVML_GPM_METRIC_SM_OCCUPANCY": (0.0, 0.45),
+        "NVML_GPM_METRIC_ANY_TENSOR_UTIL": (0.0, 0.6),
+        "NVML_GPM_METRIC_DRAM_BW_UTIL": (0.0, 0.5),
+        "NVML_GPM_METRIC_FP64_UTIL": (0.0, 0.02),
+        "NVML_GPM_METRIC_FP32_UTIL": (0.0, 0.2),
+        "NVML_GPM_METRIC_FP16_UTIL": (0.0, 0.1),
+        "NVML_GPM_METRIC_PCIE_TX_PER_SEC": (12.0, 40.0),
+        "NVML_GPM_METRIC_PCIE_RX_PER_SEC": (20.0, 120.0),
+        "NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC": (0.0, 2000.0),
+        "NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC": (0.0, 2000.0),
+    }.items()
+    if hasattr(pynvml, name)
+}
+
 _HANDLE_ERRORS = {
     "gpu_is_lost": pynvml.NVML_ERROR_GPU_IS_LOST,
     "no_permission": pynvml.NVML_ERROR_NO_PERMISSION,
@@ -205,9 +226,12 @@ class SimNvml:
         clock: Callable[[], float] = time.time,
         event_types: int | None = None,
         driver_version: str = DRIVER_VERSION,
+        gpm: bool = True,
     ) -> None:
         self.gpu_count = gpus
         self.driver_version = driver_version
+        self.gpm = gpm
+        self._gpm_samples: dict[int, list[Any]] = {}  # struct address -> [struct, (gpu, time, load)]
         self._field_names = driver_field_ids(driver_version)
         # Event types the simulated driver accepts: by default XIDs plus the newer types this
         # pynvml knows (a recent driver); pass nvmlEventTypeXidCriticalError to model an old one.
@@ -712,6 +736,62 @@ class SimNvml:
         }
         reader = fields.get(name)
         return None if reader is None else reader()
+
+    # -- GPM (Hopper and later) -----------------------------------------------------------------
+
+    def nvmlGpmQueryDeviceSupport(self, handle: Any) -> Any:
+        self._device(handle)
+        support = pynvml.c_nvmlGpmSupport_t()
+        support.version = pynvml.NVML_GPM_SUPPORT_VERSION
+        support.isSupportedDevice = 1 if self.gpm else 0  # an A100 answers 0, not an error
+        return support
+
+    def nvmlGpmSampleAlloc(self) -> Any:
+        self._check_init()
+        struct = pynvml.struct_c_nvmlGpmSample_t()
+        pointer = ctypes.pointer(struct)
+        with self._lock:
+            self._gpm_samples[ctypes.addressof(struct)] = [struct, None]
+        return pointer
+
+    def _gpm_slot(self, pointer: Any) -> list[Any]:
+        try:
+            return self._gpm_samples[ctypes.addressof(pointer.contents)]
+        except (AttributeError, KeyError, ValueError):
+            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT) from None
+
+    def nvmlGpmSampleFree(self, pointer: Any) -> None:
+        self._check_init()
+        with self._lock:
+            self._gpm_samples.pop(ctypes.addressof(self._gpm_slot(pointer)[0]), None)
+
+    def nvmlGpmSampleGet(self, handle: Any, pointer: Any) -> Any:
+        gpu, faults = self._device(handle)
+        if not self.gpm:
+            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        # What the hardware counters would hold: a time stamp and the load at that moment.
+        self._gpm_slot(pointer)[1] = (gpu.index, self.clock(), self._utilization(gpu, faults, self.clock()))
+        return pointer
+
+    def nvmlGpmMetricsGet(self, request: Any) -> Any:
+        """Rates over the interval between two samples of one GPU, from the mean load in it."""
+        self._check_init()
+        if request.version != pynvml.NVML_GPM_METRICS_GET_VERSION:
+            raise _err(pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        first, second = self._gpm_slot(request.sample1)[1], self._gpm_slot(request.sample2)[1]
+        # Samples never taken, of two GPUs, or not in time order: NVML refuses the pair.
+        if first is None or second is None or first[0] != second[0] or second[1] <= first[1]:
+            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        load = (first[2] + second[2]) / 2
+        for slot in request.metrics[: request.numMetrics]:
+            factor = _GPM_LOAD_FACTORS.get(int(slot.metricId))
+            if factor is None:
+                slot.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+                continue
+            slot.nvmlReturn = pynvml.NVML_SUCCESS
+            base, per_load = factor
+            slot.value = base + per_load * load
+        return request
 
     # -- events ------------------------------------------------------------------------------
 
