@@ -1,10 +1,15 @@
 """One collection cycle's GPU readings, taken in parallel with a per-GPU watchdog.
 
 A wedged GPU can block an NVML call indefinitely. Each GPU therefore has its own worker
-thread: a cycle hands every idle worker a sampling job and waits until a deadline. A GPU whose
-worker has not answered by then is reported down (`nvidia_gpu_up 0`, reason "timeout") and is
-not asked again until its stuck call returns, so one hung GPU costs the others nothing and
-never holds the cycle past the deadline. None of this runs in the scrape path.
+thread: a cycle hands every idle worker a sampling job and waits. A GPU whose read has run
+longer than the timeout is reported down (`nvidia_gpu_up 0`, reason "timeout") and is not asked
+again until its stuck call returns, so one hung GPU costs the others nothing. None of this runs
+in the scrape path.
+
+At most `parallelism` GPUs are read at once (a gate). With 64 worker threads all runnable, the
+HTTP event loop was one of 65 threads queueing for the GIL and scrape p99 grew tenfold
+(bench/gpu_scrape.py). The timeout runs from when a read gets through the gate, and a read that
+times out gives its place back at once, so a hung GPU does not hold the gate shut.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
@@ -31,11 +36,35 @@ from exporters.gpu.backend import (
 log = logging.getLogger(__name__)
 
 
+class _Pass:
+    """A job's place in the gate: given back once, by the job when it ends or by the sampler
+    when the job overran its time (a hung call may never end)."""
+
+    def __init__(self, gate: threading.Semaphore) -> None:
+        self._gate = gate
+        self._lock = threading.Lock()
+        self.started: float | None = None  # monotonic time the job got through the gate
+        self._held = False
+
+    def enter(self) -> None:
+        self._gate.acquire()
+        with self._lock:
+            self._held = True
+            self.started = time.monotonic()
+
+    def leave(self) -> None:
+        with self._lock:
+            if not self._held:
+                return
+            self._held = False
+        self._gate.release()
+
+
 class _GpuWorker:
     """One daemon thread per GPU: a call stuck in the driver blocks only this GPU, and never exit."""
 
     def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None] = (
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], _Pass, Callable[..., Any], tuple[Any, ...]] | None] = (
             queue.SimpleQueue()
         )
         # daemon: a call that never returns must not keep the process alive at shutdown
@@ -47,17 +76,22 @@ class _GpuWorker:
             job = self._jobs.get()
             if job is None:
                 return
-            future, func, args = job
+            future, gate_pass, func, args = job
             if not future.set_running_or_notify_cancel():
                 continue
+            gate_pass.enter()
             try:
-                future.set_result(func(*args))
+                result = func(*args)
             except BaseException as exc:
+                gate_pass.leave()
                 future.set_exception(exc)
+            else:
+                gate_pass.leave()
+                future.set_result(result)
 
-    def submit(self, func: Callable[..., Any], *args: Any) -> Future[Any]:
+    def submit(self, gate_pass: _Pass, func: Callable[..., Any], *args: Any) -> Future[Any]:
         future: Future[Any] = Future()
-        self._jobs.put((future, func, args))
+        self._jobs.put((future, gate_pass, func, args))
         return future
 
     def shutdown(self) -> None:
@@ -76,6 +110,7 @@ class GpuSampler:
         *,
         before_cycle: Callable[[], None] | None = None,
         on_recovered: Callable[[int], None] | None = None,
+        parallelism: int = 4,
     ) -> None:
         self.backend = backend
         self.reads = frozenset(reads)
@@ -86,6 +121,8 @@ class GpuSampler:
         self.on_recovered = on_recovered
         self._base_fields = sorted(set(fields))
         self._workers = [_GpuWorker(f"nvml-gpu{i}") for i in range(backend.count)]
+        self._gate = threading.Semaphore(max(1, parallelism))
+        self._passes: dict[int, _Pass] = {}
         self._pending: dict[int, Future[GpuSample]] = {}
         self._lock = threading.Lock()
         self.samples: list[GpuSample] = [
@@ -120,9 +157,10 @@ class GpuSampler:
                 del self._pending[index]
                 self.late_discarded_total[index] += 1
                 log.info("late NVML sample discarded", extra={"gpu": index})
-            futures[index] = worker.submit(self.backend.sample, index, self.reads, self.fields_for(index))
-        if futures:
-            wait_futures(futures.values(), timeout=self.timeout)
+            gate_pass = _Pass(self._gate)
+            self._passes[index] = gate_pass
+            futures[index] = worker.submit(gate_pass, self.backend.sample, index, self.reads, self.fields_for(index))
+        self._wait(futures)
         samples: list[GpuSample] = []
         for index in range(self.backend.count):
             future = futures.get(index) or self._pending.get(index)
@@ -155,6 +193,31 @@ class GpuSampler:
         self.samples = samples
         self.last_duration = time.perf_counter() - started
         return samples
+
+    def _wait(self, futures: dict[int, Future[GpuSample]]) -> None:
+        """Until every read is done or has run `timeout` past its entry through the gate; an
+        overrunning read gives its gate place back. Reads still queued at the gate after
+        `parallelism`-many timeouts in a row count as timed out too (a bound on the cycle)."""
+        started = time.monotonic()
+        cap = started + self.timeout * 3
+        while True:
+            waiting = {i: f for i, f in futures.items() if not f.done()}
+            if not waiting:
+                return
+            now = time.monotonic()
+            next_check = now + self.timeout
+            for index in list(waiting):
+                entered = self._passes[index].started
+                if entered is None:
+                    continue
+                if now - entered >= self.timeout:
+                    self._passes[index].leave()  # hung: let the others through
+                    del waiting[index]
+                else:
+                    next_check = min(next_check, entered + self.timeout)
+            if not waiting or now >= cap:
+                return
+            wait_futures(waiting.values(), timeout=max(0.001, min(next_check, cap) - now), return_when=FIRST_COMPLETED)
 
     def close(self) -> None:
         for worker in self._workers:

@@ -230,3 +230,19 @@ def test_xid_watcher_registers_newer_event_types_where_the_driver_takes_them(
     finally:
         watcher.stop()
         be.close()
+
+
+def test_hung_gpu_does_not_hold_the_gate_shut(backend: NvmlBackend, sim: SimNvml, faults_path: Path) -> None:
+    """One GPU read at a time (parallelism 1) and GPU 0 hangs: at its timeout it gives its place
+    back, and the other GPUs are still read in the same cycle."""
+    save_faults(faults_path, [make_fault(0, "hang", ["3"])])
+    sim._reload_faults(force=True)
+    sampler = GpuSampler(backend, ALL_READS, ALL_FIELDS, timeout=0.3, parallelism=1)
+    try:
+        started = time.monotonic()
+        samples = sampler.refresh()
+        assert time.monotonic() - started < 1.0
+        assert [s.up for s in samples] == [False, True, True, True]
+        assert samples[0].reason == "timeout"
+    finally:
+        sampler.close()
