@@ -72,10 +72,12 @@ def build(
     """Wire a sampler for exactly what the chosen collectors read, the XID watcher and collectors."""
     reads: set[str] = set()
     fields: set[FieldKey] = set()
+    slow: set[FieldKey] = set()
     for cls in classes:
         reads |= cls.reads
         fields |= set(cls.fields)
-    sampler = GpuSampler(backend, reads, fields, timeout=timeout, parallelism=parallelism)
+        slow |= set(cls.slow_fields)
+    sampler = GpuSampler(backend, reads, fields, timeout=timeout, parallelism=parallelism, slow_fields=slow)
     watcher = None
     if xid and any(cls.name == "xid" for cls in classes):
         watcher = XidWatcher(backend)

@@ -111,6 +111,8 @@ class GpuSampler:
         before_cycle: Callable[[], None] | None = None,
         on_recovered: Callable[[int], None] | None = None,
         parallelism: int = 4,
+        slow_fields: Iterable[FieldKey] = (),
+        slow_every_s: float = 10.0,
     ) -> None:
         self.backend = backend
         self.reads = frozenset(reads)
@@ -120,6 +122,14 @@ class GpuSampler:
         # the XID watcher re-registers its events then.
         self.on_recovered = on_recovered
         self._base_fields = sorted(set(fields))
+        # Slow-moving counters with many series (per-link NVLink errors: 54 fields per H100) are
+        # read every `slow_every_s` only and their last values carried in between: they were most
+        # of each GPU's batched field call (and of the exporter's CPU) for numbers that are
+        # nearly always 0.
+        self._slow_fields = sorted(set(slow_fields) - set(self._base_fields))
+        self.slow_every_s = slow_every_s
+        self._slow_values: dict[int, dict[FieldKey, float]] = {}
+        self._slow_read_at: dict[int, float] = {}
         self._workers = [_GpuWorker(f"nvml-gpu{i}") for i in range(backend.count)]
         self._gate = threading.Semaphore(max(1, parallelism))
         self._passes: dict[int, _Pass] = {}
@@ -136,17 +146,33 @@ class GpuSampler:
     def static(self) -> list[GpuStatic]:
         return self.backend.static
 
-    def fields_for(self, index: int) -> list[FieldKey]:
+    def fields_for(self, index: int, slow: bool = True) -> list[FieldKey]:
         """NVLink fields exist per link: ask each GPU only for the links it has (it may change
         when a GPU whose handle was unavailable at start-up is acquired later)."""
         links = max(1, self.backend.static[index].nvlink_count)
-        return [(f, s) for f, s in self._base_fields if s < links or s == 0]
+        wanted = [*self._base_fields, *self._slow_fields] if slow else self._base_fields
+        return [(f, s) for f, s in wanted if s < links or s == 0]
+
+    def _slow_due(self, index: int, now: float) -> bool:
+        return bool(self._slow_fields) and now - self._slow_read_at.get(index, -1e18) >= self.slow_every_s
+
+    def _carry_slow(self, sample: GpuSample, read_slow: bool, now: float) -> None:
+        if not sample.up or not self._slow_fields:
+            return
+        slow = set(self._slow_fields)
+        if read_slow:
+            self._slow_values[sample.index] = {k: v for k, v in sample.fields.items() if k in slow}
+            self._slow_read_at[sample.index] = now
+        else:
+            sample.fields.update(self._slow_values.get(sample.index, {}))
 
     def refresh(self) -> list[GpuSample]:
         started = time.perf_counter()
         if self.before_cycle:
             self.before_cycle()
         futures: dict[int, Future[GpuSample]] = {}
+        now = time.monotonic()
+        slow_due = {i for i in range(self.backend.count) if self._slow_due(i, now)}
         for index, worker in enumerate(self._workers):
             pending = self._pending.get(index)
             if pending is not None:
@@ -159,14 +185,17 @@ class GpuSampler:
                 log.info("late NVML sample discarded", extra={"gpu": index})
             gate_pass = _Pass(self._gate)
             self._passes[index] = gate_pass
-            futures[index] = worker.submit(gate_pass, self.backend.sample, index, self.reads, self.fields_for(index))
+            fields = self.fields_for(index, slow=index in slow_due)
+            futures[index] = worker.submit(gate_pass, self.backend.sample, index, self.reads, fields)
         self._wait(futures)
         samples: list[GpuSample] = []
         for index in range(self.backend.count):
             future = futures.get(index) or self._pending.get(index)
             if future is not None and index in futures and future.done():
                 try:
-                    samples.append(future.result())
+                    sample = future.result()
+                    self._carry_slow(sample, index in slow_due, now)
+                    samples.append(sample)
                 except Exception as exc:  # a bug in one GPU's read must not hide the others
                     log.exception("sampling GPU failed", extra={"gpu": index})
                     samples.append(

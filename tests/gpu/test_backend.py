@@ -16,7 +16,8 @@ from exporters.gpu.sim.faults import Fault, load_faults, make_fault, save_faults
 from exporters.gpu.xid import XidWatcher
 
 ALL_READS = frozenset().union(*(c.reads for c in COLLECTOR_CLASSES))
-ALL_FIELDS = sorted({f for c in COLLECTOR_CLASSES for f in c.fields if f[1] < 18})
+ALL_FIELDS = sorted({f for c in COLLECTOR_CLASSES for f in (*c.fields, *c.slow_fields) if f[1] < 18})
+SLOW_FIELDS = sorted({f for c in COLLECTOR_CLASSES for f in c.slow_fields})
 
 
 def test_open_reads_h100_identity(backend: NvmlBackend) -> None:
@@ -244,5 +245,52 @@ def test_hung_gpu_does_not_hold_the_gate_shut(backend: NvmlBackend, sim: SimNvml
         assert time.monotonic() - started < 1.0
         assert [s.up for s in samples] == [False, True, True, True]
         assert samples[0].reason == "timeout"
+    finally:
+        sampler.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(NO_DRIVER is not None, reason=f"real-NVML test: {NO_DRIVER}")
+def test_real_nvml_every_collector_two_cycles() -> None:
+    """Every collector over the real driver, twice (GPM needs two samples); prints what the
+    driver lacks, for docs/gpu-exporter.md."""
+    from exporters.common.poller import SnapshotPoller
+    from exporters.gpu.cli import build, choose_collectors
+
+    be = NvmlBackend(pynvml)
+    be.open()
+    ctx, collectors = build(be, choose_collectors(()), timeout=5.0, proc_roots=["/proc"])
+    try:
+        poller = SnapshotPoller("gpu_exporter", collectors, interval=60)
+        poller.collect_once()
+        time.sleep(1)
+        text = poller.collect_once().text().decode()
+        assert all(s.up for s in ctx.sampler.samples), [s.error for s in ctx.sampler.samples]
+        assert "gpu_exporter_collector_success{collector=" in text
+        assert 'gpu_exporter_collector_success{collector="device"} 1.0' in text
+        print("\n".join(line for line in text.splitlines() if line.startswith("gpu_exporter_field_errors_total")))
+        print("GPM supported per GPU:", [st.gpm_supported for st in be.static])
+    finally:
+        if ctx.xid:
+            ctx.xid.stop()
+        ctx.sampler.close()
+        be.close()
+
+
+def test_slow_fields_read_every_few_seconds_and_carried_between(
+    backend: NvmlBackend, sim: SimNvml, faults_path: Path
+) -> None:
+    crc = ("NVML_FI_DEV_NVLINK_ERROR_DL_CRC", 3)
+    fast = sorted(set(ALL_FIELDS) - set(SLOW_FIELDS))
+    sampler = GpuSampler(backend, ALL_READS, fast, timeout=2.0, slow_fields=SLOW_FIELDS, slow_every_s=0.5)
+    try:
+        assert sampler.refresh()[0].field(*crc) == 0
+        # The driver stops answering the field: not asked again yet, the last value carries.
+        save_faults(faults_path, [make_fault(0, "unsupported", ["NVML_FI_DEV_NVLINK_ERROR_DL_CRC"])])
+        sim._reload_faults(force=True)
+        assert sampler.refresh()[0].field(*crc) == 0
+        time.sleep(0.5)
+        assert sampler.refresh()[0].field(*crc) is None  # read again: and now it is missing
+        assert sampler.samples[1].field(*crc) == 0
     finally:
         sampler.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,31 @@ ISSUE_METRICS = [
     "gpu_exporter_collect_duration_seconds",
     "gpu_exporter_collect_errors_total",
     "gpu_exporter_last_collect_timestamp_seconds",
+    # issue #16
+    "nvidia_gpu_down_reason",
+    "gpu_exporter_field_errors_total",
+    "gpu_exporter_nvml_late_samples_discarded_total",
+    "nvidia_gpu_sm_active_ratio",
+    "nvidia_gpu_sm_occupancy_ratio",
+    "nvidia_gpu_tensor_active_ratio",
+    "nvidia_gpu_dram_active_ratio",
+    "nvidia_gpu_pipe_active_ratio",
+    "nvidia_gpu_pcie_throughput_bytes_per_second",
+    "nvidia_gpu_nvlink_throughput_bytes_per_second",
+    "nvidia_gpu_pcie_link_generation",
+    "nvidia_gpu_pcie_link_width",
+    "nvidia_gpu_pcie_link_max_generation",
+    "nvidia_gpu_pcie_link_max_width",
+    "nvidia_gpu_memory_temperature_celsius",
+    "nvidia_gpu_power_default_limit_watts",
+    "nvidia_gpu_power_min_limit_watts",
+    "nvidia_gpu_power_max_limit_watts",
+    "nvidia_gpu_pstate",
+    "nvidia_gpu_ecc_mode_enabled",
+    "nvidia_gpu_encoder_utilization_ratio",
+    "nvidia_gpu_decoder_utilization_ratio",
+    "nvidia_gpu_recovery_action",
+    "nvidia_gpu_memory_reserved_bytes",
 ]
 
 
@@ -47,15 +73,20 @@ def _poller(sim: SimNvml, proc_roots: list[str | Path], wanted: tuple[str, ...] 
     return SnapshotPoller("gpu_exporter", list(collectors), interval=60)
 
 
-def test_every_issue_metric_is_exported(sim: SimNvml) -> None:
-    text = _poller(sim, ["/proc"]).collect_once().text().decode()
+def test_every_issue_metric_is_exported(sim: SimNvml, faults_path: Path) -> None:
+    save_faults(faults_path, [make_fault(2, "lost")])  # a down GPU, for nvidia_gpu_down_reason
+    sim._reload_faults(force=True)
+    poller = _poller(sim, ["/proc"])
+    poller.collect_once()
+    time.sleep(0.01)  # GPM rates need two samples apart in time
+    text = poller.collect_once().text().decode()
     names = {name for name, _ in samples(text)}
     missing = [m for m in ISSUE_METRICS if m not in names]
     assert not missing
     assert value(text, "nvidia_gpu_info", gpu="0", mig_mode="disabled", driver_version="580.82.07") == 1
     assert value(text, "nvidia_gpu_collector_success") is None
     assert value(text, "gpu_exporter_collector_success", collector="xid") == 1
-    assert value(text, "gpu_exporter_nvml_calls", gpu="3") == 17
+    assert value(text, "gpu_exporter_nvml_calls", gpu="3") == 17  # second cycle: fan skipped, GPM metrics read
     # NVLink errors summed over the 18 links by default: 3 series per GPU, not 54.
     assert value(text, "nvidia_gpu_nvlink_errors_total", gpu="1", type="crc") == 0
     assert not any(

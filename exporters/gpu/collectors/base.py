@@ -44,6 +44,8 @@ class GpuCollector:
     name: str
     reads: ClassVar[frozenset[str]] = frozenset()
     fields: ClassVar[tuple[FieldKey, ...]] = ()
+    # Read every 10 s only, last values carried between (sampler.py): many, slow-moving counters.
+    slow_fields: ClassVar[tuple[FieldKey, ...]] = ()
 
     def __init__(self, ctx: GpuContext) -> None:
         self.ctx = ctx
