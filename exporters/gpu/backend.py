@@ -117,6 +117,17 @@ class ProcessSample:
     compute_instance_id: int | None
 
 
+@dataclass(frozen=True)
+class MigSample:
+    """One MIG instance (a `MIG-...` device) of a GPU in MIG mode."""
+
+    gpu_instance_id: int
+    compute_instance_id: int
+    uuid: str
+    memory_used_bytes: float | None
+    memory_total_bytes: float | None
+
+
 @dataclass
 class GpuSample:
     """One GPU's readings from one cycle. None means not supported or not readable this time."""
@@ -146,6 +157,7 @@ class GpuSample:
     # GPM metrics over the interval since the previous cycle's GPM sample, as NVML gives them
     # (percent, or MiB/s for throughput); empty on the first cycle and where unsupported.
     gpm: dict[str, float] = field(default_factory=dict)
+    mig_instances: list[MigSample] = field(default_factory=list)
     processes: list[ProcessSample] = field(default_factory=list)
     fields: dict[FieldKey, float] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)  # NVML error class -> count this cycle
@@ -391,7 +403,9 @@ class NvmlBackend:
     def _call(self, sample: GpuSample, name: str, *args: Any) -> Any:
         """One NVML call: GpuIsLost aborts the GPU's sample, other errors return None."""
         key = (sample.index, name)
-        if len(args) == 1 and key in self._unsupported:
+        # Only calls on the GPU's own handle (not a MIG instance's) are remembered as unsupported.
+        own = len(args) == 1 and args[0] is self.handles[sample.index]
+        if own and key in self._unsupported:
             return None
         sample.calls += 1
         try:
@@ -401,13 +415,45 @@ class NvmlBackend:
             raise GpuLost() from None
         except pynvml.NVMLError_NotSupported:
             # normal: not every GPU has every counter; the series is left out
-            if len(args) == 1:  # calls with arguments (a clock type, a sensor) may work for others
+            if own:  # calls with arguments (a clock type, a sensor) may work for others
                 self._unsupported.add(key)
             return None
         except pynvml.NVMLError as exc:
             err = _error_name(exc)
             sample.errors[err] = sample.errors.get(err, 0) + 1
             return None
+
+    def _read_mig(self, sample: GpuSample, handle: Any) -> None:
+        """Each MIG instance's memory; slots without an instance answer NOT_FOUND (not an error)."""
+        slots = self._call(sample, "nvmlDeviceGetMaxMigDeviceCount", handle)
+        for slot in range(int(slots or 0)):
+            sample.calls += 1
+            try:
+                mig = self.nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+            except pynvml.NVMLError_NotFound:
+                continue
+            except pynvml.NVMLError_GpuIsLost:
+                sample.errors["GpuIsLost"] = sample.errors.get("GpuIsLost", 0) + 1
+                raise GpuLost() from None
+            except pynvml.NVMLError as exc:
+                err = _error_name(exc)
+                sample.errors[err] = sample.errors.get(err, 0) + 1
+                continue
+            gi = self._call(sample, "nvmlDeviceGetGpuInstanceId", mig)
+            ci = self._call(sample, "nvmlDeviceGetComputeInstanceId", mig)
+            mig_uuid = self._call(sample, "nvmlDeviceGetUUID", mig)
+            mem = self._call(sample, "nvmlDeviceGetMemoryInfo", mig)
+            if gi is None or ci is None:
+                continue
+            sample.mig_instances.append(
+                MigSample(
+                    gpu_instance_id=int(gi),
+                    compute_instance_id=int(ci),
+                    uuid=_text(mig_uuid) if mig_uuid is not None else "",
+                    memory_used_bytes=None if mem is None else float(mem.used),
+                    memory_total_bytes=None if mem is None else float(mem.total),
+                )
+            )
 
     def _read_gpm(self, sample: GpuSample, handle: Any) -> None:
         """One GPM sample per cycle; metrics from this one and the previous cycle's (GPM gives
@@ -522,6 +568,8 @@ class NvmlBackend:
         if READ_MIG in reads:
             mig = call(sample, "nvmlDeviceGetMigMode", handle)
             sample.mig_mode = None if mig is None else int(mig[0])
+            if sample.mig_mode == 1:
+                self._read_mig(sample, handle)
         if READ_PCIE in reads:
             gen = call(sample, "nvmlDeviceGetCurrPcieLinkGeneration", handle)
             sample.pcie_generation = None if gen is None else int(gen)

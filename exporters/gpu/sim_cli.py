@@ -68,6 +68,7 @@ inject.help = (
         "\n    unsupported NAME    that pynvml function or NVML_FI_ field answers NOT_SUPPORTED"
         "\n    pcie_link GENxWIDTH the PCIe link runs at e.g. 4x8 (maximum 5x16)"
         "\n    recovery_action N   the driver's recovery action field (0 none, 1 GPU reset, 2 node reboot, ...)"
+        "\n    mig N               MIG mode with N (1-7) 1g.10gb instances"
     )
 )
 

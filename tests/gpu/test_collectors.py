@@ -249,3 +249,18 @@ def test_gpm_skipped_cleanly_where_unsupported(faults_path: Path) -> None:
     assert value(text, "nvidia_gpu_sm_active_ratio") is None
     assert value(text, "gpu_exporter_nvml_errors_total") is None
     assert value(text, "gpu_exporter_collector_success", collector="activity") == 1
+
+
+def test_mig_instances_memory(sim: SimNvml, faults_path: Path) -> None:
+    save_faults(faults_path, [make_fault(1, "mig", ["3"])])
+    sim._reload_faults(force=True)
+    text = _poller(sim, ["/proc"]).collect_once().text().decode()
+    assert value(text, "nvidia_gpu_info", gpu="1", mig_mode="enabled") == 1
+    assert value(text, "nvidia_gpu_info", gpu="0", mig_mode="disabled") == 1
+    instances = [dict(labels) for name, labels in samples(text) if name == "nvidia_gpu_mig_memory_total_bytes"]
+    assert sorted(i["gpu_instance_id"] for i in instances) == ["1", "2", "3"]
+    assert all(i["gpu"] == "1" and i["mig_uuid"].startswith("MIG-") for i in instances)
+    assert len({i["mig_uuid"] for i in instances}) == 3
+    assert value(text, "nvidia_gpu_mig_memory_total_bytes", gpu="1", gpu_instance_id="2") == 9856 * 1024**2
+    assert value(text, "nvidia_gpu_mig_memory_used_bytes", gpu="1", gpu_instance_id="2") == 16 * 1024**2 + 1024**3
+    assert value(text, "gpu_exporter_nvml_errors_total", gpu="1") is None  # empty slots are not errors

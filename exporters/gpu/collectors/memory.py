@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from exporters.gpu.backend import READ_ECC_MODE, READ_MEMORY
+from exporters.gpu.backend import READ_ECC_MODE, READ_MEMORY, READ_MIG
 from exporters.gpu.collectors.base import GPU_LABELS, GpuCollector
 
 # (type, counter) -> field id
@@ -31,7 +31,7 @@ RETIRED_FIELDS: dict[str, str] = {
 
 class MemoryCollector(GpuCollector):
     name = "memory"
-    reads = frozenset({READ_MEMORY, READ_ECC_MODE})
+    reads = frozenset({READ_MEMORY, READ_ECC_MODE, READ_MIG})
     fields = tuple(
         (f, 0)
         for f in [
@@ -81,7 +81,22 @@ class MemoryCollector(GpuCollector):
             "1 when ECC is on: state current (now) or pending (after the next reboot or reset).",
             labels=[*GPU_LABELS, "state"],
         )
+        mig_labels = [*GPU_LABELS, "gpu_instance_id", "compute_instance_id", "mig_uuid"]
+        mig_used = GaugeMetricFamily(
+            "nvidia_gpu_mig_memory_used_bytes",
+            "Device memory in use in a MIG instance (MIG mode only).",
+            labels=mig_labels,
+        )
+        mig_total = GaugeMetricFamily(
+            "nvidia_gpu_mig_memory_total_bytes", "Device memory of a MIG instance (MIG mode only).", labels=mig_labels
+        )
         for _static, sample, labels in self.ctx.readable():
+            for inst in sample.mig_instances:
+                inst_labels = [*labels, str(inst.gpu_instance_id), str(inst.compute_instance_id), inst.uuid]
+                if inst.memory_used_bytes is not None:
+                    mig_used.add_metric(inst_labels, inst.memory_used_bytes)
+                if inst.memory_total_bytes is not None:
+                    mig_total.add_metric(inst_labels, inst.memory_total_bytes)
             if sample.ecc_mode_current is not None:
                 ecc_mode.add_metric([*labels, "current"], float(sample.ecc_mode_current))
             if sample.ecc_mode_pending is not None:
@@ -107,4 +122,4 @@ class MemoryCollector(GpuCollector):
             value = sample.field("NVML_FI_DEV_RETIRED_PENDING")
             if value is not None:
                 pending.add_metric(labels, value)
-        return [used, total, reserved, ecc_mode, ecc, remap, retired, pending]
+        return [used, total, reserved, mig_used, mig_total, ecc_mode, ecc, remap, retired, pending]

@@ -58,6 +58,7 @@ KINDS: dict[str, tuple[type | None, bool]] = {
     "unsupported": (str, True),
     "pcie_link": (str, True),
     "recovery_action": (int, True),
+    "mig": (int, True),
 }
 
 # `handle_error` values: what nvmlDeviceGetHandleByIndex raises for a sick GPU on real nodes.
@@ -139,6 +140,8 @@ def _coerce(kind: str, value: Any, where: str) -> Any:
         raise FaultFileError(f"{where}: {kind} seconds must be in (0, 3600]")
     if kind == "pcie_link" and not re.fullmatch(r"[1-6][xX](1|2|4|8|16)", coerced):
         raise FaultFileError(f"{where}: pcie_link must be GENxWIDTH (gen 1-6, width 1/2/4/8/16), got {coerced!r}")
+    if kind == "mig" and not 1 <= coerced <= 7:
+        raise FaultFileError(f"{where}: mig takes the number of 1g.10gb instances, 1-7")
     if kind == "recovery_action" and not 0 <= coerced <= 7:
         raise FaultFileError(f"{where}: recovery_action must be an NVML_GPU_RECOVERY_ACTION value 0-7")
     if kind == "handle_error" and coerced not in HANDLE_ERRORS:

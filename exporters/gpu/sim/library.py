@@ -42,6 +42,8 @@ H100_SM_IDLE_MHZ = 345
 H100_MEM_MHZ = 2619
 H100_NVLINKS = 18
 H100_PCIE_GEN = 5
+H100_MIG_SLICES = 7
+H100_MIG_MEMORY = 9856 * 1024 * 1024  # a 1g.10gb instance
 H100_PCIE_WIDTH = 16
 H100_POWER_MIN_MW = 200_000
 H100_VBIOS = "96.00.99.00.01"
@@ -198,6 +200,7 @@ class _GpuFaults:
     handle_error: str | None = None
     unsupported: set[str] = field(default_factory=set)  # pynvml function or NVML_FI_ names
     pcie_link: tuple[int, int] | None = None  # (generation, width) the link trained at
+    mig: int = 0  # MIG instances (0: MIG mode off)
     recovery_action: int = 0
     temperature: float | None = None
     utilization: float | None = None
@@ -265,6 +268,8 @@ class SimNvml:
         self._faults: dict[int, _GpuFaults] = {}
         self._delivered: set[str] = set()
         self._stalled: set[str] = set()  # stall faults already served
+        self._mig_structs: dict[tuple[int, int], Any] = {}  # (gpu, MIG index) -> device struct
+        self._mig_by_handle: dict[int, tuple[int, int]] = {}
         self._event_sets: dict[int, _EventSet] = {}
         self._mtime: tuple[int, int, int] | None = None
         self._next_reload = 0.0
@@ -333,6 +338,8 @@ class SimNvml:
             elif fault.kind == "pcie_link":
                 gen, width = str(fault.value).lower().split("x")
                 state.pcie_link = (int(gen), int(width))
+            elif fault.kind == "mig":
+                state.mig = int(fault.value)
             elif fault.kind == "recovery_action":
                 state.recovery_action = int(fault.value)
             elif fault.kind == "hang":
@@ -518,6 +525,9 @@ class SimNvml:
         return self._device(handle)[0].index
 
     def nvmlDeviceGetUUID(self, handle: Any) -> str:
+        mig = self._mig(handle)
+        if mig is not None:
+            return f"MIG-{uuid.uuid5(uuid.NAMESPACE_OID, f'{mig[0].uuid}/{mig[2]}')}"
         return self._device(handle)[0].uuid
 
     def nvmlDeviceGetName(self, handle: Any) -> str:
@@ -592,8 +602,53 @@ class SimNvml:
         return [3 if gpu.index % 4 == 1 else 0, 167_000]
 
     def nvmlDeviceGetMigMode(self, handle: Any) -> list[int]:
+        _gpu, faults = self._device(handle)
+        return [1, 1] if faults.mig else [0, 0]
+
+    # -- MIG: `mig N` carves the GPU into N 1g.10gb instances (GPU instance i+1, compute instance 0)
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: Any) -> int:
         self._device(handle)
-        return [0, 0]
+        return H100_MIG_SLICES
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: Any, index: int) -> Any:
+        gpu, faults = self._device(handle)
+        if not faults.mig:
+            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)  # not in MIG mode
+        if not 0 <= index < faults.mig:
+            raise _err(pynvml.NVML_ERROR_NOT_FOUND)
+        key = (gpu.index, index)
+        with self._lock:
+            if key not in self._mig_structs:
+                struct = pynvml.struct_c_nvmlDevice_t()
+                self._mig_structs[key] = struct
+                self._mig_by_handle[ctypes.addressof(struct)] = key
+            return ctypes.pointer(self._mig_structs[key])
+
+    def _mig(self, handle: Any) -> tuple[_Gpu, _GpuFaults, int] | None:
+        """(parent GPU, its faults, MIG index) when `handle` is a MIG device handle."""
+        try:
+            key = self._mig_by_handle.get(ctypes.addressof(handle.contents))
+        except (AttributeError, ValueError):
+            return None
+        if key is None:
+            return None
+        gpu = self._gpus[key[0]]
+        _gpu, faults = self._device(gpu.handle)
+        if key[1] >= faults.mig:
+            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)  # the instance was destroyed
+        return gpu, faults, key[1]
+
+    def nvmlDeviceGetGpuInstanceId(self, handle: Any) -> int:
+        mig = self._mig(handle)
+        if mig is None:
+            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return mig[2] + 1
+
+    def nvmlDeviceGetComputeInstanceId(self, handle: Any) -> int:
+        if self._mig(handle) is None:
+            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return 0
 
     # -- readings --------------------------------------------------------------------------
 
@@ -614,6 +669,13 @@ class SimNvml:
     def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Any:
         """v1 counts the driver's reserved memory as used; v2 (`version=nvmlMemory_v2`) reports it
         apart and leaves it out of `used`, as nvidia-smi shows it."""
+        mig = self._mig(handle)
+        if mig is not None:  # one 1g.10gb instance: its own slice of memory, its own processes' use
+            mem = pynvml.c_nvmlMemory_t()
+            mem.total = H100_MIG_MEMORY
+            mem.used = min(H100_MIG_MEMORY, 16 * 1024 * 1024 + (mig[2] % 3) * GIB)
+            mem.free = mem.total - mem.used
+            return mem
         gpu, faults = self._device(handle)
         util = self._utilization(gpu, faults, self.clock())
         used = min(
