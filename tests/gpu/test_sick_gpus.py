@@ -14,7 +14,7 @@ from exporters.common.poller import SnapshotPoller
 from exporters.gpu.backend import NvmlBackend
 from exporters.gpu.cli import build, choose_collectors
 from exporters.gpu.sim import SimNvml
-from exporters.gpu.sim.faults import make_fault
+from exporters.gpu.sim.faults import load_faults, make_fault, save_faults
 from tests.gpu.conftest import Exporter, samples, sim_cli, value
 from tests.harness.processes import http_get
 
@@ -108,11 +108,12 @@ def test_not_supported_function_and_field_leave_series_out(start_exporter: Start
 
 def test_late_answer_is_discarded_not_published(start_exporter: StartExporter) -> None:
     exp = start_exporter("--nvml-timeout=0.2", interval=0.5)
-    # One call on GPU 0 blocks 1.5 s, then answers with the state from before the block.
-    assert sim_cli(exp.faults, "inject", "--gpu", "0", "stall", "1.5").returncode == 0
+    # One call on GPU 0 blocks 2 s, then answers with the state from before the block. The fault
+    # file is written directly here (the CLI takes a second or more to start on a busy machine).
+    save_faults(exp.faults, [make_fault(0, "stall", ["2"])])
     exp.wait_for(lambda t: value(t, "nvidia_gpu_down_reason", gpu="0", reason="timeout") == 1, 5, "GPU 0 timed out")
     # While the call is stuck, GPU 0 gets a double-bit error: the late answer does not know it.
-    assert sim_cli(exp.faults, "inject", "--gpu", "0", "ecc_dbe", "2").returncode == 0
+    save_faults(exp.faults, [*load_faults(exp.faults), make_fault(0, "ecc_dbe", ["2"])])
     stale: list[str] = []
     deadline = time.monotonic() + 6
     while time.monotonic() < deadline:
