@@ -126,6 +126,7 @@ class MigSample:
     uuid: str
     memory_used_bytes: float | None
     memory_total_bytes: float | None
+    gpm: dict[str, float] = field(default_factory=dict)  # GPM metrics of its GPU instance
 
 
 @dataclass
@@ -248,7 +249,7 @@ class NvmlBackend:
         self._unsupported: set[tuple[int, str]] = set()
         # Per GPU: two GPM sample buffers and which holds the previous cycle's sample. Only that
         # GPU's worker thread touches its entry.
-        self._gpm: dict[int, _GpmState] = {}
+        self._gpm: dict[tuple[int, int | None], _GpmState] = {}  # (GPU, MIG GPU instance) -> state
         self._gpm_ids = {k: getattr(pynvml, v) for k, v in GPM_METRICS.items() if hasattr(pynvml, v)}
         self._opened = False
 
@@ -423,8 +424,9 @@ class NvmlBackend:
             sample.errors[err] = sample.errors.get(err, 0) + 1
             return None
 
-    def _read_mig(self, sample: GpuSample, handle: Any) -> None:
-        """Each MIG instance's memory; slots without an instance answer NOT_FOUND (not an error)."""
+    def _read_mig(self, sample: GpuSample, handle: Any, gpm: bool) -> None:
+        """Each MIG instance's memory, and its activity from GPM per GPU instance where the GPU
+        has GPM; slots without an instance answer NOT_FOUND (not an error)."""
         slots = self._call(sample, "nvmlDeviceGetMaxMigDeviceCount", handle)
         for slot in range(int(slots or 0)):
             sample.calls += 1
@@ -445,6 +447,9 @@ class NvmlBackend:
             mem = self._call(sample, "nvmlDeviceGetMemoryInfo", mig)
             if gi is None or ci is None:
                 continue
+            activity: dict[str, float] = {}
+            if gpm and self.static[sample.index].gpm_supported:
+                activity = self._gpm_interval(sample, int(gi), "nvmlGpmMigSampleGet", handle, int(gi))
             sample.mig_instances.append(
                 MigSample(
                     gpu_instance_id=int(gi),
@@ -452,28 +457,34 @@ class NvmlBackend:
                     uuid=_text(mig_uuid) if mig_uuid is not None else "",
                     memory_used_bytes=None if mem is None else float(mem.used),
                     memory_total_bytes=None if mem is None else float(mem.total),
+                    gpm=activity,
                 )
             )
 
     def _read_gpm(self, sample: GpuSample, handle: Any) -> None:
         """One GPM sample per cycle; metrics from this one and the previous cycle's (GPM gives
         rates over an interval between two samples, so the first cycle has none)."""
-        state = self._gpm.get(sample.index)
+        sample.gpm = self._gpm_interval(sample, None, "nvmlGpmSampleGet", handle)
+
+    def _gpm_interval(self, sample: GpuSample, instance: int | None, take: str, *args: Any) -> dict[str, float]:
+        """Take a GPM sample into this GPU's (or MIG GPU instance's) spare buffer with `take`
+        (nvmlGpmSampleGet or nvmlGpmMigSampleGet), and the metrics since the previous one."""
+        state = self._gpm.get((sample.index, instance))
         if state is None:
             try:
                 state = _GpmState(buffers=[self.nvml.nvmlGpmSampleAlloc(), self.nvml.nvmlGpmSampleAlloc()])
             except pynvml.NVMLError as exc:
                 log.warning("cannot allocate GPM samples", extra={"gpu": sample.index, "error": str(exc)})
                 self.static[sample.index] = replace(self.static[sample.index], gpm_supported=False)
-                return
-            self._gpm[sample.index] = state
+                return {}
+            self._gpm[(sample.index, instance)] = state
         current = state.buffers[1] if state.previous is state.buffers[0] else state.buffers[0]
-        if self._call(sample, "nvmlGpmSampleGet", handle, current) is None:
+        if self._call(sample, take, *args, current) is None:
             state.previous = None  # a gap: the next interval starts from the next good sample
-            return
+            return {}
         previous, state.previous = state.previous, current
         if previous is None or not self._gpm_ids:
-            return
+            return {}
         request = pynvml.c_nvmlGpmMetricsGet_t()
         request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
         request.numMetrics = len(self._gpm_ids)
@@ -484,13 +495,15 @@ class NvmlBackend:
             request.metrics[slot].metricId = self._gpm_ids[key]
         result = self._call(sample, "nvmlGpmMetricsGet", request)
         if result is None:
-            return
+            return {}
+        values: dict[str, float] = {}
         for slot, key in enumerate(keys):
             metric = result.metrics[slot]
             if metric.nvmlReturn == pynvml.NVML_SUCCESS:
-                sample.gpm[key] = float(metric.value)
+                values[key] = float(metric.value)
             else:
                 sample.field_error(GPM_METRICS[key], return_name(metric.nvmlReturn))
+        return values
 
     def _memory_info(self, sample: GpuSample, handle: Any) -> Any:
         """v2 where the driver has it: its `used` leaves out the driver's reserved memory, matching
@@ -569,7 +582,7 @@ class NvmlBackend:
             mig = call(sample, "nvmlDeviceGetMigMode", handle)
             sample.mig_mode = None if mig is None else int(mig[0])
             if sample.mig_mode == 1:
-                self._read_mig(sample, handle)
+                self._read_mig(sample, handle, READ_GPM in reads)
         if READ_PCIE in reads:
             gen = call(sample, "nvmlDeviceGetCurrPcieLinkGeneration", handle)
             sample.pcie_generation = None if gen is None else int(gen)

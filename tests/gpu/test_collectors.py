@@ -251,10 +251,13 @@ def test_gpm_skipped_cleanly_where_unsupported(faults_path: Path) -> None:
     assert value(text, "gpu_exporter_collector_success", collector="activity") == 1
 
 
-def test_mig_instances_memory(sim: SimNvml, faults_path: Path) -> None:
-    save_faults(faults_path, [make_fault(1, "mig", ["3"])])
+def test_mig_instances_memory_and_activity(sim: SimNvml, faults_path: Path) -> None:
+    save_faults(faults_path, [make_fault(1, "mig", ["3"]), make_fault(1, "utilization", ["80"])])
     sim._reload_faults(force=True)
-    text = _poller(sim, ["/proc"]).collect_once().text().decode()
+    poller = _poller(sim, ["/proc"])
+    poller.collect_once()
+    time.sleep(0.01)  # GPM rates need two samples apart in time
+    text = poller.collect_once().text().decode()
     assert value(text, "nvidia_gpu_info", gpu="1", mig_mode="enabled") == 1
     assert value(text, "nvidia_gpu_info", gpu="0", mig_mode="disabled") == 1
     instances = [dict(labels) for name, labels in samples(text) if name == "nvidia_gpu_mig_memory_total_bytes"]
@@ -264,3 +267,8 @@ def test_mig_instances_memory(sim: SimNvml, faults_path: Path) -> None:
     assert value(text, "nvidia_gpu_mig_memory_total_bytes", gpu="1", gpu_instance_id="2") == 9856 * 1024**2
     assert value(text, "nvidia_gpu_mig_memory_used_bytes", gpu="1", gpu_instance_id="2") == 16 * 1024**2 + 1024**3
     assert value(text, "gpu_exporter_nvml_errors_total", gpu="1") is None  # empty slots are not errors
+    # GPM per GPU instance (nvmlGpmMigSampleGet): the sim gives instance N (1 - 0.1 (N-1)) of the load
+    assert value(text, "nvidia_gpu_mig_sm_active_ratio", gpu="1", gpu_instance_id="1") == pytest.approx(0.72)
+    assert value(text, "nvidia_gpu_mig_sm_active_ratio", gpu="1", gpu_instance_id="2") == pytest.approx(0.648)
+    assert value(text, "nvidia_gpu_mig_tensor_active_ratio", gpu="1", gpu_instance_id="3") == pytest.approx(0.384)
+    assert value(text, "nvidia_gpu_mig_sm_active_ratio", gpu="0") is None

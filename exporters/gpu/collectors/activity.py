@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from exporters.gpu.backend import READ_GPM
+from exporters.gpu.backend import READ_GPM, READ_MIG
 from exporters.gpu.collectors.base import GPU_LABELS, GpuCollector
 
 MIB = 1024 * 1024
@@ -51,7 +51,7 @@ THROUGHPUT = {
 
 class ActivityCollector(GpuCollector):
     name = "activity"
-    reads = frozenset({READ_GPM})
+    reads = frozenset({READ_GPM, READ_MIG})
 
     def collect(self) -> Iterable[Metric]:
         ratios = {name: GaugeMetricFamily(name, text, labels=GPU_LABELS) for name, (_key, text) in RATIOS.items()}
@@ -69,7 +69,25 @@ class ActivityCollector(GpuCollector):
             )
             for name, (_tx, _rx, what) in THROUGHPUT.items()
         }
+        mig_sm = GaugeMetricFamily(
+            "nvidia_gpu_mig_sm_active_ratio",
+            "SM activity of one MIG GPU instance (GPM per instance; DCGM_FI_PROF_SM_ACTIVE per instance).",
+            labels=[*GPU_LABELS, "gpu_instance_id"],
+        )
+        mig_tensor = GaugeMetricFamily(
+            "nvidia_gpu_mig_tensor_active_ratio",
+            "Tensor pipe activity of one MIG GPU instance (GPM per instance).",
+            labels=[*GPU_LABELS, "gpu_instance_id"],
+        )
         for _static, sample, labels in self.ctx.readable():
+            seen: set[int] = set()
+            for inst in sample.mig_instances:
+                if inst.gpu_instance_id in seen:  # one GPU instance may hold several compute instances
+                    continue
+                seen.add(inst.gpu_instance_id)
+                for family, key in ((mig_sm, "sm_active"), (mig_tensor, "tensor_active")):
+                    if key in inst.gpm:
+                        family.add_metric([*labels, str(inst.gpu_instance_id)], inst.gpm[key] / 100.0)
             gpm = sample.gpm
             if not gpm:
                 continue
@@ -83,4 +101,4 @@ class ActivityCollector(GpuCollector):
                 for direction, key in (("tx", tx), ("rx", rx)):
                     if key in gpm:
                         throughput[name].add_metric([*labels, direction], gpm[key] * MIB)
-        return [*ratios.values(), pipes, *throughput.values()]
+        return [*ratios.values(), pipes, *throughput.values(), mig_sm, mig_tensor]

@@ -835,6 +835,17 @@ class SimNvml:
         self._gpm_slot(pointer)[1] = (gpu.index, self.clock(), self._utilization(gpu, faults, self.clock()))
         return pointer
 
+    def nvmlGpmMigSampleGet(self, handle: Any, gpu_instance_id: int, pointer: Any) -> Any:
+        gpu, faults = self._device(handle)
+        if not self.gpm:
+            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if not 1 <= gpu_instance_id <= faults.mig:
+            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)  # no such GPU instance (or MIG off)
+        # Each instance gets its share of the load wave, the later ones a bit less busy.
+        load = self._utilization(gpu, faults, self.clock()) * (1.0 - 0.1 * (gpu_instance_id - 1))
+        self._gpm_slot(pointer)[1] = ((gpu.index, gpu_instance_id), self.clock(), load)
+        return pointer
+
     def nvmlGpmMetricsGet(self, request: Any) -> Any:
         """Rates over the interval between two samples of one GPU, from the mean load in it."""
         self._check_init()
