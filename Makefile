@@ -16,7 +16,7 @@ UP_ARGS ?=
 STACK = $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) scripts/stack.py
 PYTEST_ARGS ?=
 
-.PHONY: help up down status test lint system-deps venv bench clean cluster-up cluster-down cluster-status pod-image
+.PHONY: help up down status test lint system-deps venv bench clean cluster-up cluster-down cluster-status pod-image gpu-check
 
 help:
 	@echo "make up      install what is needed and deploy the suite here with Ansible (loopback, simulated GPUs)"
@@ -30,6 +30,7 @@ help:
 	@echo "make lint    ruff + mypy only"
 	@echo "make bench   run the benchmarks under bench/"
 	@echo "make dashboards  regenerate grafana/dashboards/*.json from grafana/*.py"
+	@echo "make gpu-check   on a machine with an NVIDIA driver: real-NVML tests, benchmark, promtool on a real scrape"
 
 system-deps:
 	@scripts/install-system-deps.sh $(APT_PACKAGES)
@@ -73,6 +74,10 @@ lint: venv
 	@$(BIN)/python -m ruff check .
 	@$(BIN)/python -m ruff format --check .
 	@$(BIN)/python -m mypy --config-file setup.cfg
+
+# Needs a real NVIDIA driver (docs/gpu-exporter.md, "Real GPUs"); exits 2 where there is none.
+gpu-check: venv
+	@scripts/gpu-check.sh
 
 bench: venv
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

@@ -207,6 +207,66 @@ def build() -> models.Dashboard:
         ),
     )
 
+    board.row("Activity and links (GPM, Hopper and later)").add(
+        ratio_timeseries(
+            "SM active",
+            "Fraction of time the SMs had work, per GPU (NVML GPM; dcgm-exporter's "
+            "DCGM_FI_PROF_SM_ACTIVE). Unlike GPU utilization, one small kernel does not read as 100 %. "
+            "Empty for GPUs without GPM (before Hopper).",
+            [_per_gpu("nvidia_gpu_sm_active_ratio")],
+            width=8,
+        ),
+        ratio_timeseries(
+            "Tensor and DRAM activity",
+            "Tensor core pipe activity (DCGM_FI_PROF_PIPE_TENSOR_ACTIVE) and DRAM bandwidth used "
+            "(DCGM_FI_PROF_DRAM_ACTIVE) per GPU: low tensor activity on a training job means it "
+            "is not using the tensor cores.",
+            [
+                _per_gpu("nvidia_gpu_tensor_active_ratio", "tensor"),
+                _per_gpu("nvidia_gpu_dram_active_ratio", "DRAM"),
+            ],
+            width=8,
+        ),
+        timeseries(
+            "PCIe and NVLink throughput",
+            "Bytes per second over PCIe and over all NVLinks, per GPU and direction "
+            "(DCGM_FI_PROF_PCIE_TX/RX_BYTES, DCGM_FI_PROF_NVLINK_TX/RX_BYTES).",
+            [
+                Query(
+                    f"sum by (gpu, direction) ({_gpu('nvidia_gpu_pcie_throughput_bytes_per_second')})",
+                    legend="gpu {{gpu}} PCIe {{direction}}",
+                ),
+                Query(
+                    f"sum by (gpu, direction) ({_gpu('nvidia_gpu_nvlink_throughput_bytes_per_second')})",
+                    legend="gpu {{gpu}} NVLink {{direction}}",
+                ),
+            ],
+            "Bps",
+            width=8,
+        ),
+        timeseries(
+            "PCIe link width and generation",
+            "PCIe lanes and generation the link runs at, per GPU, against the maximum GPU and slot "
+            "support (dashed). A busy GPU below its maximum fires GPUPCIeLinkDegraded; an idle one "
+            "dropping generation saves power.",
+            [
+                _per_gpu("nvidia_gpu_pcie_link_width", "width"),
+                _per_gpu("nvidia_gpu_pcie_link_generation", "gen"),
+                Query(f"max({_gpu('nvidia_gpu_pcie_link_max_width')})", legend="max width"),
+            ],
+            "none",
+            width=12,
+        ),
+        timeseries(
+            "HBM temperature",
+            "Device memory (HBM) temperature per GPU; HBM throttles on its own limit, apart from the core temperature.",
+            [_per_gpu("nvidia_gpu_memory_temperature_celsius")],
+            "celsius",
+            steps=TEMPERATURE_STEPS,
+            width=12,
+        ),
+    )
+
     board.row("Processes and jobs").add(
         table(
             "Processes on the GPUs",

@@ -26,7 +26,13 @@ from exporters.common.limits import (
     raise_open_file_limit,
 )
 from exporters.common.poller import SnapshotPoller
-from exporters.common.snapshot import render_scrape, wants_openmetrics
+from exporters.common.snapshot import (
+    TEXT_CONTENT_TYPE,
+    render_scrape,
+    render_scrape_gzip,
+    wants_gzip,
+    wants_openmetrics,
+)
 from exporters.common.webconfig import AuthBusy, WebConfig
 
 log = logging.getLogger(__name__)
@@ -127,9 +133,17 @@ def build_exporter_app(
 
     async def metrics(request: web.Request) -> web.Response:
         om = wants_openmetrics(request.headers.get("Accept"))
+        if not om and wants_gzip(request.headers.get("Accept-Encoding")):
+            # Pre-compressed once per cycle: gzip costs the scrape nothing (snapshot.py).
+            resp = web.Response(body=render_scrape_gzip(poller.snapshot, poller.dynamic_families))
+            resp.headers["Content-Type"] = TEXT_CONTENT_TYPE
+            resp.headers["Content-Encoding"] = "gzip"
+            resp.headers["Vary"] = "Accept-Encoding"
+            return resp
         body, content_type = render_scrape(poller.snapshot, om, poller.dynamic_families)
         resp = web.Response(body=body)
         resp.headers["Content-Type"] = content_type
+        resp.headers["Vary"] = "Accept-Encoding"
         return resp
 
     async def healthz(request: web.Request) -> web.Response:

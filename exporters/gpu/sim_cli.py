@@ -63,6 +63,12 @@ inject.help = (
         "\n    utilization PCT     pin utilization (0-100)"
         "\n    process PID [JOB]   a compute process; JOB: its Slurm job id (else read from /proc/PID)"
         "\n    hang SECONDS        every NVML call on the GPU blocks this long"
+        "\n    stall SECONDS       the next NVML call blocks this long, then answers with old readings"
+        "\n    handle_error ERR    handle lookup and every call raise ERR: gpu_is_lost, no_permission, unknown"
+        "\n    unsupported NAME    that pynvml function or NVML_FI_ field answers NOT_SUPPORTED"
+        "\n    pcie_link GENxWIDTH the PCIe link runs at e.g. 4x8 (maximum 5x16)"
+        "\n    recovery_action N   the driver's recovery action field (0 none, 1 GPU reset, 2 node reboot, ...)"
+        "\n    mig N               MIG mode with N (1-7) 1g.10gb instances"
     )
 )
 

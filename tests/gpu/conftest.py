@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporters.gpu.backend import NvmlBackend
-from exporters.gpu.sim import SimNvml
+from exporters.gpu.sim import Fault, SimNvml, save_faults
 from tests.harness.processes import LOOPBACK, ManagedProcess, ProcessManager, free_port, http_get
 
 BIN = Path(sys.executable).parent
@@ -107,9 +107,17 @@ class Exporter:
 
 @pytest.fixture
 def start_exporter(procs: ProcessManager, tmp_path: Path) -> Callable[..., Exporter]:
-    def start(*extra: str, gpus: int = 4, interval: float = 1.0, web: str | None = None) -> Exporter:
+    def start(
+        *extra: str,
+        gpus: int = 4,
+        interval: float = 1.0,
+        web: str | None = None,
+        faults_at_start: list[Fault] | None = None,
+    ) -> Exporter:
         port = free_port()
         faults = tmp_path / f"faults-{port}.yml"
+        if faults_at_start:  # already broken when the exporter starts (a GPU off the bus at boot)
+            save_faults(faults, faults_at_start)
         argv = [
             script("gpu-exporter"),
             "--backend=sim",

@@ -16,13 +16,14 @@ from exporters.gpu.sim.faults import Fault, load_faults, make_fault, save_faults
 from exporters.gpu.xid import XidWatcher
 
 ALL_READS = frozenset().union(*(c.reads for c in COLLECTOR_CLASSES))
-ALL_FIELDS = sorted({f for c in COLLECTOR_CLASSES for f in c.fields if f[1] < 18})
+ALL_FIELDS = sorted({f for c in COLLECTOR_CLASSES for f in (*c.fields, *c.slow_fields) if f[1] < 18})
+SLOW_FIELDS = sorted({f for c in COLLECTOR_CLASSES for f in c.slow_fields})
 
 
 def test_open_reads_h100_identity(backend: NvmlBackend) -> None:
     assert backend.count == 4
-    assert backend.driver_version == "550.90.07"
-    assert backend.cuda_version == "12.4"
+    assert backend.driver_version == "580.82.07"
+    assert backend.cuda_version == "13.0"
     assert len({s.uuid for s in backend.static}) == 4
     assert all(s.uuid.startswith("GPU-") and s.name == "NVIDIA H100 80GB HBM3" for s in backend.static)
     assert all(s.nvlink_count == 18 and s.pci_bus_id.startswith("00000000:") for s in backend.static)
@@ -31,14 +32,20 @@ def test_open_reads_h100_identity(backend: NvmlBackend) -> None:
 def test_sample_uses_one_batched_field_call(backend: NvmlBackend) -> None:
     sample = backend.sample(0, ALL_READS, ALL_FIELDS)
     assert sample.up and not sample.errors
-    # 1 field-values call + utilization, temperature, memory, 2 clocks, reasons, MIG, processes
-    assert sample.calls == 9
+    # 1 field-values call + utilization, temperature, memory, 2 clocks, reasons, MIG, processes,
+    # 2 PCIe link, pstate, ECC mode, fan, encoder, decoder, GPM sample
+    assert sample.calls == 17
+    # The fan answered NOT_SUPPORTED (an SXM part has none): it is not asked again; from the
+    # second cycle GPM also reads the metrics between two samples.
+    assert sample.fan_speed_percent is None and not sample.gpm
+    second = backend.sample(0, ALL_READS, ALL_FIELDS)
+    assert second.calls == 17 and second.gpm
     assert 0 <= (sample.utilization_gpu or 0) <= 100
     assert sample.memory_total_bytes == 81559 * 1024 * 1024
-    assert sample.field(pynvml.NVML_FI_DEV_POWER_CURRENT_LIMIT) == 700_000
-    assert sample.field(pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_CRC, 17) == 0
+    assert sample.field("NVML_FI_DEV_POWER_CURRENT_LIMIT") == 700_000
+    assert sample.field("NVML_FI_DEV_NVLINK_ERROR_DL_CRC", 17) == 0
     # H100 answers NOT_SUPPORTED for retired pages: left out, not an error
-    assert sample.field(pynvml.NVML_FI_DEV_RETIRED_DBE) is None
+    assert sample.field("NVML_FI_DEV_RETIRED_DBE") is None
 
 
 def test_values_move_over_time(faults_path: Path) -> None:
@@ -47,7 +54,7 @@ def test_values_move_over_time(faults_path: Path) -> None:
     be = NvmlBackend(sim)
     be.open()
     reads = frozenset({"utilization"})
-    energy = (pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, 0)
+    energy = ("NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION", 0)
     first = be.sample(0, reads, [energy])
     now[0] += 75  # a quarter of the sim's load period
     second = be.sample(0, reads, [energy])
@@ -93,10 +100,10 @@ class _OldDriverSim(SimNvml):
 def test_field_not_supported_falls_back_to_function(faults_path: Path) -> None:
     be = NvmlBackend(_OldDriverSim(gpus=1, faults_path=faults_path))
     be.open()
-    sample = be.sample(0, frozenset(), [(pynvml.NVML_FI_DEV_POWER_INSTANT, 0)])
+    sample = be.sample(0, frozenset(), [("NVML_FI_DEV_POWER_INSTANT", 0)])
     be.close()
     assert sample.calls == 2  # the batched call, then nvmlDeviceGetPowerUsage
-    assert (sample.field(pynvml.NVML_FI_DEV_POWER_INSTANT) or 0) >= 70_000
+    assert (sample.field("NVML_FI_DEV_POWER_INSTANT") or 0) >= 70_000
 
 
 def test_malformed_fault_file_keeps_last_good(backend: NvmlBackend, sim: SimNvml, faults_path: Path) -> None:
@@ -184,7 +191,7 @@ def test_real_nvml_backend_reads_every_gpu() -> None:
             )
             assert sample.up, sample.error
             assert sample.memory_total_bytes and sample.temperature_celsius is not None
-            assert sample.calls <= 12
+            assert sample.calls <= 18
     finally:
         be.close()
 
@@ -203,3 +210,87 @@ def test_real_nvml_xid_registration() -> None:
     finally:
         watcher.stop()
         be.close()
+
+
+@pytest.mark.parametrize("driver_events", [None, pynvml.nvmlEventTypeXidCriticalError])
+def test_xid_watcher_registers_newer_event_types_where_the_driver_takes_them(
+    faults_path: Path, driver_events: int | None
+) -> None:
+    sim = SimNvml(gpus=2, faults_path=faults_path, event_types=driver_events)
+    be = NvmlBackend(sim)
+    be.open()
+    watcher = XidWatcher(be, wait_ms=100)
+    try:
+        watcher.register()
+        assert watcher.snapshot().registered == {0: True, 1: True}
+        masks = {gpu.event_mask for gpu in sim._gpus}
+        if driver_events is None:  # a recent driver: XIDs plus the newer types this pynvml has
+            assert masks == {sim.event_types} and sim.event_types != pynvml.nvmlEventTypeXidCriticalError
+        else:  # an old driver refuses them: XIDs only, still registered
+            assert masks == {pynvml.nvmlEventTypeXidCriticalError}
+    finally:
+        watcher.stop()
+        be.close()
+
+
+def test_hung_gpu_does_not_hold_the_gate_shut(backend: NvmlBackend, sim: SimNvml, faults_path: Path) -> None:
+    """One GPU read at a time (parallelism 1) and GPU 0 hangs: at its timeout it gives its place
+    back, and the other GPUs are still read in the same cycle."""
+    save_faults(faults_path, [make_fault(0, "hang", ["3"])])
+    sim._reload_faults(force=True)
+    sampler = GpuSampler(backend, ALL_READS, ALL_FIELDS, timeout=0.3, parallelism=1)
+    try:
+        started = time.monotonic()
+        samples = sampler.refresh()
+        assert time.monotonic() - started < 1.0
+        assert [s.up for s in samples] == [False, True, True, True]
+        assert samples[0].reason == "timeout"
+    finally:
+        sampler.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(NO_DRIVER is not None, reason=f"real-NVML test: {NO_DRIVER}")
+def test_real_nvml_every_collector_two_cycles() -> None:
+    """Every collector over the real driver, twice (GPM needs two samples); prints what the
+    driver lacks, for docs/gpu-exporter.md."""
+    from exporters.common.poller import SnapshotPoller
+    from exporters.gpu.cli import build, choose_collectors
+
+    be = NvmlBackend(pynvml)
+    be.open()
+    ctx, collectors = build(be, choose_collectors(()), timeout=5.0, proc_roots=["/proc"])
+    try:
+        poller = SnapshotPoller("gpu_exporter", collectors, interval=60)
+        poller.collect_once()
+        time.sleep(1)
+        text = poller.collect_once().text().decode()
+        assert all(s.up for s in ctx.sampler.samples), [s.error for s in ctx.sampler.samples]
+        assert "gpu_exporter_collector_success{collector=" in text
+        assert 'gpu_exporter_collector_success{collector="device"} 1.0' in text
+        print("\n".join(line for line in text.splitlines() if line.startswith("gpu_exporter_field_errors_total")))
+        print("GPM supported per GPU:", [st.gpm_supported for st in be.static])
+    finally:
+        if ctx.xid:
+            ctx.xid.stop()
+        ctx.sampler.close()
+        be.close()
+
+
+def test_slow_fields_read_every_few_seconds_and_carried_between(
+    backend: NvmlBackend, sim: SimNvml, faults_path: Path
+) -> None:
+    crc = ("NVML_FI_DEV_NVLINK_ERROR_DL_CRC", 3)
+    fast = sorted(set(ALL_FIELDS) - set(SLOW_FIELDS))
+    sampler = GpuSampler(backend, ALL_READS, fast, timeout=2.0, slow_fields=SLOW_FIELDS, slow_every_s=0.5)
+    try:
+        assert sampler.refresh()[0].field(*crc) == 0
+        # The driver stops answering the field: not asked again yet, the last value carries.
+        save_faults(faults_path, [make_fault(0, "unsupported", ["NVML_FI_DEV_NVLINK_ERROR_DL_CRC"])])
+        sim._reload_faults(force=True)
+        assert sampler.refresh()[0].field(*crc) == 0
+        time.sleep(0.5)
+        assert sampler.refresh()[0].field(*crc) is None  # read again: and now it is missing
+        assert sampler.samples[1].field(*crc) == 0
+    finally:
+        sampler.close()

@@ -189,3 +189,38 @@ def test_real_prometheus_scrapes_with_node_label(
     assert prom.wait_for('up{job="gpu"} == 1')
     # Prometheus parsed every family (no scrape-time rejects): a counter reads as a counter.
     assert prom.wait_for('rate(nvidia_gpu_energy_joules_total{node="gpu-node-1"}[10s]) > 0', timeout=30)
+
+
+def test_gzip_served_when_accepted_and_equal_to_plain(start_exporter: StartExporter) -> None:
+    import gzip
+    import http.client
+    import zlib
+
+    exp = start_exporter(gpus=8, interval=5.0)
+    host, port = exp.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+    resp = conn.getresponse()
+    packed = resp.read()
+    assert resp.status == 200 and resp.getheader("Content-Encoding") == "gzip"
+    assert resp.getheader("Content-Type", "").startswith("text/plain; version=0.0.4")
+    # One gzip member (a reader that stops after the first, like curl's, still gets it all).
+    reader = zlib.decompressobj(31)
+    body = reader.decompress(packed)
+    assert reader.eof and not reader.unused_data
+    assert body == gzip.decompress(packed)
+    conn.request("GET", "/metrics")
+    plain_resp = conn.getresponse()
+    plain = plain_resp.read()
+    assert plain_resp.getheader("Content-Encoding") is None
+    conn.close()
+
+    def without_age(text: bytes) -> list[bytes]:
+        return [line for line in text.splitlines() if not line.startswith(b"gpu_exporter_snapshot_age_seconds ")]
+
+    assert without_age(body) == without_age(plain)  # same cycle, same series; the age is per request
+    assert b"gpu_exporter_snapshot_age_seconds " in body
+    assert len(packed) * 5 < len(plain)
+    # q=0 refuses gzip
+    status, refused = http_get(f"{exp.url}/metrics", headers={"Accept-Encoding": "gzip;q=0"})
+    assert status == 200 and refused.startswith(b"# HELP")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from exporters.gpu.collectors.activity import ActivityCollector
 from exporters.gpu.collectors.base import GpuCollector, GpuContext
 from exporters.gpu.collectors.clocks import ClocksCollector
 from exporters.gpu.collectors.device import DeviceCollector
@@ -11,8 +12,10 @@ from exporters.gpu.collectors.power import PowerCollector
 from exporters.gpu.collectors.processes import ProcessesCollector
 from exporters.gpu.collectors.xid import XidCollector
 
+# Dependency order: `device` first (it takes the cycle's sample); the poller runs them in this order.
 COLLECTOR_CLASSES: tuple[type[GpuCollector], ...] = (
     DeviceCollector,
+    ActivityCollector,
     ClocksCollector,
     MemoryCollector,
     PowerCollector,

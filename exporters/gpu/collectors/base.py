@@ -27,6 +27,7 @@ class GpuContext:
     sampler: GpuSampler
     xid: XidWatcher | None
     jobs: JobResolver
+    nvlink_per_link: bool = False  # --nvlink-per-link: NVLink counters keep their `link` label
 
     def readable(self) -> Iterator[tuple[GpuStatic, GpuSample, list[str]]]:
         """(static, sample, [gpu, uuid]) for each GPU that answered this cycle.
@@ -43,6 +44,8 @@ class GpuCollector:
     name: str
     reads: ClassVar[frozenset[str]] = frozenset()
     fields: ClassVar[tuple[FieldKey, ...]] = ()
+    # Read every 10 s only, last values carried between (sampler.py): many, slow-moving counters.
+    slow_fields: ClassVar[tuple[FieldKey, ...]] = ()
 
     def __init__(self, ctx: GpuContext) -> None:
         self.ctx = ctx
@@ -51,5 +54,5 @@ class GpuCollector:
         raise NotImplementedError
 
 
-def per_link(field_ids: Iterable[int], links: int) -> tuple[FieldKey, ...]:
-    return tuple((f, link) for f in field_ids for link in range(links))
+def per_link(names: Iterable[str], links: int) -> tuple[FieldKey, ...]:
+    return tuple((f, link) for f in names for link in range(links))

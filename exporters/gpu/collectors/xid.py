@@ -41,6 +41,21 @@ class XidCollector(GpuCollector):
             "1 when the exporter receives this GPU's XID events from NVML, 0 when it cannot.",
             labels=GPU_LABELS,
         )
+        events = CounterMetricFamily(
+            "nvidia_gpu_nvml_events",
+            "NVML events other than XIDs, by type (gpu_unavailable, recovery_action), where pynvml and the "
+            "driver support them.",
+            labels=[*GPU_LABELS, "type"],
+        )
+        for (index, kind), count in sorted(state.events.items()):
+            events.add_metric([str(index), uuids.get(index, ""), kind], float(count))
+        wait_errors = CounterMetricFamily(
+            "gpu_exporter_xid_wait_errors",
+            "Failed waits for NVML events, by NVML error; each re-creates the event set without the GPU at fault.",
+            labels=["error"],
+        )
+        for error, count in sorted(state.wait_errors.items()):
+            wait_errors.add_metric([error], float(count))
         # XID series stay for a lost GPU: the XID that took it down (79) is the evidence.
         for (index, code), count in sorted(state.counts.items()):
             labels = [str(index), uuids.get(index, ""), str(code)]
@@ -49,4 +64,4 @@ class XidCollector(GpuCollector):
         for index, uuid in sorted(uuids.items()):
             last.add_metric([str(index), uuid], float(state.last.get(index, 0)))
             registered.add_metric([str(index), uuid], 1.0 if state.registered.get(index) else 0.0)
-        return [errors, first_seen, last, registered]
+        return [errors, first_seen, last, registered, events, wait_errors]

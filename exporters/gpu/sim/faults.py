@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pynvml
 import yaml
 
 from exporters.common.sections import reject_unknown
@@ -51,7 +53,16 @@ KINDS: dict[str, tuple[type | None, bool]] = {
     "utilization": (float, True),
     "process": (int, True),
     "hang": (float, True),
+    "stall": (float, True),
+    "handle_error": (str, True),
+    "unsupported": (str, True),
+    "pcie_link": (str, True),
+    "recovery_action": (int, True),
+    "mig": (int, True),
 }
+
+# `handle_error` values: what nvmlDeviceGetHandleByIndex raises for a sick GPU on real nodes.
+HANDLE_ERRORS = ("gpu_is_lost", "no_permission", "unknown")
 
 
 class FaultFileError(ValueError):
@@ -125,8 +136,25 @@ def _coerce(kind: str, value: Any, where: str) -> Any:
         raise FaultFileError(f"{where}: utilization must be 0-100, got {coerced}")
     if kind in ("xid", "process", "ecc_dbe") and coerced < 0:
         raise FaultFileError(f"{where}: {kind} value must not be negative")
-    if kind == "hang" and not 0 < coerced <= 3600:
-        raise FaultFileError(f"{where}: hang seconds must be in (0, 3600]")
+    if kind in ("hang", "stall") and not 0 < coerced <= 3600:
+        raise FaultFileError(f"{where}: {kind} seconds must be in (0, 3600]")
+    if kind == "pcie_link" and not re.fullmatch(r"[1-6][xX](1|2|4|8|16)", coerced):
+        raise FaultFileError(f"{where}: pcie_link must be GENxWIDTH (gen 1-6, width 1/2/4/8/16), got {coerced!r}")
+    if kind == "mig" and not 1 <= coerced <= 7:
+        raise FaultFileError(f"{where}: mig takes the number of 1g.10gb instances, 1-7")
+    if kind == "recovery_action" and not 0 <= coerced <= 7:
+        raise FaultFileError(f"{where}: recovery_action must be an NVML_GPU_RECOVERY_ACTION value 0-7")
+    if kind == "handle_error" and coerced not in HANDLE_ERRORS:
+        raise FaultFileError(f"{where}: handle_error {coerced!r} is not one of {', '.join(HANDLE_ERRORS)}")
+    # A versioned C entry point (`nvmlDeviceGetMemoryInfo_v2`) counts by its pynvml function.
+    if kind == "unsupported" and not (
+        (coerced.startswith("nvml") or coerced.startswith("NVML_FI_"))
+        and hasattr(pynvml, re.sub(r"_v\d+$", "", coerced))
+    ):
+        raise FaultFileError(
+            f"{where}: unsupported {coerced!r} is neither a pynvml function (nvmlDevice...) nor a field id "
+            "name (NVML_FI_...) of the installed pynvml"
+        )
     return coerced
 
 

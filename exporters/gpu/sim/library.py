@@ -16,6 +16,7 @@ import ctypes
 import logging
 import math
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -40,8 +41,16 @@ H100_SM_MAX_MHZ = 1980
 H100_SM_IDLE_MHZ = 345
 H100_MEM_MHZ = 2619
 H100_NVLINKS = 18
-DRIVER_VERSION = "550.90.07"
-CUDA_VERSION = 12040
+H100_PCIE_GEN = 5
+H100_MIG_SLICES = 7
+H100_MIG_MEMORY = 9856 * 1024 * 1024  # a 1g.10gb instance
+H100_PCIE_WIDTH = 16
+H100_POWER_MIN_MW = 200_000
+H100_VBIOS = "96.00.99.00.01"
+H100_BOARD_PART = "692-2G520-0200-000"
+DRIVER_VERSION = "580.82.07"
+CUDA_VERSION = 13000
+H100_RESERVED = 535 * 1024 * 1024  # what the driver keeps for itself: in v1 "used", not in v2
 NOT_MIG = 0xFFFFFFFF
 RELOAD_EVERY_S = 0.1
 
@@ -56,23 +65,110 @@ _THROTTLE_BITS = {
     "hw_power_brake": pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown,
     "display_clocks": pynvml.nvmlClocksEventReasonDisplayClockSetting,
 }
+# The driver's own field numbering, by name. Stable ids are pynvml's; the throttle-duration ids
+# depend on the driver branch (absent before 575, 251-253 in 575, 269-271 from 580 on, where
+# 251-253 are power-smoothing fields this sim does not have).
 _THROTTLE_TIME_FIELDS = {
-    pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP: "power_cap",
-    pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_SYNC_BOOST: "sync_boost",
-    pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN: "sw_thermal",
-    pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN: "thermal",
-    pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN: "hw_power_brake",
+    "NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP": "power_cap",
+    "NVML_FI_DEV_CLOCKS_EVENT_REASON_SYNC_BOOST": "sync_boost",
+    "NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN": "sw_thermal",
+    "NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN": "thermal",
+    "NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN": "hw_power_brake",
+    # the same ids under the names pynvml releases before 12.575 use
+    "NVML_FI_DEV_PERF_POLICY_POWER": "power_cap",
+    "NVML_FI_DEV_PERF_POLICY_SYNC_BOOST": "sync_boost",
+}
+_DRIVER_THROTTLE_IDS = {
+    575: {
+        "NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN": 251,
+        "NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN": 252,
+        "NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN": 253,
+    },
+    580: {
+        "NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN": 269,
+        "NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN": 270,
+        "NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN": 271,
+    },
 }
 _NVLINK_FIELDS = {
-    pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_CRC,
-    pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY,
-    pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY,
+    "NVML_FI_DEV_NVLINK_ERROR_DL_CRC",
+    "NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY",
+    "NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY",
 }
 # H100 replaced page retirement with row remapping: these answer NOT_SUPPORTED, as on the real part.
-_UNSUPPORTED_FIELDS = {
-    pynvml.NVML_FI_DEV_RETIRED_SBE,
-    pynvml.NVML_FI_DEV_RETIRED_DBE,
-    pynvml.NVML_FI_DEV_RETIRED_PENDING,
+_UNSUPPORTED_FIELDS = {"NVML_FI_DEV_RETIRED_SBE", "NVML_FI_DEV_RETIRED_DBE", "NVML_FI_DEV_RETIRED_PENDING"}
+
+
+_SERVED_FIELDS = (
+    "NVML_FI_DEV_NVLINK_LINK_COUNT",
+    "NVML_FI_DEV_ECC_SBE_VOL_TOTAL",
+    "NVML_FI_DEV_ECC_DBE_VOL_TOTAL",
+    "NVML_FI_DEV_ECC_SBE_AGG_TOTAL",
+    "NVML_FI_DEV_ECC_DBE_AGG_TOTAL",
+    "NVML_FI_DEV_REMAPPED_COR",
+    "NVML_FI_DEV_REMAPPED_UNC",
+    "NVML_FI_DEV_REMAPPED_PENDING",
+    "NVML_FI_DEV_REMAPPED_FAILURE",
+    "NVML_FI_DEV_PCIE_REPLAY_COUNTER",
+    "NVML_FI_DEV_POWER_INSTANT",
+    "NVML_FI_DEV_POWER_CURRENT_LIMIT",
+    "NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+    "NVML_FI_DEV_MEMORY_TEMP",
+    "NVML_FI_DEV_POWER_DEFAULT_LIMIT",
+    "NVML_FI_DEV_POWER_MIN_LIMIT",
+    "NVML_FI_DEV_POWER_MAX_LIMIT",
+    "NVML_FI_DEV_GET_GPU_RECOVERY_ACTION",
+)
+
+
+def driver_field_ids(driver_version: str) -> dict[int, str]:
+    """Field id -> name as a driver of this version numbers them."""
+    branch = int(driver_version.split(".", maxsplit=1)[0])
+    moved = {name for ids in _DRIVER_THROTTLE_IDS.values() for name in ids}
+    out: dict[int, str] = {}
+    # The names this sim serves first: pynvml has aliases (SW_POWER_CAP is PERF_POLICY_POWER).
+    names = [*_SERVED_FIELDS, *_THROTTLE_TIME_FIELDS, *_NVLINK_FIELDS, *_UNSUPPORTED_FIELDS, *dir(pynvml)]
+    for name in names:
+        if name.startswith("NVML_FI_") and name not in moved and isinstance(getattr(pynvml, name, None), int):
+            out.setdefault(getattr(pynvml, name), name)
+    for first, ids in sorted(_DRIVER_THROTTLE_IDS.items()):
+        if branch >= first:
+            for name, fid in ids.items():
+                out[fid] = name
+    return out
+
+
+XID_AND_NEWER_EVENTS = (
+    pynvml.nvmlEventTypeXidCriticalError
+    | getattr(pynvml, "nvmlEventTypeGpuUnavailableError", 0)
+    | getattr(pynvml, "nvmlEventTypeGpuRecoveryAction", 0)
+)
+
+# GPM metric id -> (base, per percent of load): percentages, or MiB/s for throughput. A busy
+# H100 training job: SMs mostly active, tensor cores about half the time, little FP64.
+_GPM_LOAD_FACTORS: dict[int, tuple[float, float]] = {
+    getattr(pynvml, name): factors
+    for name, factors in {
+        "NVML_GPM_METRIC_GRAPHICS_UTIL": (0.0, 1.0),
+        "NVML_GPM_METRIC_SM_UTIL": (0.0, 0.9),
+        "NVML_GPM_METRIC_SM_OCCUPANCY": (0.0, 0.45),
+        "NVML_GPM_METRIC_ANY_TENSOR_UTIL": (0.0, 0.6),
+        "NVML_GPM_METRIC_DRAM_BW_UTIL": (0.0, 0.5),
+        "NVML_GPM_METRIC_FP64_UTIL": (0.0, 0.02),
+        "NVML_GPM_METRIC_FP32_UTIL": (0.0, 0.2),
+        "NVML_GPM_METRIC_FP16_UTIL": (0.0, 0.1),
+        "NVML_GPM_METRIC_PCIE_TX_PER_SEC": (12.0, 40.0),
+        "NVML_GPM_METRIC_PCIE_RX_PER_SEC": (20.0, 120.0),
+        "NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC": (0.0, 2000.0),
+        "NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC": (0.0, 2000.0),
+    }.items()
+    if hasattr(pynvml, name)
+}
+
+_HANDLE_ERRORS = {
+    "gpu_is_lost": pynvml.NVML_ERROR_GPU_IS_LOST,
+    "no_permission": pynvml.NVML_ERROR_NO_PERMISSION,
+    "unknown": pynvml.NVML_ERROR_UNKNOWN,
 }
 
 
@@ -93,12 +189,19 @@ class _Gpu:
     throttle_ns: dict[str, float] = field(default_factory=dict)
     last_throttle_at: float = 0.0
     registered: set[int] = field(default_factory=set)  # ids of event sets
+    event_mask: int = 0  # event types last registered
 
 
 @dataclass
 class _GpuFaults:
     lost: bool = False
     hang: float = 0.0
+    stalls: list[Fault] = field(default_factory=list)  # each blocks one call, once
+    handle_error: str | None = None
+    unsupported: set[str] = field(default_factory=set)  # pynvml function or NVML_FI_ names
+    pcie_link: tuple[int, int] | None = None  # (generation, width) the link trained at
+    mig: int = 0  # MIG instances (0: MIG mode off)
+    recovery_action: int = 0
     temperature: float | None = None
     utilization: float | None = None
     ecc_dbe: int = 0
@@ -124,8 +227,18 @@ class SimNvml:
         *,
         seed: int = 0,
         clock: Callable[[], float] = time.time,
+        event_types: int | None = None,
+        driver_version: str = DRIVER_VERSION,
+        gpm: bool = True,
     ) -> None:
         self.gpu_count = gpus
+        self.driver_version = driver_version
+        self.gpm = gpm
+        self._gpm_samples: dict[int, list[Any]] = {}  # struct address -> [struct, (gpu, time, load)]
+        self._field_names = driver_field_ids(driver_version)
+        # Event types the simulated driver accepts: by default XIDs plus the newer types this
+        # pynvml knows (a recent driver); pass nvmlEventTypeXidCriticalError to model an old one.
+        self.event_types = event_types if event_types is not None else XID_AND_NEWER_EVENTS
         self.faults_path = Path(faults_path) if faults_path else None
         self.clock = clock
         self.started_at = clock()
@@ -154,6 +267,9 @@ class SimNvml:
             self._by_handle[ctypes.addressof(struct)] = gpu
         self._faults: dict[int, _GpuFaults] = {}
         self._delivered: set[str] = set()
+        self._stalled: set[str] = set()  # stall faults already served
+        self._mig_structs: dict[tuple[int, int], Any] = {}  # (gpu, MIG index) -> device struct
+        self._mig_by_handle: dict[int, tuple[int, int]] = {}
         self._event_sets: dict[int, _EventSet] = {}
         self._mtime: tuple[int, int, int] | None = None
         self._next_reload = 0.0
@@ -213,6 +329,19 @@ class SimNvml:
                         new_xids.append(fault)
             elif fault.kind == "lost":
                 state.lost = True
+            elif fault.kind == "stall":
+                state.stalls.append(fault)
+            elif fault.kind == "handle_error":
+                state.handle_error = str(fault.value)
+            elif fault.kind == "unsupported":
+                state.unsupported.add(str(fault.value))
+            elif fault.kind == "pcie_link":
+                gen, width = str(fault.value).lower().split("x")
+                state.pcie_link = (int(gen), int(width))
+            elif fault.kind == "mig":
+                state.mig = int(fault.value)
+            elif fault.kind == "recovery_action":
+                state.recovery_action = int(fault.value)
             elif fault.kind == "hang":
                 state.hang = float(fault.value)
             elif fault.kind == "temperature":
@@ -229,6 +358,11 @@ class SimNvml:
                 state.processes.append(fault)
         self._write_proc_entries(by_gpu)
         with self._cond:
+            for index, before in self._faults.items():
+                if before.lost and not by_gpu.get(index, _GpuFaults()).lost:
+                    # Back on the bus means the GPU was reset: like the driver, forget its event
+                    # registrations; a watcher must register it again to see its XIDs.
+                    self._gpus[index].registered.clear()
             self._faults = by_gpu
             for fault in new_xids:
                 gpu = self._gpus[fault.gpu]
@@ -284,9 +418,27 @@ class SimNvml:
         faults = self._faults.get(gpu.index) or _GpuFaults()
         if faults.hang:
             time.sleep(faults.hang)  # a wedged driver call: the exporter's watchdog must cope
+        stall = self._take_stall(faults)
+        if stall:
+            # Blocks, then answers from the state at the time of the call (`faults` was read
+            # before the sleep): a late answer carries old readings, as a stuck driver call does.
+            time.sleep(stall)
         if faults.lost:
             raise _err(pynvml.NVML_ERROR_GPU_IS_LOST)
+        if faults.handle_error:  # a GPU in this state answers every call with the same error
+            raise _err(_HANDLE_ERRORS[faults.handle_error])
+        # The calling sim function's name: a driver branch lacking it answers NOT_SUPPORTED.
+        if faults.unsupported and sys._getframe(1).f_code.co_name in faults.unsupported:
+            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return gpu, faults
+
+    def _take_stall(self, faults: _GpuFaults) -> float:
+        with self._lock:
+            for fault in faults.stalls:
+                if fault.id not in self._stalled:
+                    self._stalled.add(fault.id)
+                    return float(fault.value)
+        return 0.0
 
     def _utilization(self, gpu: _Gpu, faults: _GpuFaults, now: float) -> float:
         if faults.utilization is not None:
@@ -345,7 +497,7 @@ class SimNvml:
 
     def nvmlSystemGetDriverVersion(self) -> str:
         self._check_init()
-        return DRIVER_VERSION
+        return self.driver_version
 
     def nvmlSystemGetCudaDriverVersion(self) -> int:
         self._check_init()
@@ -359,6 +511,12 @@ class SimNvml:
         self._check_init()
         if not 0 <= index < self.gpu_count:
             raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        self._reload_faults()
+        faults = self._faults.get(index) or _GpuFaults()
+        if faults.lost:
+            raise _err(pynvml.NVML_ERROR_GPU_IS_LOST)
+        if faults.handle_error:
+            raise _err(_HANDLE_ERRORS[faults.handle_error])
         return self._gpus[index].handle
 
     # -- device identity -------------------------------------------------------------------
@@ -367,6 +525,9 @@ class SimNvml:
         return self._device(handle)[0].index
 
     def nvmlDeviceGetUUID(self, handle: Any) -> str:
+        mig = self._mig(handle)
+        if mig is not None:
+            return f"MIG-{uuid.uuid5(uuid.NAMESPACE_OID, f'{mig[0].uuid}/{mig[2]}')}"
         return self._device(handle)[0].uuid
 
     def nvmlDeviceGetName(self, handle: Any) -> str:
@@ -383,9 +544,111 @@ class SimNvml:
         info.pciDeviceId = 0x233010DE
         return info
 
-    def nvmlDeviceGetMigMode(self, handle: Any) -> list[int]:
+    def nvmlDeviceGetSerial(self, handle: Any) -> str:
+        gpu, _ = self._device(handle)
+        return f"{1654923000000 + gpu.index * 17:013d}"
+
+    def nvmlDeviceGetVbiosVersion(self, handle: Any) -> str:
         self._device(handle)
-        return [0, 0]
+        return H100_VBIOS
+
+    def nvmlDeviceGetBoardPartNumber(self, handle: Any) -> str:
+        self._device(handle)
+        return H100_BOARD_PART
+
+    def nvmlDeviceGetMinorNumber(self, handle: Any) -> int:
+        gpu, _ = self._device(handle)
+        # Not the NVML index on every real node (the index follows PCI order, the minor the
+        # driver's probe order): the sim swaps the first two so a join on index would show it.
+        return {0: 1, 1: 0}.get(gpu.index, gpu.index) if self.gpu_count > 1 else gpu.index
+
+    def nvmlDeviceGetMaxPcieLinkGeneration(self, handle: Any) -> int:
+        self._device(handle)
+        return H100_PCIE_GEN
+
+    def nvmlDeviceGetMaxPcieLinkWidth(self, handle: Any) -> int:
+        self._device(handle)
+        return H100_PCIE_WIDTH
+
+    def nvmlDeviceGetCurrPcieLinkGeneration(self, handle: Any) -> int:
+        gpu, faults = self._device(handle)
+        if faults.pcie_link is not None:
+            return faults.pcie_link[0]
+        # Like the real part, an idle GPU drops its link to gen 1 to save power: not a fault.
+        return 1 if self._utilization(gpu, faults, self.clock()) < 5 else H100_PCIE_GEN
+
+    def nvmlDeviceGetCurrPcieLinkWidth(self, handle: Any) -> int:
+        _gpu, faults = self._device(handle)
+        return faults.pcie_link[1] if faults.pcie_link is not None else H100_PCIE_WIDTH
+
+    def nvmlDeviceGetPerformanceState(self, handle: Any) -> int:
+        gpu, faults = self._device(handle)
+        return 0 if self._utilization(gpu, faults, self.clock()) >= 5 else 1
+
+    def nvmlDeviceGetEccMode(self, handle: Any) -> list[int]:
+        self._device(handle)
+        return [1, 1]
+
+    def nvmlDeviceGetFanSpeed(self, handle: Any) -> int:
+        self._device(handle)
+        raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)  # SXM parts have no fan of their own
+
+    def nvmlDeviceGetEncoderUtilization(self, handle: Any) -> list[int]:
+        self._device(handle)
+        return [0, 167_000]
+
+    def nvmlDeviceGetDecoderUtilization(self, handle: Any) -> list[int]:
+        gpu, _ = self._device(handle)
+        return [3 if gpu.index % 4 == 1 else 0, 167_000]
+
+    def nvmlDeviceGetMigMode(self, handle: Any) -> list[int]:
+        _gpu, faults = self._device(handle)
+        return [1, 1] if faults.mig else [0, 0]
+
+    # -- MIG: `mig N` carves the GPU into N 1g.10gb instances (GPU instance i+1, compute instance 0)
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: Any) -> int:
+        self._device(handle)
+        return H100_MIG_SLICES
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: Any, index: int) -> Any:
+        gpu, faults = self._device(handle)
+        if not faults.mig:
+            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)  # not in MIG mode
+        if not 0 <= index < faults.mig:
+            raise _err(pynvml.NVML_ERROR_NOT_FOUND)
+        key = (gpu.index, index)
+        with self._lock:
+            if key not in self._mig_structs:
+                struct = pynvml.struct_c_nvmlDevice_t()
+                self._mig_structs[key] = struct
+                self._mig_by_handle[ctypes.addressof(struct)] = key
+            return ctypes.pointer(self._mig_structs[key])
+
+    def _mig(self, handle: Any) -> tuple[_Gpu, _GpuFaults, int] | None:
+        """(parent GPU, its faults, MIG index) when `handle` is a MIG device handle."""
+        try:
+            key = self._mig_by_handle.get(ctypes.addressof(handle.contents))
+        except (AttributeError, ValueError):
+            return None
+        if key is None:
+            return None
+        gpu = self._gpus[key[0]]
+        _gpu, faults = self._device(gpu.handle)
+        if key[1] >= faults.mig:
+            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)  # the instance was destroyed
+        return gpu, faults, key[1]
+
+    def nvmlDeviceGetGpuInstanceId(self, handle: Any) -> int:
+        mig = self._mig(handle)
+        if mig is None:
+            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return mig[2] + 1
+
+    def nvmlDeviceGetComputeInstanceId(self, handle: Any) -> int:
+        if self._mig(handle) is None:
+            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return 0
 
     # -- readings --------------------------------------------------------------------------
 
@@ -404,13 +667,37 @@ class SimNvml:
         return int(self._temperature(gpu, faults, self.clock()))
 
     def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Any:
+        """v1 counts the driver's reserved memory as used; v2 (`version=nvmlMemory_v2`) reports it
+        apart and leaves it out of `used`, as nvidia-smi shows it."""
+        mig = self._mig(handle)
+        if mig is not None:  # one 1g.10gb instance: its own slice of memory, its own processes' use
+            mem = pynvml.c_nvmlMemory_t()
+            mem.total = H100_MIG_MEMORY
+            mem.used = min(H100_MIG_MEMORY, 16 * 1024 * 1024 + (mig[2] % 3) * GIB)
+            mem.free = mem.total - mem.used
+            return mem
         gpu, faults = self._device(handle)
         util = self._utilization(gpu, faults, self.clock())
-        used = min(H100_MEMORY, 600 * 1024 * 1024 + self._process_memory(gpu, faults) + int(util / 100 * 60 * GIB))
+        used = min(
+            H100_MEMORY - H100_RESERVED,
+            64 * 1024 * 1024 + self._process_memory(gpu, faults) + int(util / 100 * 60 * GIB),
+        )
+        if version:
+            if "nvmlDeviceGetMemoryInfo_v2" in faults.unsupported:  # an old driver without the v2 entry point
+                raise _err(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+            if version != getattr(pynvml, "nvmlMemory_v2", None):
+                raise _err(pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+            mem2 = pynvml.c_nvmlMemory_v2_t()
+            mem2.version = version
+            mem2.total = H100_MEMORY
+            mem2.reserved = H100_RESERVED
+            mem2.used = used
+            mem2.free = H100_MEMORY - H100_RESERVED - used
+            return mem2
         mem = pynvml.c_nvmlMemory_t()
         mem.total = H100_MEMORY
-        mem.used = used
-        mem.free = H100_MEMORY - used
+        mem.used = used + H100_RESERVED
+        mem.free = H100_MEMORY - H100_RESERVED - used
         return mem
 
     def nvmlDeviceGetClockInfo(self, handle: Any, clock_type: int) -> int:
@@ -479,33 +766,105 @@ class SimNvml:
         return values
 
     def _field(self, gpu: _Gpu, faults: _GpuFaults, fid: int, scope: int, now: float) -> int | float | None:
-        if fid in _UNSUPPORTED_FIELDS:
+        name = self._field_names.get(fid)
+        if name is None or name in _UNSUPPORTED_FIELDS or name in faults.unsupported:
             return None
-        if fid in _NVLINK_FIELDS:
+        if name in _NVLINK_FIELDS:
             if scope >= H100_NVLINKS:
                 return None
             # One flaky link on every eighth GPU, so the series is not all zeros.
-            return 3 if (gpu.index % 8 == 5 and scope == 7 and fid == pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_CRC) else 0
-        if fid in _THROTTLE_TIME_FIELDS:
-            return int(gpu.throttle_ns.get(_THROTTLE_TIME_FIELDS[fid], 0.0))
-        fields: dict[int, Callable[[], int | float]] = {
-            pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT: lambda: H100_NVLINKS,
-            pynvml.NVML_FI_DEV_ECC_SBE_VOL_TOTAL: lambda: gpu.sbe_baseline,
-            pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL: lambda: faults.ecc_dbe,
-            pynvml.NVML_FI_DEV_ECC_SBE_AGG_TOTAL: lambda: gpu.sbe_baseline + 12,
-            pynvml.NVML_FI_DEV_ECC_DBE_AGG_TOTAL: lambda: faults.ecc_dbe,
-            pynvml.NVML_FI_DEV_REMAPPED_COR: lambda: gpu.index % 2,
-            pynvml.NVML_FI_DEV_REMAPPED_UNC: lambda: faults.ecc_dbe,
-            pynvml.NVML_FI_DEV_REMAPPED_PENDING: lambda: 1 if faults.ecc_dbe else 0,
-            pynvml.NVML_FI_DEV_REMAPPED_FAILURE: lambda: 1 if faults.remap_failure else 0,
-            pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER: lambda: 2 if gpu.index % 4 == 3 else 0,
-            pynvml.NVML_FI_DEV_POWER_INSTANT: lambda: int(self._power_mw(gpu, faults, now)),
-            pynvml.NVML_FI_DEV_POWER_CURRENT_LIMIT: lambda: H100_POWER_LIMIT_MW,
-            pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION: lambda: int(gpu.energy_mj),
-            pynvml.NVML_FI_DEV_MEMORY_TEMP: lambda: int(self._temperature(gpu, faults, now)) + 6,
+            return 3 if (gpu.index % 8 == 5 and scope == 7 and name == "NVML_FI_DEV_NVLINK_ERROR_DL_CRC") else 0
+        if name in _THROTTLE_TIME_FIELDS:
+            return int(gpu.throttle_ns.get(_THROTTLE_TIME_FIELDS[name], 0.0))
+        fields: dict[str, Callable[[], int | float]] = {
+            "NVML_FI_DEV_NVLINK_LINK_COUNT": lambda: H100_NVLINKS,
+            "NVML_FI_DEV_ECC_SBE_VOL_TOTAL": lambda: gpu.sbe_baseline,
+            "NVML_FI_DEV_ECC_DBE_VOL_TOTAL": lambda: faults.ecc_dbe,
+            "NVML_FI_DEV_ECC_SBE_AGG_TOTAL": lambda: gpu.sbe_baseline + 12,
+            "NVML_FI_DEV_ECC_DBE_AGG_TOTAL": lambda: faults.ecc_dbe,
+            "NVML_FI_DEV_REMAPPED_COR": lambda: gpu.index % 2,
+            "NVML_FI_DEV_REMAPPED_UNC": lambda: faults.ecc_dbe,
+            "NVML_FI_DEV_REMAPPED_PENDING": lambda: 1 if faults.ecc_dbe else 0,
+            "NVML_FI_DEV_REMAPPED_FAILURE": lambda: 1 if faults.remap_failure else 0,
+            "NVML_FI_DEV_PCIE_REPLAY_COUNTER": lambda: 2 if gpu.index % 4 == 3 else 0,
+            "NVML_FI_DEV_POWER_INSTANT": lambda: int(self._power_mw(gpu, faults, now)),
+            "NVML_FI_DEV_POWER_CURRENT_LIMIT": lambda: H100_POWER_LIMIT_MW,
+            "NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION": lambda: int(gpu.energy_mj),
+            "NVML_FI_DEV_MEMORY_TEMP": lambda: int(self._temperature(gpu, faults, now)) + 6,
+            "NVML_FI_DEV_POWER_DEFAULT_LIMIT": lambda: H100_POWER_LIMIT_MW,
+            "NVML_FI_DEV_POWER_MIN_LIMIT": lambda: H100_POWER_MIN_MW,
+            "NVML_FI_DEV_POWER_MAX_LIMIT": lambda: H100_POWER_LIMIT_MW,
+            "NVML_FI_DEV_GET_GPU_RECOVERY_ACTION": lambda: faults.recovery_action,
         }
-        reader = fields.get(fid)
+        reader = fields.get(name)
         return None if reader is None else reader()
+
+    # -- GPM (Hopper and later) -----------------------------------------------------------------
+
+    def nvmlGpmQueryDeviceSupport(self, handle: Any) -> Any:
+        self._device(handle)
+        support = pynvml.c_nvmlGpmSupport_t()
+        support.version = pynvml.NVML_GPM_SUPPORT_VERSION
+        support.isSupportedDevice = 1 if self.gpm else 0  # an A100 answers 0, not an error
+        return support
+
+    def nvmlGpmSampleAlloc(self) -> Any:
+        self._check_init()
+        struct = pynvml.struct_c_nvmlGpmSample_t()
+        pointer = ctypes.pointer(struct)
+        with self._lock:
+            self._gpm_samples[ctypes.addressof(struct)] = [struct, None]
+        return pointer
+
+    def _gpm_slot(self, pointer: Any) -> list[Any]:
+        try:
+            return self._gpm_samples[ctypes.addressof(pointer.contents)]
+        except (AttributeError, KeyError, ValueError):
+            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT) from None
+
+    def nvmlGpmSampleFree(self, pointer: Any) -> None:
+        self._check_init()
+        with self._lock:
+            self._gpm_samples.pop(ctypes.addressof(self._gpm_slot(pointer)[0]), None)
+
+    def nvmlGpmSampleGet(self, handle: Any, pointer: Any) -> Any:
+        gpu, faults = self._device(handle)
+        if not self.gpm:
+            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        # What the hardware counters would hold: a time stamp and the load at that moment.
+        self._gpm_slot(pointer)[1] = (gpu.index, self.clock(), self._utilization(gpu, faults, self.clock()))
+        return pointer
+
+    def nvmlGpmMigSampleGet(self, handle: Any, gpu_instance_id: int, pointer: Any) -> Any:
+        gpu, faults = self._device(handle)
+        if not self.gpm:
+            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if not 1 <= gpu_instance_id <= faults.mig:
+            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)  # no such GPU instance (or MIG off)
+        # Each instance gets its share of the load wave, the later ones a bit less busy.
+        load = self._utilization(gpu, faults, self.clock()) * (1.0 - 0.1 * (gpu_instance_id - 1))
+        self._gpm_slot(pointer)[1] = ((gpu.index, gpu_instance_id), self.clock(), load)
+        return pointer
+
+    def nvmlGpmMetricsGet(self, request: Any) -> Any:
+        """Rates over the interval between two samples of one GPU, from the mean load in it."""
+        self._check_init()
+        if request.version != pynvml.NVML_GPM_METRICS_GET_VERSION:
+            raise _err(pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        first, second = self._gpm_slot(request.sample1)[1], self._gpm_slot(request.sample2)[1]
+        # Samples never taken, of two GPUs, or not in time order: NVML refuses the pair.
+        if first is None or second is None or first[0] != second[0] or second[1] <= first[1]:
+            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        load = (first[2] + second[2]) / 2
+        for slot in request.metrics[: request.numMetrics]:
+            factor = _GPM_LOAD_FACTORS.get(int(slot.metricId))
+            if factor is None:
+                slot.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+                continue
+            slot.nvmlReturn = pynvml.NVML_SUCCESS
+            base, per_load = factor
+            slot.value = base + per_load * load
+        return request
 
     # -- events ------------------------------------------------------------------------------
 
@@ -524,18 +883,23 @@ class SimNvml:
 
     def nvmlDeviceRegisterEvents(self, handle: Any, event_types: int, event_set: Any) -> None:
         gpu, _ = self._device(handle)
-        if event_types & ~pynvml.nvmlEventTypeXidCriticalError:
+        if event_types & ~self.event_types:
             raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
         with self._lock:
             gpu.registered.add(ctypes.addressof(self._event_set(event_set).struct))
+            gpu.event_mask = event_types
 
     def nvmlEventSetWait_v2(self, event_set: Any, timeout_ms: int) -> Any:
         self._check_init()
         target = self._event_set(event_set)
         deadline = time.monotonic() + timeout_ms / 1000
+        key = ctypes.addressof(target.struct)
         while True:
             self._reload_faults()
             with self._cond:
+                # A registered GPU off the bus poisons the whole set, as the driver's wait does.
+                if any(key in g.registered and self._faults.get(g.index, _GpuFaults()).lost for g in self._gpus):
+                    raise _err(pynvml.NVML_ERROR_GPU_IS_LOST)
                 if target.events:
                     return target.events.popleft()
                 remaining = deadline - time.monotonic()
