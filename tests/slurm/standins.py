@@ -1,4 +1,4 @@
-"""Stand-in Slurm commands for tests: shell scripts that print recorded output.
+"""Stand-in Slurm commands for tests: shell scripts that print fixture output (see fixtures/README.md).
 
 They sit in a directory passed as ``--slurm-bin-dir``, so the exporter runs real processes
 through its real CLI backend; each script logs its calls and can be told to hang or fail by

@@ -1,4 +1,4 @@
-"""The real `slurm-exporter` process over stand-in Slurm commands (recorded 23.11/24.11 output).
+"""The real `slurm-exporter` process over stand-in Slurm commands (fixture output: 22.05 recorded, 23.11/24.11 shapes).
 
 Stand-ins make the failure cases reproducible: a command that hangs, one that fails.
 """
@@ -73,6 +73,8 @@ def test_unparseable_lines_are_counted_not_fatal(tmp_path: Path, slurm_exporter:
     assert value(samples, "slurm_exporter_parse_errors_total", command="squeue") == 1
     assert value(samples, "slurm_jobs", state="running", partition="gpu") == 1
     assert value(samples, "slurm_node_gpus", node="h100-11", gpu_type="") == 8
+    assert value(samples, "slurm_node_gpus_allocated", node="h100-13", gpu_type="") == 8  # gpu:(null):8(IDX:0-7)
+    assert value(samples, "slurm_partition_gpus_allocated", partition="gpu") == 4 + 4 + 8
     assert value(samples, "slurm_job_gpu_info", job_id="9001", node="h100-08", gpu="7") == 1
 
 

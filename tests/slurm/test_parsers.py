@@ -1,4 +1,4 @@
-"""Parsers against recorded output: 22.05 recorded from a real slurmctld, 23.11/24.11 shapes."""
+"""Parsers against Slurm output: 22.05 recorded from a real slurmctld, 23.11/24.11 hand-written shapes."""
 
 from __future__ import annotations
 
@@ -64,9 +64,27 @@ def test_sinfo_24_11_shards_untyped_gpus_unknown_states() -> None:
     assert nodes["h100-08"].gpus_allocated == {"h100": 4}
     assert nodes["h100-09"].state == "maint"
     assert nodes["h100-10"].flags == {"drain", "not_responding"}
-    assert nodes["h100-11"].gpus_total == {"": 8}
+    assert nodes["h100-11"].gpus_total == {"": 8}  # gpu:(null):8(S:0-1)
+    assert nodes["h100-11"].gpus_allocated == {"": 0}  # gpu:(null):0(IDX:N/A), as 21.08 prints it
+    assert nodes["h100-13"].gpus_allocated == {"": 8}  # gpu:(null):8(IDX:0-7), as 24.05 prints it
     assert nodes["h100-12"].state == "future"
     assert nodes["rtx-gaming-workstation-basement-42"].state == "inval"
+
+
+def test_sinfo_bad_field_drops_only_that_field() -> None:
+    line = "h100-20|gpu*|mixed|mixed|{cpus}|1031000|0|{gres}|{used}|none|\n"
+    text = (
+        line.format(cpus="8/88/0/96", gres="gpu:h100:8(S:0-1)", used="gpu:h100:8(IDX:0-7")  # cut off
+        + line.format(cpus="8/x/0/96", gres="gpu:h100:8", used="gpu:h100:1(IDX:0)").replace("h100-20", "h100-21")
+    )
+    parsed = sinfo.parse(text)
+    assert parsed.errors == 2
+    nodes = by_name(parsed.items)
+    assert set(nodes) == {"h100-20", "h100-21"}
+    assert nodes["h100-20"].gpus_total == {"h100": 8} and nodes["h100-20"].gpus_allocated is None
+    assert nodes["h100-20"].cpus_total == 96 and nodes["h100-20"].state == "mixed"
+    assert nodes["h100-21"].cpus_total is None and nodes["h100-21"].gpus_allocated == {"h100": 1}
+    assert nodes["h100-21"].memory_mb == 1031000
 
 
 def test_sinfo_skips_bad_lines_and_never_raises() -> None:
@@ -199,6 +217,10 @@ def test_gres_forms() -> None:
     assert gpus_by_type("gpu:4") == {"": 4}
     assert gpus_by_type("gpu:a100:2(S:0,1),gpu:h100:1(S:1)") == {"a100": 2, "h100": 1}
     assert gpus_by_type("(null)") == {}
+    assert gpus_by_type("gpu:(null):8(IDX:0-7)") == {"": 8}
+    assert gpus_by_type("gpu:(null):0(IDX:N/A)") == {"": 0}
+    assert parse_gres("gpu:(null):2(IDX:0,3)")[0].indices == (0, 3)  # type: ignore[index]
+    assert gpus_by_type("gpu:h100:8(IDX:0-7") is None
     assert gpus_by_type("gpu:h100:no_consume:2") == {"h100": 2}
     assert parse_gres("gpu:h100:2(IDX:0,3)") is not None
     assert parse_gres("gpu:h100:2(IDX:0,3)")[0].indices == (0, 3)  # type: ignore[index]

@@ -75,9 +75,13 @@ class GpusCollector(SourceCollector):
             "slurm_node_gpus_allocated", "GPUs of the node allocated to jobs.", labels=["node", "gpu_type"]
         )
         for node in nodes:
-            for gtype in sorted(set(node.gpus_total) | set(node.gpus_allocated)):
-                total.add_metric([node.name, gtype], node.gpus_total.get(gtype, 0))
-                alloc.add_metric([node.name, gtype], node.gpus_allocated.get(gtype, 0))
+            # Each field on its own: an unreadable GresUsed must not hide the node's GPU count.
+            configured, used = node.gpus_total, node.gpus_allocated
+            for gtype in sorted(set(configured or {}) | set(used or {})):
+                if configured is not None:
+                    total.add_metric([node.name, gtype], configured.get(gtype, 0))
+                if used is not None:
+                    alloc.add_metric([node.name, gtype], used.get(gtype, 0))
         return [total, alloc]
 
     def _users(self) -> list[Metric]:

@@ -50,10 +50,14 @@ class NodesCollector(SourceCollector):
                 flags.add_metric([node.name, flag], 1)
             if node.reason and (node.state in TROUBLE_STATES or node.flags & TROUBLE_FLAGS):
                 reason.add_metric([node.name, node.state, node.reason], 1)
-            cpus_total.add_metric([node.name], node.cpus_total)
-            cpus_alloc.add_metric([node.name], node.cpus_allocated)
-            mem_total.add_metric([node.name], node.memory_mb * MIB)
-            mem_alloc.add_metric([node.name], node.memory_allocated_mb * MIB)
+            # A field sinfo printed unreadably (None) drops only its own series for this node.
+            if node.cpus_total is not None and node.cpus_allocated is not None:
+                cpus_total.add_metric([node.name], node.cpus_total)
+                cpus_alloc.add_metric([node.name], node.cpus_allocated)
+            if node.memory_mb is not None:
+                mem_total.add_metric([node.name], node.memory_mb * MIB)
+            if node.memory_allocated_mb is not None:
+                mem_alloc.add_metric([node.name], node.memory_allocated_mb * MIB)
             for part in node.partitions:
                 partition.add_metric([node.name, part], 1)
         return [by_state, state, flags, reason, cpus_total, cpus_alloc, mem_total, mem_alloc, partition]

@@ -4,6 +4,8 @@ GRES (sinfo `Gres`/`GresUsed`, scontrol `GRES=`)::
 
     gpu:h100:4            gpu:4               gpu:h100:4(S:0-1)
     gpu:h100:2(IDX:0-1)   gpu:h100:0(IDX:N/A) gpu:a100:2(S:0,1),gpu:h100:1(S:1)
+    gpu:(null):8(IDX:0-7) gpu:(null):0(IDX:N/A)   (untyped GPUs: 21.08 and 24.05 print the
+                                                   missing type as `(null)`)
 
 TRES (squeue `tres-alloc`, `tres-per-node`, `tres-per-job`, `tres-per-task`)::
 
@@ -53,7 +55,8 @@ def parse_gres(text: str) -> list[Gres] | None:
         return []
     entries: list[Gres] = []
     for item in split_top_level(text):
-        match = _GRES.match(item)
+        # `(null)` is Slurm's printf of an unset type; its parentheses are not a detail part.
+        match = _GRES.match(item.replace(":(null)", ":"))
         if not match:
             return None
         fields = [f for f in match.group("body").split(":") if f and f != "no_consume"]
