@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -17,19 +18,45 @@ from typing import Any, Protocol
 
 from exporters.slurm.commands import CommandError, CommandRunner
 from exporters.slurm.parsers import scontrol_jobs, sdiag, sinfo, squeue, sshare
-from exporters.slurm.parsers.common import Parsed, nullable
+from exporters.slurm.parsers.common import Parsed, ParseTimeout, nullable
 from exporters.slurm.parsers.gres import gpus_by_type
 
 log = logging.getLogger(__name__)
 
 # command name -> (binary, arguments, parser)
-CLI_COMMANDS: dict[str, tuple[str, list[str], Callable[[str], Parsed[Any]]]] = {
+CLI_COMMANDS: dict[str, tuple[str, list[str], Callable[[str, float | None], Parsed[Any]]]] = {
     "sinfo": ("sinfo", sinfo.ARGS, sinfo.parse),
     "squeue": ("squeue", squeue.ARGS, squeue.parse),
     "scontrol": ("scontrol", scontrol_jobs.ARGS, scontrol_jobs.parse),
     "sdiag": ("sdiag", sdiag.ARGS, sdiag.parse),
     "sshare": ("sshare", sshare.ARGS, sshare.parse),
 }
+
+
+# Commands whose output can never be empty on a working cluster: every cluster has a node, and
+# sdiag always prints its statistics. Nothing read from them means the output was not theirs.
+EXPECT_ITEMS = frozenset({"sinfo", "sdiag"})
+
+
+class UnreadableOutput(CommandError):
+    """The command exited 0 but its output could not be read: a failed poll, not an empty cluster."""
+
+    def __init__(self, message: str, parse_errors: int) -> None:
+        super().__init__(message)
+        self.parse_errors = parse_errors
+
+
+def check_readable(command: str, parsed: Parsed[Any]) -> None:
+    """UnreadableOutput when nothing was read where something was expected, or most lines failed."""
+    bad = min(parsed.errors, parsed.lines)
+    why = ""
+    if command in EXPECT_ITEMS and not parsed.items:
+        why = f"nothing readable in {parsed.lines} lines"
+    elif parsed.lines and bad * 2 > parsed.lines:
+        why = f"{bad} of {parsed.lines} lines unreadable"
+    if why:
+        sample = f" (first: {parsed.samples[0]})" if parsed.samples else ""
+        raise UnreadableOutput(f"{command} output unreadable: {why}{sample}", parsed.errors)
 
 
 class BackendError(RuntimeError):
@@ -50,8 +77,19 @@ class CliBackend:
     name: str = "cli"
 
     def fetch(self, command: str) -> Parsed[Any]:
+        """Run and parse one command; the command timeout covers both, the output cap the first."""
         binary, args, parser = CLI_COMMANDS[command]
-        return parser(self.runner.run(binary, args))
+        limit = self.runner.limit()
+        deadline = time.monotonic() + limit
+        text = self.runner.run(binary, args, timeout=limit)
+        try:
+            parsed = parser(text, deadline)
+        except ParseTimeout as exc:
+            raise CommandError(f"{command} timed out after {limit:g}s (reading and parsing): {exc}") from None
+        finally:
+            del text  # the raw output can be large: free it before the next command runs
+        check_readable(command, parsed)
+        return parsed
 
 
 class PyslurmBackend:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
+import time
 from pathlib import Path
+from types import FrameType
 
 import click
 
@@ -27,7 +30,7 @@ from exporters.slurm.collectors.jobs import JobsCollector
 from exporters.slurm.collectors.nodes import NodesCollector
 from exporters.slurm.collectors.partitions import PartitionsCollector
 from exporters.slurm.collectors.scheduler import SchedulerCollector
-from exporters.slurm.commands import CommandError, CommandRunner
+from exporters.slurm.commands import DEFAULT_MAX_OUTPUT, CommandError, CommandRunner
 from exporters.slurm.source import SlurmSource
 
 log = logging.getLogger(__name__)
@@ -85,7 +88,15 @@ def build_collectors(source: SlurmSource, wanted: list[str] | None, info: dict[s
     type=click.FloatRange(min=0.1),
     default=10.0,
     envvar="SLURM_EXPORTER_COMMAND_TIMEOUT",
-    help="Seconds before a Slurm command is abandoned (its process group is killed).",
+    help="Seconds a Slurm command may take, reading and parsing its output included, before it is "
+    "abandoned (its process group is killed). Also the start-up budget: the port opens within it.",
+)
+@click.option(
+    "--command-max-output",
+    type=click.IntRange(min=1024),
+    default=DEFAULT_MAX_OUTPUT,
+    envvar="SLURM_EXPORTER_COMMAND_MAX_OUTPUT",
+    help="Bytes a Slurm command may print; past it the command is stopped and the poll fails.",
 )
 @click.option(
     "--cluster",
@@ -103,23 +114,52 @@ def main(  # noqa: PLR0917 - click passes every option
     backend: str,
     slurm_bin_dir: str | None,
     command_timeout: float,
+    command_max_output: int,
     cluster: str | None,
     collectors: tuple[str, ...],
 ) -> None:
     """Export Slurm metrics for Prometheus from one background poll per interval."""
     setup_logging(log_level, log_format)
-    runner = CommandRunner(bin_dir=slurm_bin_dir, timeout=command_timeout)
+    # Everything before the port opens (version, cluster name, first poll) shares one command
+    # timeout, so a hung slurmctld delays the port by at most that.
+    runner = CommandRunner(
+        bin_dir=slurm_bin_dir,
+        timeout=command_timeout,
+        max_output=command_max_output,
+        deadline=time.monotonic() + command_timeout,
+    )
+
+    def terminate(signum: int, _frame: FrameType | None) -> None:
+        # Before the server's own handlers are in place: a hung command must not outlive us.
+        runner.kill_all()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
         chosen, version = select_backend(backend, runner)
     except BackendError as exc:
         fail(str(exc))
     source = SlurmSource(chosen)
+
+    def end_startup_budget() -> None:
+        runner.deadline = None
+
+    source.after_cycle.append(end_startup_budget)
     info = {
         "backend": chosen.name,
         "slurm_version": version or "",
         "cluster": cluster if cluster is not None else cluster_name(runner),
     }
     log.info("slurm backend", extra=info)
+
+    def slurm_health() -> tuple[bool, str]:
+        failing = source.failing()
+        if not failing:
+            return True, "ok"
+        # Still 200: Slurm being down is not the exporter being broken; the last good data is
+        # served and slurm_up says 0. The text says which commands fail and why.
+        return True, "degraded: " + "; ".join(f"{name}: {why}" for name, why in failing.items())
+
     serve_exporter(
         prefix="slurm_exporter",
         title="Slurm exporter",
@@ -130,4 +170,6 @@ def main(  # noqa: PLR0917 - click passes every option
         log_level=log_level,
         log_format=log_format,
         cycle_duration_name="slurm_exporter_cycle_duration_seconds",
+        extra_health=slurm_health,
+        on_shutdown=runner.kill_all,
     )

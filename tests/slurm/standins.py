@@ -2,7 +2,8 @@
 
 They sit in a directory passed as ``--slurm-bin-dir``, so the exporter runs real processes
 through its real CLI backend; each script logs its calls and can be told to hang or fail by
-creating a flag file next to it (``<command>.hang`` / ``<command>.fail``).
+creating a flag file next to it (``<command>.hang`` / ``<command>.fail``), or told to exit 0
+after printing something else (``<command>.junk``: its content is printed instead of the output).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ if [ -e "{dir}/{name}.fail" ]; then
     echo "slurm_load_jobs error: Unable to contact slurm controller (connect failure)" >&2
     exit 1
 fi
+if [ -e "{dir}/{name}.junk" ]; then cat "{dir}/{name}.junk"; exit 0; fi
 if [ "$1" = "show" ] && [ "$2" = "config" ]; then echo "ClusterName             = standin"; exit 0; fi
 cat "{dir}/{name}.out"
 """

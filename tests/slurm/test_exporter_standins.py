@@ -6,15 +6,16 @@ Stand-ins make the failure cases reproducible: a command that hangs, one that fa
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 import uuid
 from pathlib import Path
 
-from tests.harness.processes import http_get, wait_until
+from tests.harness.processes import free_port, http_get, wait_until
 from tests.slurm.conftest import EXPORTER, ExporterFactory
 from tests.slurm.metrics import scrape, series, value
-from tests.slurm.standins import calls, hung_children, make_standins
+from tests.slurm.standins import FIXTURES, calls, hung_children, make_standins
 
 
 def test_metrics_from_23_11_output(tmp_path: Path, slurm_exporter: ExporterFactory, promtool: str) -> None:
@@ -144,3 +145,95 @@ def test_auto_backend_falls_back_to_cli(tmp_path: Path, slurm_exporter: Exporter
     samples, _ = scrape(url)
     assert value(samples, "slurm_exporter_info", backend="cli") == 1
     assert "pyslurm cannot be imported" in proc.log_tail()
+
+
+def test_junk_output_exiting_zero_is_a_failed_poll(tmp_path: Path, slurm_exporter: ExporterFactory) -> None:
+    bin_dir = make_standins(tmp_path / "bin", "23.11")
+    _, url = slurm_exporter(["--slurm-bin-dir", str(bin_dir), "--interval", "1"])
+    assert value(scrape(url)[0], "slurm_up") == 1
+    (bin_dir / "sinfo.junk").write_text("<html><body>502 Bad Gateway</body></html>\n")
+    (bin_dir / "squeue.junk").write_text("slurm_load_jobs: socket timed out\n" * 3)
+    wait_until(lambda: value(scrape(url)[0], "slurm_exporter_command_success", command="sinfo") == 0, 10)
+    samples, _ = scrape(url)
+    assert value(samples, "slurm_up") == 0
+    assert value(samples, "slurm_exporter_command_success", command="squeue") == 0
+    # The last good snapshot is still served, with the time it was taken.
+    assert value(samples, "slurm_node_gpus", node="h100-01", gpu_type="h100") == 8
+    assert value(samples, "slurm_jobs", state="running", partition="gpu") == 4
+    last_ok = value(samples, "slurm_exporter_command_last_success_timestamp_seconds", command="sinfo")
+    assert last_ok is not None and last_ok < time.time()
+    assert (value(samples, "slurm_exporter_parse_errors_total", command="squeue") or 0) >= 3
+    status, body = http_get(f"{url}/healthz")
+    assert status == 200 and body.startswith(b"degraded: ") and b"sinfo output unreadable" in body
+    (bin_dir / "sinfo.junk").unlink()
+    (bin_dir / "squeue.junk").unlink()
+    wait_until(lambda: value(scrape(url)[0], "slurm_up") == 1, 10, what="slurm_up to recover")
+    assert http_get(f"{url}/healthz")[1] == b"ok\n"
+
+
+def test_output_cap_is_a_clear_error(tmp_path: Path, slurm_exporter: ExporterFactory) -> None:
+    bin_dir = make_standins(tmp_path / "bin", "23.11")
+    # 200 kB of well-formed squeue lines: within any timeout, past the 100 kB cap.
+    line = (FIXTURES / "23.11" / "squeue.txt").read_text().splitlines()[0] + "\n"
+    (bin_dir / "squeue.junk").write_text(line * (200_000 // len(line) + 1))
+    proc, url = slurm_exporter(
+        ["--slurm-bin-dir", str(bin_dir), "--interval", "3600", "--command-max-output", "100000"]
+    )
+    samples, _ = scrape(url)
+    assert value(samples, "slurm_up") == 0
+    assert value(samples, "slurm_exporter_command_success", command="squeue") == 0
+    assert value(samples, "slurm_exporter_command_success", command="sinfo") == 1
+    assert b"squeue printed more than 100000 bytes" in http_get(f"{url}/healthz")[1]
+    assert proc.alive()
+
+
+def test_port_opens_within_one_timeout_when_slurm_hangs_and_sigterm_leaves_no_child(tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex[:12]
+    bin_dir = make_standins(tmp_path / "bin", "23.11", marker=marker)
+    for name in ("sinfo", "squeue", "scontrol", "sdiag", "sshare"):
+        (bin_dir / f"{name}.hang").touch()
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}  # cluster name via scontrol: it hangs too
+    timeout = 3.0
+    port = free_port()
+    timeout_arg = ["--command-timeout", str(timeout)]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [EXPORTER, "--slurm-bin-dir", str(bin_dir), "--listen", f"127.0.0.1:{port}", "--interval", "1", *timeout_arg],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: http_get(f"http://127.0.0.1:{port}/metrics", timeout=1)[0] == 200, 20, interval=0.05)
+        opened_after = time.monotonic() - started
+        # One timeout, plus the interpreter's own start (~1 s on the 2-core CI machine).
+        assert opened_after < timeout + 2.0, opened_after
+        assert value(scrape(f"http://127.0.0.1:{port}")[0], "slurm_up") == 0
+        wait_until(lambda: hung_children(marker), 10, what="a poll to hang in a command")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        assert not hung_children(marker)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigterm_before_the_port_opens_leaves_no_child(tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex[:12]
+    bin_dir = make_standins(tmp_path / "bin", "23.11", marker=marker)
+    (bin_dir / "sinfo.hang").touch()
+    proc = subprocess.Popen(
+        [EXPORTER, "--slurm-bin-dir", str(bin_dir), "--listen", f"127.0.0.1:{free_port()}", "--command-timeout", "60"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: hung_children(marker), 20, what="the first poll to hang in sinfo")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        assert not hung_children(marker)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
+from exporters.slurm.backend import UnreadableOutput, check_readable
 from exporters.slurm.parsers import scontrol_jobs, sdiag, sinfo, squeue, sshare
+from exporters.slurm.parsers.common import ParseTimeout
 from exporters.slurm.parsers.gres import gpus_by_type, parse_gres, tres_alloc_gpus, tres_request_gpus
 from exporters.slurm.parsers.hostlist import HostlistError, expand
 
@@ -230,3 +233,19 @@ def test_gres_forms() -> None:
     assert tres_request_gpus("gres/gpu:3") == (3, "")
     assert tres_request_gpus("gres/gpu:2,gres/shard:1") == (2, "")
     assert tres_request_gpus("gres/shard:1") is None
+
+
+def test_parse_stops_at_its_deadline() -> None:
+    text = fixture("23.11", "squeue") * 2000
+    assert len(squeue.parse(text, deadline=time.monotonic() + 60).items) > 0
+    with pytest.raises(ParseTimeout):
+        squeue.parse(text, deadline=time.monotonic() - 1)
+
+
+def test_unreadable_output_is_an_error() -> None:
+    check_readable("squeue", squeue.parse(""))  # an empty queue is fine
+    check_readable("squeue", squeue.parse(fixture("24.11", "squeue")))  # one bad line in five is fine
+    with pytest.raises(UnreadableOutput, match="3 of 3 lines unreadable"):
+        check_readable("squeue", squeue.parse("error: junk\n" * 3))
+    with pytest.raises(UnreadableOutput, match="nothing readable in 0 lines"):
+        check_readable("sinfo", sinfo.parse(""))  # a cluster always has a node

@@ -16,13 +16,35 @@ N = TypeVar("N", int, float)
 NULL_VALUES = frozenset({"", "N/A", "n/a", "(null)", "None", "NONE", "Unknown", "UNKNOWN", "(N/A)"})
 
 
+class ParseTimeout(RuntimeError):
+    """Parsing ran past its deadline (the command's timeout covers reading and parsing)."""
+
+
+_CHECK_EVERY = 1024  # lines between deadline checks: cheap, yet a few ms apart at most
+
+
 @dataclass
 class Parsed(Generic[T]):
-    """What a parser read: the items, how many input lines it had to skip, and why (first few)."""
+    """What a parser read: the items, how many input lines it had to skip, and why (first few).
+
+    `lines` counts the non-blank lines looked at, so a caller can tell output that was mostly
+    unreadable from output that was mostly fine. `deadline` (monotonic) bounds the parse.
+    """
 
     items: list[T] = field(default_factory=list)
     errors: int = 0
     samples: list[str] = field(default_factory=list)
+    lines: int = 0
+    deadline: float | None = None
+
+    def each_line(self, text: str) -> Iterator[str]:
+        """The non-blank lines of `text`, counted, raising ParseTimeout past the deadline."""
+        for number, line in enumerate(text.splitlines()):
+            if self.deadline is not None and number % _CHECK_EVERY == 0 and time.monotonic() > self.deadline:
+                raise ParseTimeout(f"parsing stopped after {number} lines: past the command timeout")
+            if line.strip():
+                self.lines += 1
+                yield line
 
     def skip(self, line: str, why: str) -> None:
         self.errors += 1
@@ -35,9 +57,7 @@ class Parsed(Generic[T]):
         With `free_text_last` the last field keeps any further `|` (a reason an admin typed);
         without, a line with more fields is malformed.
         """
-        for line in text.splitlines():
-            if not line.strip():
-                continue
+        for line in self.each_line(text):
             cols = line.split("|", width - 1) if free_text_last else line.split("|")
             if len(cols) != width:
                 self.skip(line, f"expected {width} fields")

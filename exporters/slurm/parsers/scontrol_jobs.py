@@ -34,10 +34,10 @@ def _pairs(line: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def parse(text: str) -> Parsed[JobGpu]:
+def parse(text: str, deadline: float | None = None) -> Parsed[JobGpu]:
     """One entry per (running job, node, GPU index)."""
-    result: Parsed[JobGpu] = Parsed()
-    for line in text.splitlines():
+    result: Parsed[JobGpu] = Parsed(deadline=deadline)
+    for line in result.each_line(text):
         if not line.startswith("JobId="):
             if line.strip() and not line.startswith("No jobs"):
                 result.skip(line, "not a job line")

@@ -72,10 +72,10 @@ def split_state(long_state: str, complete: str) -> tuple[str, frozenset[str]]:
     return long_state or "unknown", frozenset(flags)
 
 
-def parse(text: str) -> Parsed[Node]:
+def parse(text: str, deadline: float | None = None) -> Parsed[Node]:
     """One Node per node name. A line is skipped only without a node name; any other field that
     cannot be read is counted as one error and left unset, so the node keeps its other series."""
-    result: Parsed[Node] = Parsed()
+    result: Parsed[Node] = Parsed(deadline=deadline)
     by_name: dict[str, Node] = {}
     for line, cols in result.rows(text, len(FIELDS)):
         name, partition, complete, long_state, cpus, memory, alloc_mem, gres, gres_used, reason = cols

@@ -85,8 +85,8 @@ def job_gpus(alloc: str, per_node: str, per_job: str, per_task: str, *, nodes: i
     return total, gtype
 
 
-def parse(text: str) -> Parsed[Job]:
-    result: Parsed[Job] = Parsed()
+def parse(text: str, deadline: float | None = None) -> Parsed[Job]:
+    result: Parsed[Job] = Parsed(deadline=deadline)
     for line, cols in result.rows(text, len(FIELDS)):
         (job_id, display_id, partition, user, account, state, submit, start, end, num_nodes, num_tasks) = cols[:11]
         alloc, per_node, per_job, per_task, nodes, reason = cols[11:]
