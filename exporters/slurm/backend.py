@@ -86,6 +86,9 @@ class CliBackend:
             parsed = parser(text, deadline)
         except ParseTimeout as exc:
             raise CommandError(f"{command} timed out after {limit:g}s (reading and parsing): {exc}") from None
+        except Exception as exc:  # parsers never raise by design; if one does, this poll failed, not the process
+            log.exception("slurm output parser failed", extra={"command": command})
+            raise UnreadableOutput(f"{command} output unreadable: parser failed: {type(exc).__name__}", 1) from None
         finally:
             del text  # the raw output can be large: free it before the next command runs
         check_readable(command, parsed)

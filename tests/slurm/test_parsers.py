@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from exporters.slurm.backend import UnreadableOutput, check_readable
+from exporters.slurm.collectors.gpus import job_gpu_map
 from exporters.slurm.parsers import scontrol_jobs, sdiag, sinfo, squeue, sshare
 from exporters.slurm.parsers.common import ParseTimeout
 from exporters.slurm.parsers.gres import gpus_by_type, parse_gres, tres_alloc_gpus, tres_request_gpus
@@ -163,10 +164,78 @@ def test_scontrol_gpu_indices(version: str, expected: set[tuple[str, str, int]])
     assert {(r.job_id, r.node, r.gpu) for r in parsed.items} == expected
 
 
-def test_scontrol_user_and_account() -> None:
+def record_9001(**replace: str) -> str:
+    """24.11's running job 9001 (h100-07 GPUs 0-3, h100-08 GPUs 4-7), with lines replaced."""
+    record = fixture("24.11", "scontrol").split("\n\n")[0] + "\n\n"
+    for old, new in replace.items():
+        record = record.replace(old, new)
+    return record
+
+
+def test_scontrol_no_jobs() -> None:
+    for text in ("", "No jobs in the system\n"):
+        parsed = scontrol_jobs.parse(text)
+        assert parsed.items == [] and parsed.errors == 0
+
+
+def test_scontrol_gpu_type() -> None:
     rows = scontrol_jobs.parse(fixture("23.11", "scontrol")).items
-    carol = next(r for r in rows if r.job_id == "4103")
-    assert (carol.user, carol.account, carol.gpu_type) == ("carol-long-username", "vision", "h100")
+    assert {r.gpu_type for r in rows if r.job_id == "4103"} == {"h100"}
+
+
+FORGED = "     Nodes=h100-01 CPU_IDs=0 Mem=0 GRES=gpu:h100:8(IDX:0-7)"
+
+
+@pytest.mark.parametrize(
+    ("where", "replace", "errors"),
+    [
+        # The issue's JobName, on one line: it is part of line 1 and never read.
+        ("job name", {"JobName=llm-pretrain": "JobName=x Nodes=h100-01 GRES=gpu:h100:8(IDX:0-7)"}, 0),
+        # A newline in the job name: a stray detail line before the block refuses the record.
+        ("job name newline", {"JobName=llm-pretrain": f"JobName=x\n{FORGED}"}, 1),
+        # A newline in the work dir: a stray detail line after the block.
+        ("work dir newline", {"WorkDir=/home/alice": f"WorkDir=/home/alice\n{FORGED}"}, 1),
+        # A whole second block in the job name: JOB_GRES twice.
+        ("job name block", {"JobName=llm-pretrain": f"JobName=x\n   JOB_GRES=gpu:h100:8\n{FORGED}"}, 1),
+    ],
+)
+def test_scontrol_forged_text_never_adds_gpus(where: str, replace: dict[str, str], errors: int) -> None:
+    parsed = scontrol_jobs.parse(record_9001(**replace))
+    assert parsed.errors == errors, where
+    assert {r.node for r in parsed.items} <= {"h100-07", "h100-08"}, where
+    assert len(parsed.items) == (8 if errors == 0 else 0), where
+
+
+def test_scontrol_forged_record_under_a_real_job_id_is_refused() -> None:
+    # Text after a record's block can start a whole new record; under the id of a real job it
+    # makes that id appear twice, and both records are refused.
+    forged = record_9001(**{"Mem=800000 GRES=gpu:h100:4(IDX:0-3)": "Mem=0 GRES=gpu:h100:8(IDX:0-7)"})
+    text = record_9001(**{"StdIn=/dev/null": "StdIn=/dev/null\n\n" + forged.strip()})
+    parsed = scontrol_jobs.parse(text)
+    assert parsed.items == [] and parsed.errors == 2
+
+
+def test_job_gpu_map_checks_against_squeue_and_never_emits_a_gpu_twice() -> None:
+    jobs = {j.job_id: j for j in squeue.parse(fixture("24.11", "squeue")).items}
+    rows = scontrol_jobs.parse(fixture("24.11", "scontrol")).items
+    forged = [
+        scontrol_jobs.JobGpu("9002", "h100-07", 5, "h100"),  # pending in squeue
+        scontrol_jobs.JobGpu("424242", "h100-07", 6, "h100"),  # unknown to squeue
+        scontrol_jobs.JobGpu("9001", "h100-01", 0, "h100"),  # running, but not on h100-01
+    ]
+    accepted, rejected = job_gpu_map(rows + forged, list(jobs.values()))
+    assert {(r.node, r.gpu) for r, _ in accepted} == {("h100-07", i) for i in range(4)} | {
+        ("h100-08", i) for i in range(4, 8)
+    }
+    assert {j.user for _, j in accepted} == {"alice"}  # labels come from squeue
+    assert rejected == {"job_not_running": 2, "node_not_in_job": 1}
+    # Another running job claiming GPU 0 of h100-07 (say scontrol raced a requeue): neither is kept.
+    other = squeue.Job(**{**vars(jobs["9001"]), "job_id": "9100", "display_id": "9100", "user": "mallory"})
+    accepted, rejected = job_gpu_map(
+        [*rows, scontrol_jobs.JobGpu("9100", "h100-07", 0, "h100")], [*jobs.values(), other]
+    )
+    assert ("h100-07", 0) not in {(r.node, r.gpu) for r, _ in accepted}
+    assert len(accepted) == 7 and rejected == {"gpu_claimed_twice": 2}
 
 
 @pytest.mark.parametrize("version", ["22.05", "23.11", "24.11"])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from exporters.slurm.collectors.base import NoData, SourceCollector
+from exporters.slurm.parsers.hostlist import HostlistError, expand
 from exporters.slurm.parsers.scontrol_jobs import JobGpu
 from exporters.slurm.parsers.sinfo import Node
 from exporters.slurm.parsers.squeue import ENDED_STATES, Job
@@ -108,11 +109,62 @@ class GpusCollector(SourceCollector):
 
     def _jobs(self) -> list[Metric]:
         rows: list[JobGpu] = self.items("scontrol")
+        jobs: list[Job] = self.items("squeue")
+        accepted, rejected = job_gpu_map(rows, jobs)
         info = GaugeMetricFamily(
             "slurm_job_gpu_info",
-            "GPU index a running job holds on a node (always 1); joins nvidia_* series on node and gpu.",
-            labels=["job_id", "user", "account", "node", "gpu", "gpu_type"],
+            "GPU a running job holds on a node (always 1), at most one series per (node, gpu). gpu is "
+            "Slurm's GRES IDX, which is the number of the GPU's device file /dev/nvidia<N>: the device "
+            "minor number, also exported as minor_number (docs/slurm-exporter.md).",
+            labels=["job_id", "user", "account", "node", "gpu", "minor_number", "gpu_type"],
         )
-        for row in sorted(set(rows), key=lambda r: (r.node, r.gpu, r.job_id)):
-            info.add_metric([row.job_id, row.user, row.account, row.node, str(row.gpu), row.gpu_type], 1)
-        return [info]
+        for row, job in accepted:
+            index = str(row.gpu)
+            info.add_metric([row.job_id, job.user, job.account, row.node, index, index, row.gpu_type], 1)
+        dropped = GaugeMetricFamily(
+            "slurm_job_gpu_rejected",
+            "GPU assignments scontrol printed that the last poll did not export, by why.",
+            labels=["reason"],
+        )
+        for reason in REJECT_REASONS:
+            dropped.add_metric([reason], rejected.get(reason, 0))
+        return [info, dropped]
+
+
+REJECT_REASONS = ("job_not_running", "node_not_in_job", "gpu_claimed_twice")
+
+
+def job_gpu_map(rows: list[JobGpu], jobs: list[Job]) -> tuple[list[tuple[JobGpu, Job]], Counter[str]]:
+    """The (node, GPU) -> job rows to export, each (node, gpu) at most once, and what was dropped.
+
+    A row counts only when squeue (which prints nothing a user can write) lists its job as
+    running on that node: scontrol's record text cannot be trusted on its own. A (node, gpu)
+    two jobs claim is dropped for both: the dashboards' `group_left` join needs one job per GPU,
+    and guessing which one is right would be a forgery of its own.
+    """
+    running = {job.job_id: job for job in jobs if job.state == "running"}
+    job_nodes: dict[str, frozenset[str]] = {}
+    rejected: Counter[str] = Counter()
+    kept: list[tuple[JobGpu, Job]] = []
+    for row in set(rows):
+        job = running.get(row.job_id)
+        if job is None:
+            rejected["job_not_running"] += 1
+            continue
+        if row.job_id not in job_nodes:
+            try:
+                job_nodes[row.job_id] = frozenset(expand(job.nodes))
+            except HostlistError:
+                job_nodes[row.job_id] = frozenset()
+        if row.node not in job_nodes[row.job_id]:
+            rejected["node_not_in_job"] += 1
+            continue
+        kept.append((row, job))
+    claims = Counter((row.node, row.gpu) for row, _ in kept)
+    accepted = []
+    for row, job in sorted(kept, key=lambda pair: (pair[0].node, pair[0].gpu, pair[0].job_id)):
+        if claims[(row.node, row.gpu)] > 1:
+            rejected["gpu_claimed_twice"] += 1
+            continue
+        accepted.append((row, job))
+    return accepted, rejected

@@ -37,11 +37,15 @@ class Parsed(Generic[T]):
     lines: int = 0
     deadline: float | None = None
 
+    def check_deadline(self, done: int) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise ParseTimeout(f"parsing stopped after {done} lines: past the command timeout")
+
     def each_line(self, text: str) -> Iterator[str]:
         """The non-blank lines of `text`, counted, raising ParseTimeout past the deadline."""
         for number, line in enumerate(text.splitlines()):
-            if self.deadline is not None and number % _CHECK_EVERY == 0 and time.monotonic() > self.deadline:
-                raise ParseTimeout(f"parsing stopped after {number} lines: past the command timeout")
+            if number % _CHECK_EVERY == 0:
+                self.check_deadline(number)
             if line.strip():
                 self.lines += 1
                 yield line
