@@ -71,10 +71,10 @@ def build_collectors(source: SlurmSource, wanted: list[str] | None, info: dict[s
 @interval_option("SLURM_EXPORTER", 15.0, "Seconds between polls of slurmctld.")
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "pyslurm", "cli"]),
-    default="auto",
+    type=click.Choice(["auto", "cli"]),
+    default="cli",
     envvar="SLURM_EXPORTER_BACKEND",
-    help="auto: pyslurm when it imports and matches the running Slurm's major.minor, else the CLI.",
+    help="Only the Slurm client commands (cli); auto is kept as its alias for existing configs.",
 )
 @click.option(
     "--slurm-bin-dir",
