@@ -30,11 +30,13 @@ from exporters.slurm.collectors.jobs import JobsCollector
 from exporters.slurm.collectors.nodes import NodesCollector
 from exporters.slurm.collectors.partitions import PartitionsCollector
 from exporters.slurm.collectors.scheduler import SchedulerCollector
+from exporters.slurm.collectors.users import DEFAULT_LIMIT, UsersCollector
 from exporters.slurm.commands import DEFAULT_MAX_OUTPUT, CommandError, CommandRunner
 from exporters.slurm.source import SlurmSource
 
 log = logging.getLogger(__name__)
 COLLECTORS = (NodesCollector, PartitionsCollector, GpusCollector, JobsCollector, SchedulerCollector, FairshareCollector)
+COLLECTOR_NAMES = [*(c.name for c in COLLECTORS), UsersCollector.name]
 
 
 def cluster_name(runner: CommandRunner) -> str:
@@ -60,8 +62,13 @@ def cluster_name(runner: CommandRunner) -> str:
     return match.group(1) if match else ""
 
 
-def build_collectors(source: SlurmSource, wanted: list[str] | None, info: dict[str, str]) -> list[Collector]:
+def build_collectors(
+    source: SlurmSource, wanted: list[str] | None, info: dict[str, str], user_limit: int | None = DEFAULT_LIMIT
+) -> list[Collector]:
+    """The selected collectors; per-user/account metrics unless `user_limit` is None (--no-user-metrics)."""
     available: list[Collector] = [cls(source) for cls in COLLECTORS]
+    if user_limit is not None:
+        available.append(UsersCollector(source, user_limit))
     selected = select_or_exit(available, wanted)
     return [*selected, ExporterCollector(source, info)]
 
@@ -104,7 +111,20 @@ def build_collectors(source: SlurmSource, wanted: list[str] | None, info: dict[s
     envvar="SLURM_EXPORTER_CLUSTER",
     help="Cluster name for slurm_exporter_info (default: ClusterName from Slurm).",
 )
-@collectors_option("SLURM_EXPORTER", [c.name for c in COLLECTORS])
+@click.option(
+    "--user-metrics/--no-user-metrics",
+    default=True,
+    envvar="SLURM_EXPORTER_USER_METRICS",
+    help="Per-user and per-account jobs, CPUs, memory and GPUs (the users collector).",
+)
+@click.option(
+    "--user-metrics-limit",
+    type=click.IntRange(min=1),
+    default=DEFAULT_LIMIT,
+    envvar="SLURM_EXPORTER_USER_METRICS_LIMIT",
+    help="Most (user, account) pairs and accounts exported by name; the rest are summed as (other).",
+)
+@collectors_option("SLURM_EXPORTER", COLLECTOR_NAMES)
 def main(  # noqa: PLR0917 - click passes every option
     listen: str,
     web_config_path: str | None,
@@ -116,6 +136,8 @@ def main(  # noqa: PLR0917 - click passes every option
     command_timeout: float,
     command_max_output: int,
     cluster: str | None,
+    user_metrics: bool,
+    user_metrics_limit: int,
     collectors: tuple[str, ...],
 ) -> None:
     """Export Slurm metrics for Prometheus from one background poll per interval."""
@@ -163,7 +185,9 @@ def main(  # noqa: PLR0917 - click passes every option
     serve_exporter(
         prefix="slurm_exporter",
         title="Slurm exporter",
-        collectors=build_collectors(source, list(collectors) or None, info),
+        collectors=build_collectors(
+            source, list(collectors) or None, info, user_metrics_limit if user_metrics else None
+        ),
         interval=interval,
         listen=listen,
         web_config_path=web_config_path,

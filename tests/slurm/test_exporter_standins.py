@@ -234,3 +234,32 @@ def test_sigterm_before_the_port_opens_leaves_no_child(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_user_and_account_metrics_are_capped(tmp_path: Path, slurm_exporter: ExporterFactory) -> None:
+    bin_dir = make_standins(tmp_path / "bin", "23.11")
+    _, url = slurm_exporter(["--slurm-bin-dir", str(bin_dir), "--interval", "3600", "--user-metrics-limit", "2"])
+    samples, _ = scrape(url)
+    gib = 1024**3
+    # The two busiest (user, account) pairs by CPUs held, by name.
+    assert value(samples, "slurm_user_cpus_allocated", user="carol-long-username", account="vision") == 192
+    assert value(samples, "slurm_user_memory_allocated_bytes", user="carol-long-username") == 2000 * gib
+    assert value(samples, "slurm_user_gpus_allocated", user="alice", account="ml-research") == 2
+    assert value(samples, "slurm_user_jobs", user="alice", account="ml-research", state="pending") == 2
+    # bob, dave, erin and frank are summed under (other): totals stay right.
+    assert value(samples, "slurm_user_cpus_allocated", user="bob") is None
+    assert value(samples, "slurm_user_cpus_allocated", user="(other)", account="(other)") == 8 + 4
+    assert value(samples, "slurm_user_jobs", user="(other)", state="pending") == 2
+    assert value(samples, "slurm_user_jobs", user="(other)", state="completing") == 1
+    assert value(samples, "slurm_exporter_series_folded", kind="user") == 4
+    assert value(samples, "slurm_account_cpus_allocated", account="vision") == 192 + 8
+    assert value(samples, "slurm_account_jobs", account="vision", state="completed") == 1
+    assert value(samples, "slurm_account_cpus_allocated", account="(other)") == 4
+    assert value(samples, "slurm_exporter_series_folded", kind="account") == 2
+    # Pending reasons keep Slurm's code, not the host lists some reasons carry.
+    assert value(samples, "slurm_jobs_pending", partition="gpu", reason="QOSMaxGRESPerUser") == 1
+
+    _, url = slurm_exporter(["--slurm-bin-dir", str(bin_dir), "--interval", "3600", "--no-user-metrics"])
+    samples, _ = scrape(url)
+    assert series(samples, "slurm_user_jobs") == [] and series(samples, "slurm_account_cpus_allocated") == []
+    assert value(samples, "slurm_node_gpus", node="h100-01", gpu_type="h100") == 8

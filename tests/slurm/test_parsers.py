@@ -10,8 +10,14 @@ import pytest
 from exporters.slurm.backend import UnreadableOutput, check_readable
 from exporters.slurm.collectors.gpus import job_gpu_map
 from exporters.slurm.parsers import scontrol_jobs, sdiag, sinfo, squeue, sshare
-from exporters.slurm.parsers.common import ParseTimeout
-from exporters.slurm.parsers.gres import gpus_by_type, parse_gres, tres_alloc_gpus, tres_request_gpus
+from exporters.slurm.parsers.common import ParseTimeout, parse_mebibytes
+from exporters.slurm.parsers.gres import (
+    gpus_by_type,
+    parse_gres,
+    tres_alloc_gpus,
+    tres_cpus_memory,
+    tres_request_gpus,
+)
 from exporters.slurm.parsers.hostlist import HostlistError, expand
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -140,6 +146,8 @@ def test_squeue_24_11_and_bad_line() -> None:
     assert (by_id["9001"].gpus, by_id["9001"].gpu_type) == (8, "h100")
     assert by_id["9002"].gpus == 2  # --tres-per-task=gres/gpu:1, 2 tasks
     assert by_id["9002"].reason == "ReqNodeNotAvail, UnavailableNodes:h100-10"
+    assert squeue.reason_label(by_id["9002"].reason) == "ReqNodeNotAvail"
+    assert (by_id["9001"].cpus, by_id["9001"].memory_mb) == (128, 1600000)
     assert by_id["9003_17"].gpus == 2
     assert by_id["9004"].state == "failed"
 
@@ -318,3 +326,25 @@ def test_unreadable_output_is_an_error() -> None:
         check_readable("squeue", squeue.parse("error: junk\n" * 3))
     with pytest.raises(UnreadableOutput, match="nothing readable in 0 lines"):
         check_readable("sinfo", sinfo.parse(""))  # a cluster always has a node
+
+
+def test_reason_label_is_bounded() -> None:
+    assert squeue.reason_label("ReqNodeNotAvail, UnavailableNodes:gpu-[01-40],h100-[001-999]") == "ReqNodeNotAvail"
+    assert squeue.reason_label("Dependency") == "Dependency"
+    assert squeue.reason_label("") == "none"
+    assert len(squeue.reason_label("x" * 500)) == squeue.MAX_REASON
+    long_22_05 = "Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority partitions"
+    assert squeue.reason_label(long_22_05) == long_22_05[: squeue.MAX_REASON]
+
+
+def test_tres_cpus_memory() -> None:
+    assert tres_cpus_memory("cpu=16,mem=64G,node=1,billing=16,gres/gpu=2") == (16, 64 * 1024)
+    assert tres_cpus_memory("cpu=1,mem=100M,node=1") == (1, 100)
+    assert tres_cpus_memory("") == (0, 0.0)
+    assert [parse_mebibytes(v) for v in ("16000", "100M", "8G", "1.5T", "512K")] == [
+        16000,
+        100,
+        8192,
+        1.5 * 1024**2,
+        0.5,
+    ]

@@ -55,6 +55,10 @@ def test_gpu_jobs_drain_and_down_nodes(
         assert value(samples, "slurm_up") == 1
         assert value(samples, "slurm_node_gpus", node=node, gpu_type="h100") == 4
         assert value(samples, "slurm_user_gpus_allocated", user="root") == 4
+        assert value(samples, "slurm_user_cpus_allocated", user="root") == 5
+        assert value(samples, "slurm_user_memory_allocated_bytes", user="root") == 5 * 100 * 1024 * 1024
+        assert value(samples, "slurm_user_jobs", user="root", state="pending") == 1
+        assert value(samples, "slurm_account_jobs", account="", state="running") == 5  # no accounting: no account
         gpu_info = series(samples, "slurm_job_gpu_info")
         assert {s["job_id"] for s in gpu_info} == set(gpu_jobs.values())
         assert sorted(int(s["gpu"]) for s in gpu_info) == [0, 1, 2, 3]

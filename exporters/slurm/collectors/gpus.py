@@ -1,8 +1,8 @@
-"""GPU allocation per node, user and job, and GPU-seconds per user/account/partition."""
+"""GPU allocation per node and job, and GPU-seconds per user/account/partition (per-user GPUs: users.py)."""
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -89,15 +89,6 @@ class GpusCollector(SourceCollector):
         state = self.state("squeue")
         jobs: list[Job] = self.items("squeue")
         self.seconds.update(jobs, state.generation, state.last_success or 0.0)
-        per_user: dict[tuple[str, str], int] = defaultdict(int)
-        for job in jobs:
-            if job.state == "running" and job.gpus:
-                per_user[(job.user, job.account)] += job.gpus
-        users = GaugeMetricFamily(
-            "slurm_user_gpus_allocated", "GPUs allocated to running jobs, by user.", labels=["user", "account"]
-        )
-        for (user, account), count in sorted(per_user.items()):
-            users.add_metric([user, account], count)
         seconds = CounterMetricFamily(
             "slurm_gpu_seconds",
             "Allocated GPU-seconds observed since the exporter started.",
@@ -105,7 +96,7 @@ class GpusCollector(SourceCollector):
         )
         for (user, account, partition), value in sorted(self.seconds.totals.items()):
             seconds.add_metric([user, account, partition], value)
-        return [users, seconds]
+        return [seconds]
 
     def _jobs(self) -> list[Metric]:
         rows: list[JobGpu] = self.items("scontrol")

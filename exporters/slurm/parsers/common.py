@@ -90,7 +90,7 @@ def parse_time(value: str) -> float | None:
 
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGTP]?)B?$", re.IGNORECASE)
-_SIZE_FACTOR = {"": 1, "K": 1, "M": 1024, "G": 1024**2, "T": 1024**3, "P": 1024**4}
+_SIZE_FACTOR = {"": 1, "M": 1, "G": 1024, "T": 1024**2, "P": 1024**3}  # to MiB; K is divided
 
 
 def parse_mebibytes(value: str) -> float | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from exporters.slurm.parsers.common import nullable, split_top_level
+from exporters.slurm.parsers.common import nullable, parse_mebibytes, split_top_level
 
 UNTYPED = ""
 
@@ -159,3 +159,17 @@ def tres_request_gpus(text: str) -> tuple[int, str] | None:
         total += count
         found = True
     return (total, gtype) if found else None
+
+
+def tres_cpus_memory(text: str) -> tuple[int, float]:
+    """(CPUs, memory in MiB) from a `tres-alloc` TRES string (`cpu=2,mem=8G,...`); 0 when absent."""
+    cpus, memory = 0, 0.0
+    for item in nullable(text).split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep:
+            continue
+        if key == "cpu" and value.isdigit():
+            cpus = int(value)
+        elif key == "mem":
+            memory = parse_mebibytes(value) or 0.0
+    return cpus, memory
