@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from exporters.slurm.commands import CommandError, CommandRunner
-from exporters.slurm.parsers import scontrol_jobs, sdiag, sinfo, squeue, sshare
+from exporters.slurm.parsers import licenses, reservations, scontrol_jobs, sdiag, sinfo, squeue, sshare
 from exporters.slurm.parsers.common import Parsed, ParseTimeout
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ CLI_COMMANDS: dict[str, tuple[str, list[str], Callable[[str, float | None], Pars
     "scontrol": ("scontrol", scontrol_jobs.ARGS, scontrol_jobs.parse),
     "sdiag": ("sdiag", sdiag.ARGS, sdiag.parse),
     "sshare": ("sshare", sshare.ARGS, sshare.parse),
+    "reservations": ("scontrol", reservations.ARGS, reservations.parse),
+    "licenses": ("scontrol", licenses.ARGS, licenses.parse),
 }
 
 

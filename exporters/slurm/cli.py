@@ -27,15 +27,26 @@ from exporters.slurm.collectors.exporter import ExporterCollector
 from exporters.slurm.collectors.fairshare import FairshareCollector
 from exporters.slurm.collectors.gpus import GpusCollector
 from exporters.slurm.collectors.jobs import JobsCollector
+from exporters.slurm.collectors.licenses import LicensesCollector
 from exporters.slurm.collectors.nodes import NodesCollector
 from exporters.slurm.collectors.partitions import PartitionsCollector
+from exporters.slurm.collectors.reservations import ReservationsCollector
 from exporters.slurm.collectors.scheduler import SchedulerCollector
 from exporters.slurm.collectors.users import DEFAULT_LIMIT, UsersCollector
 from exporters.slurm.commands import DEFAULT_MAX_OUTPUT, CommandError, CommandRunner
 from exporters.slurm.source import SlurmSource
 
 log = logging.getLogger(__name__)
-COLLECTORS = (NodesCollector, PartitionsCollector, GpusCollector, JobsCollector, SchedulerCollector, FairshareCollector)
+COLLECTORS = (
+    NodesCollector,
+    PartitionsCollector,
+    GpusCollector,
+    JobsCollector,
+    SchedulerCollector,
+    FairshareCollector,
+    ReservationsCollector,
+    LicensesCollector,
+)
 COLLECTOR_NAMES = [*(c.name for c in COLLECTORS), UsersCollector.name]
 
 

@@ -38,6 +38,8 @@ def test_metrics_from_23_11_output(tmp_path: Path, slurm_exporter: ExporterFacto
     assert value(samples, "slurm_node_state_flag", node="h100-01", flag="not_responding") == 1
     assert value(samples, "slurm_node_reason_info", node="h100-04") is None  # idle nodes carry no reason
     assert value(samples, "slurm_nodes", state="drained") == 1
+    assert value(samples, "slurm_partition_nodes", partition="gpu", state="drained") == 1
+    assert value(samples, "slurm_partition_nodes", partition="long", state="mixed") == 1
     assert value(samples, "slurm_node_memory_total_bytes", node="cpu-01") == 515000 * 1024 * 1024
     assert value(samples, "slurm_jobs", state="running", partition="gpu") == 4
     assert value(samples, "slurm_jobs_pending", partition="gpu", reason="Priority") == 2
@@ -59,7 +61,13 @@ def test_metrics_from_23_11_output(tmp_path: Path, slurm_exporter: ExporterFacto
         scrape(url)
     assert calls(bin_dir) == before
     polled = [c.split("/")[-1] for c in before if not c.endswith("--version")]
-    assert sorted(c.split()[0] for c in polled) == ["scontrol", "sdiag", "sinfo", "squeue", "sshare"]
+    assert sorted(c.split()[0] for c in polled) == ["scontrol"] * 3 + ["sdiag", "sinfo", "squeue", "sshare"]
+    assert value(samples, "slurm_licenses_used", license="matlab") == 12
+    assert series(samples, "slurm_reservation_info") == []  # "No reservations in the system"
+    assert value(samples, "slurm_exporter_command_success", command="reservations") == 1
+    stamp = value(samples, "slurm_node_reason_timestamp_seconds", node="h100-01")
+    assert stamp == time.mktime((2025, 2, 3, 6, 12, 40, 0, 0, -1))
+    assert value(samples, "slurm_node_reason_timestamp_seconds", node="h100-04") is None
 
     _status, body = http_get(f"{url}/metrics")
     check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30)
@@ -76,6 +84,15 @@ def test_unparseable_lines_are_counted_not_fatal(tmp_path: Path, slurm_exporter:
     assert value(samples, "slurm_node_gpus", node="h100-11", gpu_type="") == 8
     assert value(samples, "slurm_node_gpus_allocated", node="h100-13", gpu_type="") == 8  # gpu:(null):8(IDX:0-7)
     assert value(samples, "slurm_partition_gpus_allocated", partition="gpu") == 4 + 4 + 8
+    assert value(samples, "slurm_reservation_maintenance", reservation="fw-update") == 1
+    assert value(samples, "slurm_reservation_maintenance", reservation="llm-eval") == 0
+    assert value(samples, "slurm_reservation_info", reservation="llm-eval", state="inactive", nodes="h100-[07-08]") == 1
+    assert value(samples, "slurm_reservation_nodes", reservation="llm-eval") == 2
+    end = value(samples, "slurm_reservation_end_time_seconds", reservation="fw-update")
+    start = value(samples, "slurm_reservation_start_time_seconds", reservation="fw-update")
+    assert end is not None and start is not None and end - start == 12 * 3600
+    assert value(samples, "slurm_licenses", license="ansys@flex") == 100
+    assert value(samples, "slurm_licenses_reserved", license="ansys@flex") == 10
     assert value(samples, "slurm_job_gpu_info", job_id="9001", node="h100-08", gpu="7") == 1
 
 

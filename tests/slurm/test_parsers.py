@@ -9,7 +9,7 @@ import pytest
 
 from exporters.slurm.backend import UnreadableOutput, check_readable
 from exporters.slurm.collectors.gpus import job_gpu_map
-from exporters.slurm.parsers import scontrol_jobs, sdiag, sinfo, squeue, sshare
+from exporters.slurm.parsers import licenses, reservations, scontrol_jobs, sdiag, sinfo, squeue, sshare
 from exporters.slurm.parsers.common import ParseTimeout, parse_mebibytes
 from exporters.slurm.parsers.gres import (
     gpus_by_type,
@@ -58,6 +58,8 @@ def test_sinfo_23_11_states_long_names_mixed_gpu_types() -> None:
     assert nodes["h100-01"].state == "drained"
     assert nodes["h100-01"].flags == {"drain", "not_responding"}
     assert nodes["h100-01"].reason == "XID 79 GPU fell off the bus"
+    assert nodes["h100-01"].reason_time == time.mktime((2025, 2, 3, 6, 12, 40, 0, 0, -1))
+    assert nodes["h100-04"].reason_time is None  # sinfo prints Unknown
     assert nodes["h100-04"].flags == {"dynamic_norm"}
     assert nodes["h100-05"].flags == {"power_down", "powered_down"}
     assert nodes["h100-06"].flags == {"planned"}
@@ -82,7 +84,7 @@ def test_sinfo_24_11_shards_untyped_gpus_unknown_states() -> None:
 
 
 def test_sinfo_bad_field_drops_only_that_field() -> None:
-    line = "h100-20|gpu*|mixed|mixed|{cpus}|1031000|0|{gres}|{used}|none|\n"
+    line = "h100-20|gpu*|mixed|mixed|{cpus}|1031000|0|{gres}|{used}|Unknown|none|\n"
     text = (
         line.format(cpus="8/88/0/96", gres="gpu:h100:8(S:0-1)", used="gpu:h100:8(IDX:0-7")  # cut off
         + line.format(cpus="8/x/0/96", gres="gpu:h100:8", used="gpu:h100:1(IDX:0)").replace("h100-20", "h100-21")
@@ -348,3 +350,25 @@ def test_tres_cpus_memory() -> None:
         1.5 * 1024**2,
         0.5,
     ]
+
+
+def test_reservations() -> None:
+    recorded = reservations.parse(fixture("22.05", "reservations"))
+    assert recorded.errors == 0
+    by_name = {r.name: r for r in recorded.items}
+    assert by_name["maint-psu"].maintenance and by_name["maint-psu"].state == "inactive"
+    assert by_name["maint-psu"].end - by_name["maint-psu"].start == 2 * 3600
+    assert not by_name["training"].maintenance and by_name["training"].nodes == "fake0002"
+    shaped = {r.name: r for r in reservations.parse(fixture("24.11", "reservations")).items}
+    assert shaped["llm-eval"].node_count == 2 and shaped["fw-update"].maintenance
+    assert reservations.parse(fixture("23.11", "reservations")).items == []
+    assert reservations.parse("ReservationName=x StartTime=junk\n").errors == 1
+
+
+def test_licenses() -> None:
+    recorded = licenses.parse(fixture("22.05", "licenses"))
+    assert {(x.name, x.total, x.used, x.free) for x in recorded.items} == {("matlab", 10, 3, 7), ("fluent", 2, 0, 2)}
+    shaped = {x.name: x for x in licenses.parse(fixture("24.11", "licenses")).items}
+    assert (shaped["ansys@flex"].used, shaped["ansys@flex"].reserved) == (40, 10)
+    assert licenses.parse(" No licenses configured in Slurm.\n").items == []
+    assert licenses.parse("junk\n").errors == 1

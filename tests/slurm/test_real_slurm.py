@@ -88,6 +88,8 @@ def test_gpu_jobs_drain_and_down_nodes(
         )
         samples, _ = scrape(url)
         assert value(samples, "slurm_node_state", node=node, state="draining") == 1
+        drained_at = value(samples, "slurm_node_reason_timestamp_seconds", node=node)
+        assert drained_at is not None and time.time() - 60 < drained_at <= time.time() + 1
         assert value(samples, "slurm_node_state_flag", node=node, flag="drain") == 1
 
         _status, body = http_get(f"{url}/metrics")
@@ -192,3 +194,34 @@ def test_gres_idx_is_the_device_file_number(tmp_path: Path) -> None:
     found = re.findall(r"Index=(\d+) .*File=\S*/gpu(\d+)", result.stdout + result.stderr)
     assert len(found) == 4, result.stdout + result.stderr
     assert all(index == number for index, number in found), found
+
+
+def test_reservations_and_licenses(slurm_cluster: SlurmCluster, slurm_exporter: ExporterFactory) -> None:
+    cluster = slurm_cluster
+    _, url = slurm_exporter(["--interval", "1"], env=cluster.env)
+    fake = cluster.fake_nodes[0]
+    cluster.scontrol(
+        "create", "reservation", "reservationname=psu-swap", "starttime=now+1hour", "duration=90",
+        f"nodes={fake}", "flags=maint", "users=root",
+    )  # fmt: skip
+    try:
+        job = cluster.sbatch("-p", "gpu", "-w", cluster.hostname, "--mem=100", "-L", "matlab:3")
+        wait_for_job_state(cluster, job, "RUNNING")
+        wait_until(
+            lambda: value(scrape(url)[0], "slurm_licenses_used", license="matlab") == 3,
+            20,
+            interval=0.5,
+            what="the license in use",
+        )
+        samples, _ = scrape(url)
+        assert value(samples, "slurm_licenses", license="matlab") == 10
+        assert value(samples, "slurm_licenses_free", license="fluent") == 2
+        assert value(samples, "slurm_reservation_maintenance", reservation="psu-swap") == 1
+        assert value(samples, "slurm_reservation_info", reservation="psu-swap", state="inactive", nodes=fake) == 1
+        start = value(samples, "slurm_reservation_start_time_seconds", reservation="psu-swap")
+        end = value(samples, "slurm_reservation_end_time_seconds", reservation="psu-swap")
+        assert start is not None and end is not None and end - start == 90 * 60
+        assert 3000 < start - time.time() < 3700
+    finally:
+        cluster.cancel_all()
+        cluster.scontrol("delete", "reservation=psu-swap", check=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from exporters.slurm.parsers.common import Parsed, nullable, parse_int, parse_mebibytes
+from exporters.slurm.parsers.common import Parsed, nullable, parse_int, parse_mebibytes, parse_time
 from exporters.slurm.parsers.gres import gpus_by_type
 
 # One line per (node, partition). `:|` after a field name means "no width limit, then a `|`":
@@ -20,6 +20,7 @@ FIELDS = (
     "AllocMem",
     "Gres",
     "GresUsed",
+    "Timestamp",  # when the reason was set: drained/down since
     "Reason",
 )
 ARGS = ["-h", "-N", "-a", "-O", ",".join(f"{f}:|" for f in FIELDS)]
@@ -55,6 +56,7 @@ class Node:
     gpus_allocated: dict[str, int] | None
     reason: str
     partitions: list[str] = field(default_factory=list)
+    reason_time: float | None = None  # unix time the reason was set (sinfo's Timestamp)
 
 
 def split_state(long_state: str, complete: str) -> tuple[str, frozenset[str]]:
@@ -78,7 +80,7 @@ def parse(text: str, deadline: float | None = None) -> Parsed[Node]:
     result: Parsed[Node] = Parsed(deadline=deadline)
     by_name: dict[str, Node] = {}
     for line, cols in result.rows(text, len(FIELDS)):
-        name, partition, complete, long_state, cpus, memory, alloc_mem, gres, gres_used, reason = cols
+        name, partition, complete, long_state, cpus, memory, alloc_mem, gres, gres_used, stamp, reason = cols
         name = name.strip()
         partition = nullable(partition).rstrip("*")
         if not _NODE_NAME.match(name):
@@ -119,6 +121,7 @@ def parse(text: str, deadline: float | None = None) -> Parsed[Node]:
             gpus_allocated=gpus_used,
             reason="" if reason.lower() == "none" else reason,
             partitions=[partition] if partition else [],
+            reason_time=parse_time(stamp),
         )
         by_name[name] = node
         result.items.append(node)
