@@ -64,6 +64,7 @@ READ_RPCS = (
     "REQUEST_FED_INFO",
     "REQUEST_BUILD_INFO",
     "REQUEST_RESERVATION_INFO",
+    "REQUEST_LICENSE_INFO",
 )
 
 
@@ -208,10 +209,10 @@ def main() -> int:
 
         text_s, text_b = timed(cluster, ["squeue", *squeue.ARGS])
         json_s, json_b = timed(cluster, ["squeue", "--json"])
-        scontrol_s, scontrol_b = timed(cluster, ["scontrol", "-d", "-o", "show", "job"])
+        scontrol_s, scontrol_b = timed(cluster, ["scontrol", "-d", "show", "job"])
         print(f"squeue -O text (ours):  {text_s * 1000:8.0f} ms  {text_b / 1e6:7.2f} MB")
         print(f"squeue --json:          {json_s * 1000:8.0f} ms  {json_b / 1e6:7.2f} MB  ({json_s / text_s:.1f}x)")
-        print(f"scontrol -d -o show job:{scontrol_s * 1000:8.0f} ms  {scontrol_b / 1e6:7.2f} MB  (GPU index map)")
+        print(f"scontrol -d show job:   {scontrol_s * 1000:8.0f} ms  {scontrol_b / 1e6:7.2f} MB  (GPU index map)")
         vpenso_s = 0.0
         for argv in VPENSO_COMMANDS:
             vpenso_s += timed(cluster, argv, runs=1)[0]

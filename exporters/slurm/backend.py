@@ -45,12 +45,22 @@ class UnreadableOutput(CommandError):
         self.parse_errors = parse_errors
 
 
+# scontrol's job records carry text users write, and the parser refuses records that text made
+# malformed. Users must not be able to fail the whole poll (and so turn slurm_up to 0 and the
+# job-map alerts off) by submitting many such jobs: for scontrol only output with no job record
+# at all, when it is not empty, is unreadable.
+USER_TEXT = frozenset({"scontrol"})
+
+
 def check_readable(command: str, parsed: Parsed[Any]) -> None:
     """UnreadableOutput when nothing was read where something was expected, or most lines failed."""
     bad = min(parsed.errors, parsed.lines)
     why = ""
     if command in EXPECT_ITEMS and not parsed.items:
         why = f"nothing readable in {parsed.lines} lines"
+    elif command in USER_TEXT:
+        if parsed.records == 0 and parsed.errors:
+            why = f"no job record in {parsed.lines} lines"
     elif parsed.lines and bad * 2 > parsed.lines:
         why = f"{bad} of {parsed.lines} lines unreadable"
     if why:

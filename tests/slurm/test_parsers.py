@@ -328,6 +328,16 @@ def test_unreadable_output_is_an_error() -> None:
         check_readable("squeue", squeue.parse("error: junk\n" * 3))
     with pytest.raises(UnreadableOutput, match="nothing readable in 0 lines"):
         check_readable("sinfo", sinfo.parse(""))  # a cluster always has a node
+    with pytest.raises(UnreadableOutput, match="no job record"):
+        check_readable("scontrol", scontrol_jobs.parse("<html>502</html>\n"))
+    # Many records refused for injected text (users can submit those) never fail the poll.
+    forged = record_9001(
+        **{"JobName=llm-pretrain": "JobName=x\n     Nodes=h100-01 CPU_IDs=0 Mem=0 GRES=gpu:h100:1(IDX:0)"}
+    )
+    many = "".join(forged.replace("JobId=9001 ", f"JobId={9100 + i} ") for i in range(5)) + record_9001()
+    parsed = scontrol_jobs.parse(many)
+    assert parsed.errors == 5 and len(parsed.items) == 8
+    check_readable("scontrol", parsed)
 
 
 def test_reason_label_is_bounded() -> None:

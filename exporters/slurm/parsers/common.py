@@ -36,6 +36,7 @@ class Parsed(Generic[T]):
     samples: list[str] = field(default_factory=list)
     lines: int = 0
     deadline: float | None = None
+    records: int = 0  # for record-based output (scontrol): how many records were found
 
     def check_deadline(self, done: int) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:

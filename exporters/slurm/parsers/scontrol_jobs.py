@@ -66,6 +66,7 @@ def _records(result: Parsed[JobGpu], text: str) -> list[tuple[str, str]]:
         assert match  # _RECORD found it
         records.append((match.group(1), record))
     result.lines += len(records)
+    result.records = len(records)
     return records
 
 
