@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from exporters.slurm.backend import UnreadableOutput, check_readable
 from exporters.slurm.collectors.gpus import job_gpu_map
 from exporters.slurm.parsers import licenses, reservations, scontrol_jobs, sdiag, sinfo, squeue, sshare
-from exporters.slurm.parsers.common import ParseTimeout, parse_mebibytes
+from exporters.slurm.parsers.common import ParseTimeout, parse_mebibytes, parse_time
 from exporters.slurm.parsers.gres import (
     gpus_by_type,
     parse_gres,
@@ -382,3 +383,17 @@ def test_licenses() -> None:
     assert (shaped["ansys@flex"].used, shaped["ansys@flex"].reserved) == (40, 10)
     assert licenses.parse(" No licenses configured in Slurm.\n").items == []
     assert licenses.parse("junk\n").errors == 1
+
+
+@pytest.mark.parametrize(
+    "text", ["2024-05-01T10:00:00", "2025-02-03T06:12:40", "2024-03-31T02:30:00", "2024-12-31T23:59:59"]
+)
+def test_parse_time_matches_strptime(text: str) -> None:
+    assert parse_time(text) == time.mktime(datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timetuple())
+
+
+@pytest.mark.parametrize(
+    "text", ["Unknown", "N/A", "", "2024-13-01T10:00:00", "2024-05-01T10:00:0x", "2024-05-01 10:00:00"]
+)
+def test_parse_time_rejects(text: str) -> None:
+    assert parse_time(text) is None

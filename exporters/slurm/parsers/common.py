@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -81,13 +81,24 @@ def parse_time(value: str) -> float | None:
     Slurm prints times without a zone in the controller's local time; the exporter runs on the
     head node, so its local zone is the right one.
     """
-    value = nullable(value)
-    if not value:
+    value = value.strip()
+    return _local_time(value) if len(value) == 19 else None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _local_time(value: str) -> float | None:
+    # By hand, not strptime: a 100k-job squeue has 300k timestamps, and strptime took 60 % of
+    # its parse. Many repeat (jobs submitted together), hence the cache.
+    if value[4] != "-" or value[7] != "-" or value[10] != "T" or value[13] != ":" or value[16] != ":":
         return None
     try:
-        return time.mktime(datetime.strptime(value, "%Y-%m-%dT%H:%M:%S").timetuple())
+        year, month, day = int(value[0:4]), int(value[5:7]), int(value[8:10])
+        hour, minute, second = int(value[11:13]), int(value[14:16]), int(value[17:19])
     except ValueError:
         return None
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 62):
+        return None
+    return time.mktime((year, month, day, hour, minute, second, 0, 0, -1))
 
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGTP]?)B?$", re.IGNORECASE)
