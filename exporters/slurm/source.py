@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,8 +67,8 @@ class SlurmSource:
         self._ran_this_cycle.clear()
         self._unreachable = ""
 
-    def get(self, command: str) -> CommandState:
-        """This cycle's state of `command`, running it if nobody has yet."""
+    def get(self, command: str, job_ids: Sequence[str] | None = None) -> CommandState:
+        """This cycle's state of `command`, running it if nobody has yet (`job_ids`: see the backend)."""
         with self._lock:
             state = self.states.setdefault(command, CommandState())
             if command in self._ran_this_cycle:
@@ -79,7 +79,7 @@ class SlurmSource:
                 if self._unreachable:
                     # Every client retries a dead controller for ~9 s: pay that once per cycle.
                     raise CommandError(f"skipped: {self._unreachable}")
-                parsed = self.backend.fetch(command)
+                parsed = self.backend.fetch(command, job_ids) if job_ids is not None else self.backend.fetch(command)
             except CommandError as exc:
                 # The last good data stays (state.data); slurm_up goes 0 and its age shows.
                 state.fresh = False

@@ -61,7 +61,11 @@ def test_metrics_from_23_11_output(tmp_path: Path, slurm_exporter: ExporterFacto
         scrape(url)
     assert calls(bin_dir) == before
     polled = [c.split("/")[-1] for c in before if not c.endswith("--version")]
-    assert sorted(c.split()[0] for c in polled) == ["scontrol"] * 3 + ["sdiag", "sinfo", "squeue", "sshare"]
+    # The job table is read once (squeue); scontrol reads only the GRES detail of the four running
+    # GPU jobs that share a node with another, one job each, plus reservations and licenses.
+    assert sorted(c.split()[0] for c in polled) == ["scontrol"] * 6 + ["sdiag", "sinfo", "squeue", "sshare"]
+    detail = sorted(c.split()[-1] for c in polled if " show job " in c)
+    assert detail == ["4101", "4102", "4103", "4104"]
     assert value(samples, "slurm_licenses_used", license="matlab") == 12
     assert series(samples, "slurm_reservation_info") == []  # "No reservations in the system"
     assert value(samples, "slurm_exporter_command_success", command="reservations") == 1
@@ -94,6 +98,8 @@ def test_unparseable_lines_are_counted_not_fatal(tmp_path: Path, slurm_exporter:
     assert value(samples, "slurm_licenses", license="ansys@flex") == 100
     assert value(samples, "slurm_licenses_reserved", license="ansys@flex") == 10
     assert value(samples, "slurm_job_gpu_info", job_id="9001", node="h100-08", gpu="7") == 1
+    # 9001 has h100-07 and h100-08 to itself: its GPUs come from sinfo's GresUsed, no job record read.
+    assert not [c for c in calls(bin_dir) if " show job" in c]
 
 
 def test_hanging_command_scrapes_stay_fast_and_data_stays(tmp_path: Path, slurm_exporter: ExporterFactory) -> None:

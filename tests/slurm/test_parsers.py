@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from exporters.slurm.backend import UnreadableOutput, check_readable
-from exporters.slurm.collectors.gpus import job_gpu_map
+from exporters.slurm.collectors.gpus import from_sinfo, job_gpu_map
 from exporters.slurm.parsers import licenses, reservations, scontrol_jobs, sdiag, sinfo, squeue, sshare
 from exporters.slurm.parsers.common import ParseTimeout, parse_mebibytes, parse_time
 from exporters.slurm.parsers.gres import (
@@ -397,3 +397,35 @@ def test_parse_time_matches_strptime(text: str) -> None:
 )
 def test_parse_time_rejects(text: str) -> None:
     assert parse_time(text) is None
+
+
+def test_gpus_of_a_node_one_job_has_to_itself_come_from_sinfo() -> None:
+    jobs = squeue.parse(fixture("24.11", "squeue")).items
+    nodes = sinfo.parse(fixture("24.11", "sinfo")).items
+    rows, undecided = from_sinfo(jobs, nodes)
+    assert undecided == set()
+    assert {(r.job_id, r.node, r.gpu) for r in rows} == set(scontrol_jobs_rows("24.11"))
+    # Two running GPU jobs on one node (23.11's a100 node): the detail must come from scontrol.
+    rows, undecided = from_sinfo(
+        squeue.parse(fixture("23.11", "squeue")).items, sinfo.parse(fixture("23.11", "sinfo")).items
+    )
+    assert rows == [] and {"4101", "4102"} <= undecided
+    # GresUsed disagreeing with the job's GPU count (a job started between squeue and sinfo).
+    busier = [
+        n if n.name != "h100-07" else sinfo.Node(**{**vars(n), "gpu_indices_used": {"h100": (0, 1, 2, 3, 4)}})
+        for n in nodes
+    ]
+    rows, undecided = from_sinfo(jobs, busier)
+    assert rows == [] and undecided == {"9001"}
+
+
+def scontrol_jobs_rows(version: str) -> list[tuple[str, str, int]]:
+    return [(r.job_id, r.node, r.gpu) for r in scontrol_jobs.parse(fixture(version, "scontrol")).items]
+
+
+def test_scontrol_only_reads_the_job_asked_for() -> None:
+    # `scontrol -d show job 9001` whose work dir injects a whole record for job 9100.
+    forged = record_9001(**{"JobId=9001 ": "JobId=9100 ", "IDX:0-3": "IDX:4-7"}).strip()
+    text = record_9001(**{"WorkDir=/home/alice": "WorkDir=/home/alice\n\n" + forged})
+    parsed = scontrol_jobs.parse(text, only="9001")
+    assert {r.job_id for r in parsed.items} == {"9001"} and len(parsed.items) == 8

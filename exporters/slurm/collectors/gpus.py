@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -99,8 +99,16 @@ class GpusCollector(SourceCollector):
         return [seconds]
 
     def _jobs(self) -> list[Metric]:
-        rows: list[JobGpu] = self.items("scontrol")
         jobs: list[Job] = self.items("squeue")
+        nodes: list[Node] = self.items("sinfo")
+        rows, undecided = from_sinfo(jobs, nodes)
+        if undecided:
+            # Only jobs sharing a node with another GPU job need their own GRES detail.
+            state = self.source.get("scontrol", sorted(undecided, key=_numeric))
+            if state.data is None:
+                raise NoData(f"scontrol has not succeeded yet: {state.error or 'not run'}")
+            wanted = set(undecided)
+            rows += [row for row in state.data.items if row.job_id in wanted]
         accepted, rejected = job_gpu_map(rows, jobs)
         info = GaugeMetricFamily(
             "slurm_job_gpu_info",
@@ -123,6 +131,47 @@ class GpusCollector(SourceCollector):
 
 
 REJECT_REASONS = ("job_not_running", "node_not_in_job", "gpu_claimed_twice")
+
+
+def _numeric(job_id: str) -> tuple[int, str]:
+    return (int(job_id), "") if job_id.isdigit() else (0, job_id)
+
+
+def from_sinfo(jobs: list[Job], nodes: list[Node]) -> tuple[list[JobGpu], set[str]]:
+    """GPU rows read off sinfo for nodes one running GPU job has to itself, and the jobs left over.
+
+    sinfo's GresUsed lists the indices in use on a node (`gpu:h100:8(IDX:0-7)`) and squeue which
+    running jobs hold GPUs there; neither prints text a user wrote. When exactly one such job
+    is on the node and it holds exactly as many GPUs there as are in use, those indices are its
+    own, with no need to read its job record. Every other running GPU job is returned as
+    undecided: the caller reads its GRES detail from scontrol.
+    """
+    on_node: dict[str, list[Job]] = defaultdict(list)
+    undecided: set[str] = set()
+    for job in jobs:
+        if job.state != "running" or job.gpus <= 0:
+            continue
+        try:
+            names = expand(job.nodes)
+        except HostlistError:
+            undecided.add(job.job_id)
+            continue
+        for name in names:
+            on_node[name].append(job)
+    by_name = {node.name: node for node in nodes}
+    rows: list[JobGpu] = []
+    for name, holders in on_node.items():
+        node = by_name.get(name)
+        used = node.gpu_indices_used if node is not None else None
+        job = holders[0]
+        per_node, rest = divmod(job.gpus, max(job.num_nodes, 1))
+        in_use = sum(len(indices) for indices in (used or {}).values())
+        if len(holders) != 1 or used is None or rest or in_use != per_node:
+            undecided.update(j.job_id for j in holders)
+            continue
+        rows.extend(JobGpu(job.job_id, name, index, gtype) for gtype, indices in used.items() for index in indices)
+    # A job decided on one node but not on another is read whole from scontrol.
+    return [row for row in rows if row.job_id not in undecided], undecided
 
 
 def job_gpu_map(rows: list[JobGpu], jobs: list[Job]) -> tuple[list[tuple[JobGpu, Job]], Counter[str]]:

@@ -103,10 +103,16 @@ def _block(lines: list[str]) -> list[str] | None:
     return block
 
 
-def parse(text: str, deadline: float | None = None) -> Parsed[JobGpu]:
-    """One entry per (running job, node, GPU index), from well-formed records only."""
+def parse(text: str, deadline: float | None = None, only: str | None = None) -> Parsed[JobGpu]:
+    """One entry per (running job, node, GPU index), from well-formed records only.
+
+    With `only` (the output of `scontrol -d show job <id>`), records of any other job id are
+    ignored: they can only come from text the job's user wrote.
+    """
     result: Parsed[JobGpu] = Parsed(deadline=deadline)
     records = _records(result, text)
+    if only is not None:
+        records = [(job_id, record) for job_id, record in records if job_id == only]
     seen = Counter(job_id for job_id, _ in records)
     for job_id, record in records:
         if seen[job_id] > 1:

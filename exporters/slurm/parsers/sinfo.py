@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from exporters.slurm.parsers.common import Parsed, nullable, parse_int, parse_mebibytes, parse_time
-from exporters.slurm.parsers.gres import gpus_by_type
+from exporters.slurm.parsers.gres import gpu_indices, gpus_by_type
 
 # One line per (node, partition). `:|` after a field name means "no width limit, then a `|`":
 # without it sinfo cuts values at 20 characters, long node names included.
@@ -57,6 +57,7 @@ class Node:
     reason: str
     partitions: list[str] = field(default_factory=list)
     reason_time: float | None = None  # unix time the reason was set (sinfo's Timestamp)
+    gpu_indices_used: dict[str, tuple[int, ...]] | None = None  # GresUsed's IDX per GPU type
 
 
 def split_state(long_state: str, complete: str) -> tuple[str, frozenset[str]]:
@@ -122,6 +123,7 @@ def parse(text: str, deadline: float | None = None) -> Parsed[Node]:
             reason="" if reason.lower() == "none" else reason,
             partitions=[partition] if partition else [],
             reason_time=parse_time(stamp),
+            gpu_indices_used=gpu_indices(gres_used) if gpus_used is not None else None,
         )
         by_name[name] = node
         result.items.append(node)
