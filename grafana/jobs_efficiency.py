@@ -22,7 +22,7 @@ from grafana.common import (
     timeseries,
     watchdog_board,
 )
-from grafana.promql import CLUSTER, IDLE_UTILIZATION, JOBS, sel, with_job
+from grafana.promql import CLUSTER, IDLE_UTILIZATION, JOBS, job_gpus, sel, with_job
 
 UID = "gpu-watchdog-jobs"
 
@@ -69,7 +69,7 @@ def build() -> models.Dashboard:
         count_stat(
             "GPUs allocated",
             "GPUs held by running jobs of the selected users and accounts (slurm_job_gpu_info).",
-            f"count(slurm_job_gpu_info{{{JOBS}}})",
+            f"count({job_gpus(JOBS)})",
             alarm=None,
             width=6,
         ),
@@ -111,7 +111,7 @@ def build() -> models.Dashboard:
             "GPUs allocated to jobs against the busy-GPU equivalent of those allocations. The gap "
             "is paid-for capacity doing nothing.",
             [
-                Query(f"count(slurm_job_gpu_info{{{JOBS}}})", legend="allocated"),
+                Query(f"count({job_gpus(JOBS)})", legend="allocated"),
                 Query(f"sum({ALLOCATED_UTILIZATION})", legend="busy (sum of utilization)"),
             ],
             "none",
@@ -125,7 +125,7 @@ def build() -> models.Dashboard:
             "Jobs holding GPUs",
             "Each running job with GPUs: how many, and their mean utilization now.",
             [
-                f"count by (job_id, user, account) (slurm_job_gpu_info{{{JOBS}}})",
+                f"count by (job_id, user, account) ({job_gpus(JOBS)})",
                 f"avg by (job_id, user, account) ({ALLOCATED_UTILIZATION})",
             ],
             columns={"Value #A": ("GPUs", "none"), "Value #B": ("mean utilization", "percentunit")},

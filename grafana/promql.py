@@ -34,6 +34,21 @@ def of_model(expr: str, selector: str = GPU_NODES) -> str:
     return f"(({expr}) and on (node, gpu) {info})"
 
 
+# slurm_job_gpu_info's own labels: ignoring them matches each series with its exporter's slurm_up.
+JOB_GPU_LABELS = "job_id, user, account, node, gpu, minor_number, gpu_type"
+
+
+def job_gpus(job_selector: str = CLUSTER) -> str:
+    """`slurm_job_gpu_info`, only from Slurm exporters whose last poll succeeded (`slurm_up` 1).
+
+    On a failed poll the exporter keeps serving its last good assignments, which may name jobs
+    that have ended since: a panel must not attribute GPUs to them.
+    """
+    return (
+        f"({sel('slurm_job_gpu_info', job_selector)} and ignoring ({JOB_GPU_LABELS}) ({sel('slurm_up', CLUSTER)} == 1))"
+    )
+
+
 def with_job(expr: str, job_selector: str = CLUSTER) -> str:
     """Attach job_id/user/account of the Slurm job holding each GPU (drops GPUs no job holds)."""
-    return f"({expr}) * on (node, gpu) group_left (job_id, user, account) {sel('slurm_job_gpu_info', job_selector)}"
+    return f"({expr}) * on (node, gpu) group_left (job_id, user, account) {job_gpus(job_selector)}"

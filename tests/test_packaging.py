@@ -43,8 +43,9 @@ def test_setup_cfg_declares_python_and_pinned_dependencies() -> None:
     for dep in deps:  # every dependency bounded, so a major release cannot break an install
         assert any(op in dep for op in ("~=", "<", "==")), dep
     extras = cfg["options.extras_require"]
-    assert {"slurm", "test", "bench"} <= set(extras)
-    assert "pyslurm" in extras["slurm"]
+    assert {"test", "bench"} <= set(extras)
+    # The pyslurm backend was removed (never run, cannot build against Debian's Slurm 22.05).
+    assert "pyslurm" not in cfg["options.extras_require"].get("slurm", "")
 
 
 def test_console_scripts_are_installed_and_import() -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
+import time
 from pathlib import Path
+from types import FrameType
 
 import click
 
@@ -24,14 +27,27 @@ from exporters.slurm.collectors.exporter import ExporterCollector
 from exporters.slurm.collectors.fairshare import FairshareCollector
 from exporters.slurm.collectors.gpus import GpusCollector
 from exporters.slurm.collectors.jobs import JobsCollector
+from exporters.slurm.collectors.licenses import LicensesCollector
 from exporters.slurm.collectors.nodes import NodesCollector
 from exporters.slurm.collectors.partitions import PartitionsCollector
+from exporters.slurm.collectors.reservations import ReservationsCollector
 from exporters.slurm.collectors.scheduler import SchedulerCollector
-from exporters.slurm.commands import CommandError, CommandRunner
+from exporters.slurm.collectors.users import DEFAULT_LIMIT, UsersCollector
+from exporters.slurm.commands import DEFAULT_MAX_OUTPUT, CommandError, CommandRunner
 from exporters.slurm.source import SlurmSource
 
 log = logging.getLogger(__name__)
-COLLECTORS = (NodesCollector, PartitionsCollector, GpusCollector, JobsCollector, SchedulerCollector, FairshareCollector)
+COLLECTORS = (
+    NodesCollector,
+    PartitionsCollector,
+    GpusCollector,
+    JobsCollector,
+    SchedulerCollector,
+    FairshareCollector,
+    ReservationsCollector,
+    LicensesCollector,
+)
+COLLECTOR_NAMES = [*(c.name for c in COLLECTORS), UsersCollector.name]
 
 
 def cluster_name(runner: CommandRunner) -> str:
@@ -57,8 +73,13 @@ def cluster_name(runner: CommandRunner) -> str:
     return match.group(1) if match else ""
 
 
-def build_collectors(source: SlurmSource, wanted: list[str] | None, info: dict[str, str]) -> list[Collector]:
+def build_collectors(
+    source: SlurmSource, wanted: list[str] | None, info: dict[str, str], user_limit: int | None = DEFAULT_LIMIT
+) -> list[Collector]:
+    """The selected collectors; per-user/account metrics unless `user_limit` is None (--no-user-metrics)."""
     available: list[Collector] = [cls(source) for cls in COLLECTORS]
+    if user_limit is not None:
+        available.append(UsersCollector(source, user_limit))
     selected = select_or_exit(available, wanted)
     return [*selected, ExporterCollector(source, info)]
 
@@ -68,10 +89,10 @@ def build_collectors(source: SlurmSource, wanted: list[str] | None, info: dict[s
 @interval_option("SLURM_EXPORTER", 15.0, "Seconds between polls of slurmctld.")
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "pyslurm", "cli"]),
-    default="auto",
+    type=click.Choice(["auto", "cli"]),
+    default="cli",
     envvar="SLURM_EXPORTER_BACKEND",
-    help="auto: pyslurm when it imports and matches the running Slurm's major.minor, else the CLI.",
+    help="Only the Slurm client commands (cli); auto is kept as its alias for existing configs.",
 )
 @click.option(
     "--slurm-bin-dir",
@@ -85,7 +106,15 @@ def build_collectors(source: SlurmSource, wanted: list[str] | None, info: dict[s
     type=click.FloatRange(min=0.1),
     default=10.0,
     envvar="SLURM_EXPORTER_COMMAND_TIMEOUT",
-    help="Seconds before a Slurm command is abandoned (its process group is killed).",
+    help="Seconds a Slurm command may take, reading and parsing its output included, before it is "
+    "abandoned (its process group is killed). Also the start-up budget: the port opens within it.",
+)
+@click.option(
+    "--command-max-output",
+    type=click.IntRange(min=1024),
+    default=DEFAULT_MAX_OUTPUT,
+    envvar="SLURM_EXPORTER_COMMAND_MAX_OUTPUT",
+    help="Bytes a Slurm command may print; past it the command is stopped and the poll fails.",
 )
 @click.option(
     "--cluster",
@@ -93,7 +122,20 @@ def build_collectors(source: SlurmSource, wanted: list[str] | None, info: dict[s
     envvar="SLURM_EXPORTER_CLUSTER",
     help="Cluster name for slurm_exporter_info (default: ClusterName from Slurm).",
 )
-@collectors_option("SLURM_EXPORTER", [c.name for c in COLLECTORS])
+@click.option(
+    "--user-metrics/--no-user-metrics",
+    default=True,
+    envvar="SLURM_EXPORTER_USER_METRICS",
+    help="Per-user and per-account jobs, CPUs, memory and GPUs (the users collector).",
+)
+@click.option(
+    "--user-metrics-limit",
+    type=click.IntRange(min=1),
+    default=DEFAULT_LIMIT,
+    envvar="SLURM_EXPORTER_USER_METRICS_LIMIT",
+    help="Most (user, account) pairs and accounts exported by name; the rest are summed as (other).",
+)
+@collectors_option("SLURM_EXPORTER", COLLECTOR_NAMES)
 def main(  # noqa: PLR0917 - click passes every option
     listen: str,
     web_config_path: str | None,
@@ -103,31 +145,66 @@ def main(  # noqa: PLR0917 - click passes every option
     backend: str,
     slurm_bin_dir: str | None,
     command_timeout: float,
+    command_max_output: int,
     cluster: str | None,
+    user_metrics: bool,
+    user_metrics_limit: int,
     collectors: tuple[str, ...],
 ) -> None:
     """Export Slurm metrics for Prometheus from one background poll per interval."""
     setup_logging(log_level, log_format)
-    runner = CommandRunner(bin_dir=slurm_bin_dir, timeout=command_timeout)
+    # Everything before the port opens (version, cluster name, first poll) shares one command
+    # timeout, so a hung slurmctld delays the port by at most that.
+    runner = CommandRunner(
+        bin_dir=slurm_bin_dir,
+        timeout=command_timeout,
+        max_output=command_max_output,
+        deadline=time.monotonic() + command_timeout,
+    )
+
+    def terminate(signum: int, _frame: FrameType | None) -> None:
+        # Before the server's own handlers are in place: a hung command must not outlive us.
+        runner.kill_all()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
         chosen, version = select_backend(backend, runner)
     except BackendError as exc:
         fail(str(exc))
     source = SlurmSource(chosen)
+
+    def end_startup_budget() -> None:
+        runner.deadline = None
+
+    source.after_cycle.append(end_startup_budget)
     info = {
         "backend": chosen.name,
         "slurm_version": version or "",
         "cluster": cluster if cluster is not None else cluster_name(runner),
     }
     log.info("slurm backend", extra=info)
+
+    def slurm_health() -> tuple[bool, str]:
+        failing = source.failing()
+        if not failing:
+            return True, "ok"
+        # Still 200: Slurm being down is not the exporter being broken; the last good data is
+        # served and slurm_up says 0. The text says which commands fail and why.
+        return True, "degraded: " + "; ".join(f"{name}: {why}" for name, why in failing.items())
+
     serve_exporter(
         prefix="slurm_exporter",
         title="Slurm exporter",
-        collectors=build_collectors(source, list(collectors) or None, info),
+        collectors=build_collectors(
+            source, list(collectors) or None, info, user_metrics_limit if user_metrics else None
+        ),
         interval=interval,
         listen=listen,
         web_config_path=web_config_path,
         log_level=log_level,
         log_format=log_format,
         cycle_duration_name="slurm_exporter_cycle_duration_seconds",
+        extra_health=slurm_health,
+        on_shutdown=runner.kill_all,
     )

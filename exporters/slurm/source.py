@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from exporters.slurm.backend import Backend
+from exporters.slurm.backend import Backend, UnreadableOutput
 from exporters.slurm.commands import CommandError
 from exporters.slurm.parsers.common import Parsed
 
@@ -41,6 +42,7 @@ class SlurmSource:
         self._consumers: set[str] = set()
         self._lock = threading.Lock()
         self._unreachable = ""
+        self.after_cycle: list[Callable[[], None]] = []  # run once each cycle has ended
 
     def begin(self, consumer: str) -> None:
         """A collector starts reading; a collector seen twice means a new cycle began."""
@@ -52,14 +54,21 @@ class SlurmSource:
     def end_cycle(self) -> None:
         with self._lock:
             self._new_cycle()
+        for hook in self.after_cycle:
+            hook()
+
+    def failing(self) -> dict[str, str]:
+        """Commands whose last run failed, with why."""
+        with self._lock:
+            return {name: state.error for name, state in sorted(self.states.items()) if state.error}
 
     def _new_cycle(self) -> None:
         self._consumers.clear()
         self._ran_this_cycle.clear()
         self._unreachable = ""
 
-    def get(self, command: str) -> CommandState:
-        """This cycle's state of `command`, running it if nobody has yet."""
+    def get(self, command: str, job_ids: Sequence[str] | None = None) -> CommandState:
+        """This cycle's state of `command`, running it if nobody has yet (`job_ids`: see the backend)."""
         with self._lock:
             state = self.states.setdefault(command, CommandState())
             if command in self._ran_this_cycle:
@@ -70,10 +79,13 @@ class SlurmSource:
                 if self._unreachable:
                     # Every client retries a dead controller for ~9 s: pay that once per cycle.
                     raise CommandError(f"skipped: {self._unreachable}")
-                parsed = self.backend.fetch(command)
+                parsed = self.backend.fetch(command, job_ids) if job_ids is not None else self.backend.fetch(command)
             except CommandError as exc:
+                # The last good data stays (state.data); slurm_up goes 0 and its age shows.
                 state.fresh = False
                 state.failures += 1
+                if isinstance(exc, UnreadableOutput):
+                    state.parse_errors += exc.parse_errors
                 if state.error != str(exc):
                     log.warning("slurm command failed", extra={"command": command, "error": str(exc)})
                 state.error = str(exc)

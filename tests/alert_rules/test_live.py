@@ -58,6 +58,17 @@ slurm_node_state_flag{node="gpu-m1",flag="drain"} 1
 slurm_node_reason_info{node="gpu-m1",state="drained",reason="maint: BIOS update"} 1
 """
 
+# A second Slurm exporter whose polls succeed: only its assignments may drive GPUIdleWhileAllocated
+# (the first one serves job 7 from its last good poll while slurm_up is 0: stale).
+SLURM_UP_METRICS = """\
+# HELP slurm_up 1 if the last poll of slurmctld succeeded.
+# TYPE slurm_up gauge
+slurm_up 1
+# HELP slurm_job_gpu_info GPUs held by jobs.
+# TYPE slurm_job_gpu_info gauge
+slurm_job_gpu_info{job_id="8",user="bob",account="ml",node="gpu-a1",gpu="1",minor_number="1",gpu_type="h100"} 1
+"""
+
 
 class _Server:
     """A loopback HTTP server in a thread; `handle(method, path, headers, body)` answers."""
@@ -120,6 +131,7 @@ def test_prometheus_loads_every_rule_group_and_evaluates_it_healthy(
 ) -> None:
     gpu = serve(static_metrics(GPU_METRICS))
     slurm = serve(static_metrics(SLURM_METRICS))
+    slurm_ok = serve(static_metrics(SLURM_UP_METRICS))
     prom = prometheus_factory(
         rule_files=rule_files(),
         extra_scrape_configs=[
@@ -128,7 +140,10 @@ def test_prometheus_loads_every_rule_group_and_evaluates_it_healthy(
                 "job_name": "gpu",
                 "static_configs": [{"targets": [f"{LOOPBACK}:{gpu.port}"], "labels": {"node": "gpu-a1"}}],
             },
-            {"job_name": "slurm", "static_configs": [{"targets": [f"{LOOPBACK}:{slurm.port}"]}]},
+            {
+                "job_name": "slurm",
+                "static_configs": [{"targets": [f"{LOOPBACK}:{slurm.port}", f"{LOOPBACK}:{slurm_ok.port}"]}],
+            },
         ],
     )
     expected_groups = {r.group for r in load_rules()}
@@ -165,10 +180,11 @@ def test_prometheus_loads_every_rule_group_and_evaluates_it_healthy(
     assert isinstance(states, dict)
     assert states[("SlurmNodeMaintenance", "gpu-m1", "")] == "firing"  # no `for:`
     assert ("SlurmNodeDrained", "gpu-m1", "") not in states  # maintenance: silent
-    idle = next(a for a in prom.alerts() if a["labels"]["alertname"] == "GPUIdleWhileAllocated")
-    assert idle["labels"]["job_id"] == "7"
-    assert idle["labels"]["user"] == "alice"
-    assert idle["labels"]["uuid"] == "GPU-a1-1"
+    idle = [a for a in prom.alerts() if a["labels"]["alertname"] == "GPUIdleWhileAllocated"]
+    # Job 7 comes from the exporter whose polls fail (slurm_up 0): it must not act.
+    assert [(a["labels"]["job_id"], a["labels"]["user"], a["labels"]["uuid"]) for a in idle] == [
+        ("8", "bob", "GPU-a1-1")
+    ]
 
 
 # --- Alertmanager ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ def slurm_cluster(session_procs: ProcessManager) -> Iterator[SlurmCluster]:
     slurmd. Tests must not leave the controller stopped or the node drained.
     """
     try:
-        cluster = start_cluster(session_procs, fake_nodes=2)
+        cluster = start_cluster(session_procs, fake_nodes=2, extra_conf={"Licenses": "matlab:10,fluent:2"})
     except SlurmUnavailable as exc:
         pytest.fail(str(exc), pytrace=False)
     try:

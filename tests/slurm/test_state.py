@@ -1,13 +1,12 @@
-"""Stateful metrics (GPU-seconds, wait histogram), one run per command per cycle, backend choice."""
+"""Stateful metrics (GPU-seconds, wait histogram), one run per command per cycle, the backend."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from exporters.slurm.backend import CliBackend, pyslurm_candidate, select_backend
+from exporters.slurm.backend import BackendError, CliBackend, select_backend
 from exporters.slurm.collectors.gpus import GpuSeconds
 from exporters.slurm.collectors.jobs import WaitTimes
 from exporters.slurm.commands import CommandError, CommandRunner
@@ -88,24 +87,10 @@ def test_missing_binary_is_a_command_error(tmp_path: Path) -> None:
         CommandRunner(bin_dir=str(tmp_path)).run("squeue", [])
 
 
-def _fake_pyslurm(tmp_path: Path, version: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    pkg = tmp_path / "site" / "pyslurm"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(f"__version__ = {version!r}\n")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.delitem(sys.modules, "pyslurm", raising=False)
-
-
-def test_pyslurm_must_match_slurm_major_minor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_pyslurm(tmp_path, "25.11.0", monkeypatch)
-    module, why = pyslurm_candidate("22.05.8")
-    assert module is None and "25.11.0 does not match Slurm 22.05.8" in why
-    module, why = pyslurm_candidate("25.11.2")
-    assert module is not None and why == ""
-
-
-def test_auto_falls_back_on_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_pyslurm(tmp_path, "25.11.0", monkeypatch)
+def test_only_the_cli_backend_exists(tmp_path: Path) -> None:
     bin_dir = make_standins(tmp_path / "bin", "24.11")
-    backend, version = select_backend("auto", CommandRunner(bin_dir=str(bin_dir)))
-    assert backend.name == "cli" and version == "24.11.1"
+    for choice in ("auto", "cli"):
+        backend, version = select_backend(choice, CommandRunner(bin_dir=str(bin_dir)))
+        assert backend.name == "cli" and version == "24.11.1"
+    with pytest.raises(BackendError, match="only cli"):
+        select_backend("pyslurm", CommandRunner(bin_dir=str(bin_dir)))

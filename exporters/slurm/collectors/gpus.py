@@ -1,14 +1,15 @@
-"""GPU allocation per node, user and job, and GPU-seconds per user/account/partition."""
+"""GPU allocation per node and job, and GPU-seconds per user/account/partition (per-user GPUs: users.py)."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from exporters.slurm.collectors.base import NoData, SourceCollector
+from exporters.slurm.parsers.hostlist import HostlistError, expand
 from exporters.slurm.parsers.scontrol_jobs import JobGpu
 from exporters.slurm.parsers.sinfo import Node
 from exporters.slurm.parsers.squeue import ENDED_STATES, Job
@@ -75,24 +76,19 @@ class GpusCollector(SourceCollector):
             "slurm_node_gpus_allocated", "GPUs of the node allocated to jobs.", labels=["node", "gpu_type"]
         )
         for node in nodes:
-            for gtype in sorted(set(node.gpus_total) | set(node.gpus_allocated)):
-                total.add_metric([node.name, gtype], node.gpus_total.get(gtype, 0))
-                alloc.add_metric([node.name, gtype], node.gpus_allocated.get(gtype, 0))
+            # Each field on its own: an unreadable GresUsed must not hide the node's GPU count.
+            configured, used = node.gpus_total, node.gpus_allocated
+            for gtype in sorted(set(configured or {}) | set(used or {})):
+                if configured is not None:
+                    total.add_metric([node.name, gtype], configured.get(gtype, 0))
+                if used is not None:
+                    alloc.add_metric([node.name, gtype], used.get(gtype, 0))
         return [total, alloc]
 
     def _users(self) -> list[Metric]:
         state = self.state("squeue")
         jobs: list[Job] = self.items("squeue")
         self.seconds.update(jobs, state.generation, state.last_success or 0.0)
-        per_user: dict[tuple[str, str], int] = defaultdict(int)
-        for job in jobs:
-            if job.state == "running" and job.gpus:
-                per_user[(job.user, job.account)] += job.gpus
-        users = GaugeMetricFamily(
-            "slurm_user_gpus_allocated", "GPUs allocated to running jobs, by user.", labels=["user", "account"]
-        )
-        for (user, account), count in sorted(per_user.items()):
-            users.add_metric([user, account], count)
         seconds = CounterMetricFamily(
             "slurm_gpu_seconds",
             "Allocated GPU-seconds observed since the exporter started.",
@@ -100,15 +96,115 @@ class GpusCollector(SourceCollector):
         )
         for (user, account, partition), value in sorted(self.seconds.totals.items()):
             seconds.add_metric([user, account, partition], value)
-        return [users, seconds]
+        return [seconds]
 
     def _jobs(self) -> list[Metric]:
-        rows: list[JobGpu] = self.items("scontrol")
+        jobs: list[Job] = self.items("squeue")
+        nodes: list[Node] = self.items("sinfo")
+        rows, undecided = from_sinfo(jobs, nodes)
+        if undecided:
+            # Only jobs sharing a node with another GPU job need their own GRES detail.
+            state = self.source.get("scontrol", sorted(undecided, key=_numeric))
+            if state.data is None:
+                raise NoData(f"scontrol has not succeeded yet: {state.error or 'not run'}")
+            wanted = set(undecided)
+            rows += [row for row in state.data.items if row.job_id in wanted]
+        accepted, rejected = job_gpu_map(rows, jobs)
         info = GaugeMetricFamily(
             "slurm_job_gpu_info",
-            "GPU index a running job holds on a node (always 1); joins nvidia_* series on node and gpu.",
-            labels=["job_id", "user", "account", "node", "gpu", "gpu_type"],
+            "GPU a running job holds on a node (always 1), at most one series per (node, gpu). gpu is "
+            "Slurm's GRES IDX, which is the number of the GPU's device file /dev/nvidia<N>: the device "
+            "minor number, also exported as minor_number (docs/slurm-exporter.md).",
+            labels=["job_id", "user", "account", "node", "gpu", "minor_number", "gpu_type"],
         )
-        for row in sorted(set(rows), key=lambda r: (r.node, r.gpu, r.job_id)):
-            info.add_metric([row.job_id, row.user, row.account, row.node, str(row.gpu), row.gpu_type], 1)
-        return [info]
+        for row, job in accepted:
+            index = str(row.gpu)
+            info.add_metric([row.job_id, job.user, job.account, row.node, index, index, row.gpu_type], 1)
+        dropped = GaugeMetricFamily(
+            "slurm_job_gpu_rejected",
+            "GPU assignments scontrol printed that the last poll did not export, by why.",
+            labels=["reason"],
+        )
+        for reason in REJECT_REASONS:
+            dropped.add_metric([reason], rejected.get(reason, 0))
+        return [info, dropped]
+
+
+REJECT_REASONS = ("job_not_running", "node_not_in_job", "gpu_claimed_twice")
+
+
+def _numeric(job_id: str) -> tuple[int, str]:
+    return (int(job_id), "") if job_id.isdigit() else (0, job_id)
+
+
+def from_sinfo(jobs: list[Job], nodes: list[Node]) -> tuple[list[JobGpu], set[str]]:
+    """GPU rows read off sinfo for nodes one running GPU job has to itself, and the jobs left over.
+
+    sinfo's GresUsed lists the indices in use on a node (`gpu:h100:8(IDX:0-7)`) and squeue which
+    running jobs hold GPUs there; neither prints text a user wrote. When exactly one such job
+    is on the node and it holds exactly as many GPUs there as are in use, those indices are its
+    own, with no need to read its job record. Every other running GPU job is returned as
+    undecided: the caller reads its GRES detail from scontrol.
+    """
+    on_node: dict[str, list[Job]] = defaultdict(list)
+    undecided: set[str] = set()
+    for job in jobs:
+        if job.state != "running" or job.gpus <= 0:
+            continue
+        try:
+            names = expand(job.nodes)
+        except HostlistError:
+            undecided.add(job.job_id)
+            continue
+        for name in names:
+            on_node[name].append(job)
+    by_name = {node.name: node for node in nodes}
+    rows: list[JobGpu] = []
+    for name, holders in on_node.items():
+        node = by_name.get(name)
+        used = node.gpu_indices_used if node is not None else None
+        job = holders[0]
+        per_node, rest = divmod(job.gpus, max(job.num_nodes, 1))
+        in_use = sum(len(indices) for indices in (used or {}).values())
+        if len(holders) != 1 or used is None or rest or in_use != per_node:
+            undecided.update(j.job_id for j in holders)
+            continue
+        rows.extend(JobGpu(job.job_id, name, index, gtype) for gtype, indices in used.items() for index in indices)
+    # A job decided on one node but not on another is read whole from scontrol.
+    return [row for row in rows if row.job_id not in undecided], undecided
+
+
+def job_gpu_map(rows: list[JobGpu], jobs: list[Job]) -> tuple[list[tuple[JobGpu, Job]], Counter[str]]:
+    """The (node, GPU) -> job rows to export, each (node, gpu) at most once, and what was dropped.
+
+    A row counts only when squeue (which prints nothing a user can write) lists its job as
+    running on that node: scontrol's record text cannot be trusted on its own. A (node, gpu)
+    two jobs claim is dropped for both: the dashboards' `group_left` join needs one job per GPU,
+    and guessing which one is right would be a forgery of its own.
+    """
+    running = {job.job_id: job for job in jobs if job.state == "running"}
+    job_nodes: dict[str, frozenset[str]] = {}
+    rejected: Counter[str] = Counter()
+    kept: list[tuple[JobGpu, Job]] = []
+    for row in set(rows):
+        job = running.get(row.job_id)
+        if job is None:
+            rejected["job_not_running"] += 1
+            continue
+        if row.job_id not in job_nodes:
+            try:
+                job_nodes[row.job_id] = frozenset(expand(job.nodes))
+            except HostlistError:
+                job_nodes[row.job_id] = frozenset()
+        if row.node not in job_nodes[row.job_id]:
+            rejected["node_not_in_job"] += 1
+            continue
+        kept.append((row, job))
+    claims = Counter((row.node, row.gpu) for row, _ in kept)
+    accepted = []
+    for row, job in sorted(kept, key=lambda pair: (pair[0].node, pair[0].gpu, pair[0].job_id)):
+        if claims[(row.node, row.gpu)] > 1:
+            rejected["gpu_claimed_twice"] += 1
+            continue
+        accepted.append((row, job))
+    return accepted, rejected

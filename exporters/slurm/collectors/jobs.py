@@ -11,7 +11,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from exporters.slurm.collectors.base import SourceCollector
-from exporters.slurm.parsers.squeue import Job
+from exporters.slurm.parsers.squeue import Job, reason_label
 from exporters.slurm.source import SlurmSource
 
 WAIT_BUCKETS = (10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0, 259200.0)
@@ -80,7 +80,7 @@ class JobsCollector(SourceCollector):
         jobs: list[Job] = self.items("squeue")
         self.waits.update(jobs, state.generation)
         by_state = Counter((j.state, j.partition) for j in jobs)
-        pending = Counter((j.partition, j.reason or "none") for j in jobs if j.state == "pending")
+        pending = Counter((j.partition, reason_label(j.reason)) for j in jobs if j.state == "pending")
         pending_gpus: Counter[str] = Counter()
         for job in jobs:
             if job.state == "pending" and job.gpus:

@@ -37,6 +37,11 @@ class NodesCollector(SourceCollector):
             "Why a node is down, drained or failing (always 1).",
             labels=["node", "state", "reason"],
         )
+        since = GaugeMetricFamily(
+            "slurm_node_reason_timestamp_seconds",
+            "Unix time the reason of a down, drained or failing node was set: down or drained since.",
+            labels=["node"],
+        )
         cpus_total = GaugeMetricFamily("slurm_node_cpus", "CPUs of the node.", labels=["node"])
         cpus_alloc = GaugeMetricFamily("slurm_node_cpus_allocated", "CPUs allocated to jobs.", labels=["node"])
         mem_total = GaugeMetricFamily("slurm_node_memory_total_bytes", "Memory of the node.", labels=["node"])
@@ -50,10 +55,16 @@ class NodesCollector(SourceCollector):
                 flags.add_metric([node.name, flag], 1)
             if node.reason and (node.state in TROUBLE_STATES or node.flags & TROUBLE_FLAGS):
                 reason.add_metric([node.name, node.state, node.reason], 1)
-            cpus_total.add_metric([node.name], node.cpus_total)
-            cpus_alloc.add_metric([node.name], node.cpus_allocated)
-            mem_total.add_metric([node.name], node.memory_mb * MIB)
-            mem_alloc.add_metric([node.name], node.memory_allocated_mb * MIB)
+                if node.reason_time is not None:
+                    since.add_metric([node.name], node.reason_time)
+            # A field sinfo printed unreadably (None) drops only its own series for this node.
+            if node.cpus_total is not None and node.cpus_allocated is not None:
+                cpus_total.add_metric([node.name], node.cpus_total)
+                cpus_alloc.add_metric([node.name], node.cpus_allocated)
+            if node.memory_mb is not None:
+                mem_total.add_metric([node.name], node.memory_mb * MIB)
+            if node.memory_allocated_mb is not None:
+                mem_alloc.add_metric([node.name], node.memory_allocated_mb * MIB)
             for part in node.partitions:
                 partition.add_metric([node.name, part], 1)
-        return [by_state, state, flags, reason, cpus_total, cpus_alloc, mem_total, mem_alloc, partition]
+        return [by_state, state, flags, reason, since, cpus_total, cpus_alloc, mem_total, mem_alloc, partition]

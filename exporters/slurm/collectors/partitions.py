@@ -24,10 +24,11 @@ class PartitionsCollector(SourceCollector):
         node_states: dict[tuple[str, str], int] = defaultdict(int)
         for node in nodes:
             for part in node.partitions:
-                gpus_total[part] += sum(node.gpus_total.values())
-                gpus_alloc[part] += sum(node.gpus_allocated.values())
-                cpus_total[part] += node.cpus_total
-                cpus_alloc[part] += node.cpus_allocated
+                # An unreadable field (None) adds nothing; the node still counts in its state.
+                gpus_total[part] += sum((node.gpus_total or {}).values())
+                gpus_alloc[part] += sum((node.gpus_allocated or {}).values())
+                cpus_total[part] += node.cpus_total or 0
+                cpus_alloc[part] += node.cpus_allocated or 0
                 node_states[(part, node.state)] += 1
         families = []
         for name, doc, values in (

@@ -4,6 +4,8 @@ GRES (sinfo `Gres`/`GresUsed`, scontrol `GRES=`)::
 
     gpu:h100:4            gpu:4               gpu:h100:4(S:0-1)
     gpu:h100:2(IDX:0-1)   gpu:h100:0(IDX:N/A) gpu:a100:2(S:0,1),gpu:h100:1(S:1)
+    gpu:(null):8(IDX:0-7) gpu:(null):0(IDX:N/A)   (untyped GPUs: 21.08 and 24.05 print the
+                                                   missing type as `(null)`)
 
 TRES (squeue `tres-alloc`, `tres-per-node`, `tres-per-job`, `tres-per-task`)::
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from exporters.slurm.parsers.common import nullable, split_top_level
+from exporters.slurm.parsers.common import nullable, parse_mebibytes, split_top_level
 
 UNTYPED = ""
 
@@ -53,7 +55,8 @@ def parse_gres(text: str) -> list[Gres] | None:
         return []
     entries: list[Gres] = []
     for item in split_top_level(text):
-        match = _GRES.match(item)
+        # `(null)` is Slurm's printf of an unset type; its parentheses are not a detail part.
+        match = _GRES.match(item.replace(":(null)", ":"))
         if not match:
             return None
         fields = [f for f in match.group("body").split(":") if f and f != "no_consume"]
@@ -156,3 +159,17 @@ def tres_request_gpus(text: str) -> tuple[int, str] | None:
         total += count
         found = True
     return (total, gtype) if found else None
+
+
+def tres_cpus_memory(text: str) -> tuple[int, float]:
+    """(CPUs, memory in MiB) from a `tres-alloc` TRES string (`cpu=2,mem=8G,...`); 0 when absent."""
+    cpus, memory = 0, 0.0
+    for item in nullable(text).split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep:
+            continue
+        if key == "cpu" and value.isdigit():
+            cpus = int(value)
+        elif key == "mem":
+            memory = parse_mebibytes(value) or 0.0
+    return cpus, memory

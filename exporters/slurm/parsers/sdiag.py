@@ -22,12 +22,12 @@ class SchedulerStats:
     rpc_by_user: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def parse(text: str) -> Parsed[SchedulerStats]:
-    result: Parsed[SchedulerStats] = Parsed()
+def parse(text: str, deadline: float | None = None) -> Parsed[SchedulerStats]:
+    result: Parsed[SchedulerStats] = Parsed(deadline=deadline)
     stats = SchedulerStats()
     section = stats.general
     rpc_target: dict[str, tuple[int, int]] | None = None
-    for line in text.splitlines():
+    for line in result.each_line(text):
         stripped = line.strip()
         if not stripped or stripped.startswith("*"):
             continue

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from exporters.slurm.parsers.common import Parsed, nullable, parse_int, parse_time
-from exporters.slurm.parsers.gres import tres_alloc_gpus, tres_request_gpus
+from exporters.slurm.parsers.gres import tres_alloc_gpus, tres_cpus_memory, tres_request_gpus
 
 FIELDS = (
     "JobID",
@@ -63,6 +64,8 @@ class Job:
     num_nodes: int
     gpus: int  # allocated when running (requested when pending)
     gpu_type: str
+    cpus: int = 0  # from tres-alloc: allocated when running
+    memory_mb: float = 0.0
 
     @property
     def started(self) -> bool:
@@ -85,8 +88,8 @@ def job_gpus(alloc: str, per_node: str, per_job: str, per_task: str, *, nodes: i
     return total, gtype
 
 
-def parse(text: str) -> Parsed[Job]:
-    result: Parsed[Job] = Parsed()
+def parse(text: str, deadline: float | None = None) -> Parsed[Job]:
+    result: Parsed[Job] = Parsed(deadline=deadline)
     for line, cols in result.rows(text, len(FIELDS)):
         (job_id, display_id, partition, user, account, state, submit, start, end, num_nodes, num_tasks) = cols[:11]
         alloc, per_node, per_job, per_task, nodes, reason = cols[11:]
@@ -96,6 +99,7 @@ def parse(text: str) -> Parsed[Job]:
             result.skip(line, "missing job id, state or node count")
             continue
         gpus, gtype = job_gpus(alloc, per_node, per_job, per_task, nodes=nodes_n, tasks=tasks_n or 1)
+        cpus, memory = tres_cpus_memory(alloc)
         reason = reason[:-1] if reason.endswith("|") else reason
         result.items.append(
             Job(
@@ -114,6 +118,21 @@ def parse(text: str) -> Parsed[Job]:
                 num_nodes=nodes_n,
                 gpus=gpus,
                 gpu_type=gtype,
+                cpus=cpus,
+                memory_mb=memory,
             )
         )
     return result
+
+
+MAX_REASON = 64
+
+
+def reason_label(reason: str) -> str:
+    """A pending reason fit for a label: Slurm's reason code without the host or job lists some
+    reasons carry (`ReqNodeNotAvail, UnavailableNodes:gpu-[01-40]` -> `ReqNodeNotAvail`), so the
+    label takes a bounded set of values."""
+    reason = reason.strip()
+    if ":" in reason:
+        reason = re.split(r"[,:]", reason, maxsplit=1)[0].strip()
+    return reason[:MAX_REASON] or "none"

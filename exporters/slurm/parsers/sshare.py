@@ -20,8 +20,8 @@ class Share:
     fairshare: float | None
 
 
-def parse(text: str) -> Parsed[Share]:
-    result: Parsed[Share] = Parsed()
+def parse(text: str, deadline: float | None = None) -> Parsed[Share]:
+    result: Parsed[Share] = Parsed(deadline=deadline)
     for line, cols in result.rows(text, len(FIELDS), free_text_last=False):
         account, user, _raw_shares, norm, raw_usage, eff, fairshare = cols
         if not account.strip():
