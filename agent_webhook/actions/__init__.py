@@ -5,6 +5,6 @@ See :mod:`agent_webhook.actions.engine` for the guards and docs/agent-webhook.md
 """
 
 from agent_webhook.actions.engine import ActionEngine, Decision
-from agent_webhook.actions.policy import ALERT_ACTIONS, Plan, Refusal, plan
+from agent_webhook.actions.policy import ALERT_ACTIONS, Plan, Quote, Refusal, plan
 
-__all__ = ["ALERT_ACTIONS", "ActionEngine", "Decision", "Plan", "Refusal", "plan"]
+__all__ = ["ALERT_ACTIONS", "ActionEngine", "Decision", "Plan", "Quote", "Refusal", "plan"]

@@ -11,7 +11,9 @@ Order of the guards, each a recorded refusal when it stops the action:
 4. The cooldown since the last action taken, dry-run, failed or interrupted (from SQLite, so a
    restart does not reset it).
 5. The RunPod API (the real ``runpod`` SDK): the worker count and the account's hourly burn; an
-   API error refuses (``runpod_api``).
+   API error refuses (``runpod_api``). For a scale-up without ``actions.worker_cost_dollars_per_hour``
+   also RunPod's price of what scale-pods.yml will create (:func:`worker_spec`), so a cluster
+   with no worker running can scale up from zero within the spend cap.
 6. The policy (:mod:`agent_webhook.actions.policy`): min/max workers, the spend cap, which pod.
 7. Dry-run stops here and records the plan. Otherwise the playbook runs (ansible-runner, same
    code as ``gpu-watchdog deploy``); scale-down drains the Slurm node first and never
@@ -29,11 +31,14 @@ import io
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent_webhook.actions.policy import ALERT_ACTIONS, ActionKind, Plan, Refusal, partition_refusal, plan
+import yaml
+
+from agent_webhook.actions.policy import ALERT_ACTIONS, ActionKind, Plan, Quote, Refusal, partition_refusal, plan
 from agent_webhook.config import ActionsConfig, ConfigError
 from agent_webhook.deploy_cli import Progress, default_ansible_dir, run_playbook
 from agent_webhook.metrics import AgentMetrics
@@ -64,6 +69,8 @@ class Decision:
     remove: list[str] = field(default_factory=list)
     spend_dollars_per_hour: float | None = None
     added_dollars_per_hour: float | None = None
+    worker_cost_dollars_per_hour: float | None = None
+    worker_cost_basis: str | None = None
     spend_cap_dollars_per_hour: float | None = None
     playbook: dict[str, Any] | None = None
     decided_at: str | None = None
@@ -192,7 +199,13 @@ class ActionEngine:
             return Decision(
                 kind, "refused", "runpod_api", redact(f"RunPod API: {type(exc).__name__}: {exc}")[:_MAX_ERROR]
             )
-        result = plan(alert, pods, self.config)
+        quote, quote_error = None, ""
+        if kind == "scale_up" and self.config.worker_cost_dollars_per_hour is None:
+            try:
+                quote = await asyncio.to_thread(self._quote)
+            except Exception as exc:  # no price is a refusal later (with this reason), never a crash
+                quote_error = redact(f"{type(exc).__name__}: {exc}")[:300]
+        result = plan(alert, pods, self.config, quote, quote_error)
         if isinstance(result, Refusal):
             return Decision(
                 kind,
@@ -213,6 +226,8 @@ class ActionEngine:
             remove=result.remove,
             spend_dollars_per_hour=result.spend_dollars_per_hour,
             added_dollars_per_hour=result.added_dollars_per_hour,
+            worker_cost_dollars_per_hour=result.worker_cost_dollars_per_hour,
+            worker_cost_basis=result.worker_cost_basis or None,
         )
         if self.config.dry_run:
             return decision
@@ -230,6 +245,10 @@ class ActionEngine:
         if raw is None:  # the exporter reads "no pods"; a scaler must not plan on a missing list
             raise MalformedResponse("unexpected answer to myself{pods}: NoneType")
         return parse_pods(raw, name_prefix="")
+
+    def _quote(self) -> Quote:
+        gpu_types, count, cloud = worker_spec(self.ansible_dir, self.config.extra_vars)
+        return quote_worker(self._api_key(), gpu_types, count, cloud)
 
     def playbook_vars(self, planned: Plan) -> dict[str, Any]:
         extra: dict[str, Any] = {
@@ -291,3 +310,79 @@ class ActionEngine:
         why = "timed out" if status == "timeout" else f"{status}, rc {rc}"
         decision.detail = f"{self.config.playbook} {why} after {seconds:.0f}s while trying to {planned.detail()}"
         return decision
+
+
+CLOUD_TYPES = ("SECURE", "COMMUNITY", "ALL")
+
+
+def worker_spec(ansible_dir: Path, extra_vars: Mapping[str, Any]) -> tuple[list[str], int, str]:
+    """What scale-pods.yml asks RunPod for per worker: (GPU types, wanted first then the
+    fallbacks; GPUs per pod; cloud type).
+
+    Read from the playbook's own vars file (``vars/runpod.yml``) with ``actions.extra_vars``
+    over it, as Ansible merges them (extra vars win; inventory variables cannot override a
+    play's vars_files). ValueError says what is missing or not a plain value.
+    """
+    values: dict[str, Any] = {}
+    path = ansible_dir / "vars" / "runpod.yml"
+    if path.is_file():
+        loaded = yaml.safe_load(path.read_text())
+        if isinstance(loaded, dict):
+            values.update(loaded)
+    values.update(extra_vars)
+
+    def plain(name: str) -> Any:
+        value = values.get(name)
+        if value is None or value == "":
+            raise ValueError(f"{name} is not set (in {path} or actions.extra_vars)")
+        if isinstance(value, str) and "{{" in value:
+            raise ValueError(f"{name} is a template ({value!r}): set a plain value in actions.extra_vars")
+        return value
+
+    gpu_type = plain("runpod_worker_gpu_type")
+    fallbacks = values.get("runpod_gpu_type_fallbacks") or []
+    if not isinstance(gpu_type, str) or not isinstance(fallbacks, list | tuple):
+        raise ValueError("runpod_worker_gpu_type must be a GPU type id, runpod_gpu_type_fallbacks a list of them")
+    types = [gpu_type, *(str(t) for t in fallbacks if str(t) and str(t) != gpu_type)]
+    try:
+        count = int(plain("runpod_worker_gpu_count"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"runpod_worker_gpu_count: {exc}") from None
+    if count < 1:
+        raise ValueError(f"runpod_worker_gpu_count must be >= 1, got {count}")
+    cloud = str(values.get("runpod_cloud_type") or "ALL").upper()
+    if cloud not in CLOUD_TYPES:
+        raise ValueError(f"runpod_cloud_type must be one of {', '.join(CLOUD_TYPES)}, got {cloud!r}")
+    return types, count, cloud
+
+
+def _per_gpu_price(gpu: Mapping[str, Any], cloud: str) -> float | None:
+    """RunPod's on-demand price per GPU-hour in `cloud`; ALL may land in either: the dearer."""
+    keys = {"SECURE": ["securePrice"], "COMMUNITY": ["communityPrice"], "ALL": ["securePrice", "communityPrice"]}
+    prices = []
+    for key in keys[cloud]:
+        value = gpu.get(key)
+        # A type not offered in a cloud is listed with a null or zero price there.
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            prices.append(float(value))
+    return max(prices) if prices else None
+
+
+def quote_worker(api_key: str, gpu_types: Sequence[str], count: int, cloud: str) -> Quote:
+    """RunPod's price for one worker pod (the real SDK's ``get_gpu``, i.e. ``gpuTypes``).
+
+    With fallback types the dearest counts: the spend cap must hold whichever type the
+    playbook ends up with. Any type without a price raises (ValueError, or the SDK's error).
+    """
+    import runpod
+
+    priced: list[tuple[float, str]] = []
+    for gpu_id in gpu_types:
+        gpu = runpod.get_gpu(gpu_id, count, api_key=api_key)
+        per_gpu = _per_gpu_price(gpu if isinstance(gpu, Mapping) else {}, cloud)
+        if per_gpu is None:
+            raise ValueError(f"RunPod lists no {cloud} price for {gpu_id}")
+        priced.append((per_gpu, gpu_id))
+    per_gpu, gpu_id = max(priced)
+    which = " (the dearest of the type and its fallbacks)" if len(priced) > 1 else ""
+    return Quote(round(per_gpu * count, 6), f"RunPod {cloud} price of {count} x {gpu_id}{which}")

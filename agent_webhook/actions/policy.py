@@ -36,6 +36,14 @@ REASONS = (
 )
 
 
+@dataclass(frozen=True)
+class Quote:
+    """RunPod's price for one new worker: the configured GPU type (and fallbacks) x GPU count."""
+
+    dollars_per_hour: float
+    basis: str  # what was priced, e.g. "RunPod price of 1 x NVIDIA GeForce RTX 4090 (SECURE)"
+
+
 @dataclass
 class Plan:
     action: ActionKind
@@ -45,6 +53,8 @@ class Plan:
     remove: list[str] = field(default_factory=list)  # worker pod names to drain and terminate
     spend_dollars_per_hour: float = 0.0  # current burn of the account's running pods
     added_dollars_per_hour: float = 0.0  # what the new pods are expected to cost
+    worker_cost_dollars_per_hour: float | None = None  # one new worker's estimated cost (scale-up)
+    worker_cost_basis: str = ""  # where that estimate came from
     note: str = ""
 
     def detail(self) -> str:
@@ -85,11 +95,19 @@ def workers(pods: Sequence[Pod], prefix: str) -> dict[str, Pod]:
     return {p.name: p for p in pods if pattern.match(p.name)}
 
 
-def _worker_cost(config: ActionsConfig, current: Mapping[str, Pod]) -> float | None:
+def _worker_cost(config: ActionsConfig, current: Mapping[str, Pod], quote: Quote | None) -> tuple[float, str] | None:
+    """A new worker's hourly cost and where it comes from; None when nothing says.
+
+    The configured cost first (the operator knows best); then RunPod's price for what
+    scale-pods.yml will ask for (right even with no worker running: scaling up from zero);
+    then the dearest running worker's costPerHr (when the API could not quote).
+    """
     if config.worker_cost_dollars_per_hour is not None:
-        return config.worker_cost_dollars_per_hour
+        return config.worker_cost_dollars_per_hour, "actions.worker_cost_dollars_per_hour"
+    if quote is not None:
+        return quote.dollars_per_hour, quote.basis
     costs = [_cost(p) for p in current.values() if _cost(p) > 0]
-    return max(costs) if costs else None
+    return (max(costs), "the dearest running worker's costPerHr") if costs else None
 
 
 def partition_refusal(alert: Alert, config: ActionsConfig) -> Refusal | None:
@@ -116,8 +134,13 @@ def partition_refusal(alert: Alert, config: ActionsConfig) -> Refusal | None:
     return None
 
 
-def plan(alert: Alert, pods: Sequence[Pod], config: ActionsConfig) -> Plan | Refusal:
-    """The action this firing alert leads to under `config`, given the account's pods now."""
+def plan(
+    alert: Alert, pods: Sequence[Pod], config: ActionsConfig, quote: Quote | None = None, quote_error: str = ""
+) -> Plan | Refusal:
+    """The action this firing alert leads to under `config`, given the account's pods now.
+
+    `quote`: RunPod's price for a new worker (scale-up); `quote_error`: why there is none.
+    """
     action = ALERT_ACTIONS[alert.alertname]
     refused = partition_refusal(alert, config)
     if refused is not None:
@@ -125,25 +148,29 @@ def plan(alert: Alert, pods: Sequence[Pod], config: ActionsConfig) -> Plan | Ref
     current = workers(pods, config.name_prefix)
     spend = spend_per_hour(pods)
     if action == "scale_up":
-        return _scale_up(current, spend, config)
+        return _scale_up(current, spend, config, quote, quote_error)
     return _scale_down(alert, pods, current, spend=spend, config=config)
 
 
-def _scale_up(current: Mapping[str, Pod], spend: float, config: ActionsConfig) -> Plan | Refusal:
+def _scale_up(
+    current: Mapping[str, Pod], spend: float, config: ActionsConfig, quote: Quote | None, quote_error: str
+) -> Plan | Refusal:
     have = len(current)
     if have >= config.max_workers:
         return Refusal("scale_up", "bounds", f"{have} workers, max_workers is {config.max_workers}", have, spend)
     wanted = min(config.max_workers, max(config.min_workers, have + config.scale_up_step))
-    cost = _worker_cost(config, current)
-    if cost is None:
+    priced = _worker_cost(config, current, quote)
+    if priced is None:
+        why = f" ({quote_error})" if quote_error else ""
         return Refusal(
             "scale_up",
             "spend_cap",
-            "cannot estimate a new worker's cost: no running worker to measure and no"
-            " actions.worker_cost_dollars_per_hour",
+            f"cannot estimate a new worker's cost: no RunPod price for the worker GPU type{why}, no running"
+            " worker to measure and no actions.worker_cost_dollars_per_hour",
             have,
             spend,
         )
+    cost, basis = priced
     cap = float(config.spend_cap_dollars_per_hour or 0.0)
     # The largest step that keeps the burn within the cap (a smaller step beats none).
     fits = int(max(0.0, cap - spend) // cost) if cost > 0 else wanted - have
@@ -152,7 +179,7 @@ def _scale_up(current: Mapping[str, Pod], spend: float, config: ActionsConfig) -
         return Refusal(
             "scale_up",
             "spend_cap",
-            f"spend ${spend:.2f}/h + ${cost:.2f}/h for one more worker exceeds the cap ${cap:.2f}/h",
+            f"spend ${spend:.2f}/h + ${cost:.2f}/h for one more worker ({basis}) exceeds the cap ${cap:.2f}/h",
             have,
             spend,
         )
@@ -168,6 +195,8 @@ def _scale_up(current: Mapping[str, Pod], spend: float, config: ActionsConfig) -
         add=add,
         spend_dollars_per_hour=spend,
         added_dollars_per_hour=round(cost * (target - have), 6),
+        worker_cost_dollars_per_hour=cost,
+        worker_cost_basis=basis,
         note=note,
     )
 

@@ -6,13 +6,14 @@ tests/runpod/test_agent_actions.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent_webhook.actions import Plan, Refusal, plan
+from agent_webhook.actions import Plan, Quote, Refusal, plan
+from agent_webhook.actions.engine import quote_worker, worker_spec
 from agent_webhook.actions.policy import spend_per_hour
 from agent_webhook.config import ActionsConfig, AgentConfig, ConfigError, build_config
 from agent_webhook.model import Alert
@@ -20,6 +21,20 @@ from agent_webhook.sinks.render import full_text
 from agent_webhook.store import Store
 from exporters.runpod.source import Pod, parse_pods
 from tests.agent.conftest import ServiceThread, get_json, make_alert, make_payload, post_alerts
+from tests.fakes.runpod_api import DEFAULT_API_KEY, FakeRunPod
+
+ANSIBLE_DIR = Path(__file__).resolve().parents[2] / "ansible"
+
+
+@pytest.fixture
+def sdk_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeRunPod]:
+    """The fake RunPod API, the real SDK pointed at it through its environment variable."""
+    server = FakeRunPod(start_delay=0).start()
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", server.url)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def pod(name: str, cost: float = 0.5, status: str = "RUNNING", pod_id: str | None = None) -> Pod:
@@ -93,6 +108,74 @@ def test_new_worker_cost_comes_from_config_or_existing_workers() -> None:
     assert isinstance(no_worker, Refusal) and "cannot estimate" in no_worker.detail
     configured = plan(BACKLOG, [pod("t-head", 1.0)], cfg(worker_cost_dollars_per_hour=2.0))
     assert isinstance(configured, Plan) and configured.added_dollars_per_hour == 2.0
+    assert configured.worker_cost_basis == "actions.worker_cost_dollars_per_hour"
+
+
+def test_zero_workers_scale_up_on_the_runpod_quote_within_the_cap() -> None:
+    quote = Quote(0.69, "RunPod SECURE price of 1 x NVIDIA GeForce RTX 4090")
+    head_only = [pod("t-head", 0.28)]
+    result = plan(BACKLOG, head_only, cfg(spend_cap_dollars_per_hour=1.0), quote)
+    assert isinstance(result, Plan), result
+    assert (result.workers_before, result.workers_after, result.add) == (0, 1, ["t-worker-1"])
+    assert result.added_dollars_per_hour == 0.69 and result.worker_cost_basis == quote.basis
+    over = plan(BACKLOG, head_only, cfg(spend_cap_dollars_per_hour=0.9), quote)
+    assert isinstance(over, Refusal) and over.reason == "spend_cap", over
+    assert "$0.28/h + $0.69/h" in over.detail and quote.basis in over.detail
+    # The quote beats a running worker's price (the new pod is what the playbook asks for);
+    # the configured cost beats both.
+    with_worker = plan(BACKLOG, [*head_only, pod("t-worker-1", 0.34)], cfg(), quote)
+    assert isinstance(with_worker, Plan) and with_worker.worker_cost_dollars_per_hour == 0.69
+    configured = plan(BACKLOG, head_only, cfg(worker_cost_dollars_per_hour=0.5), quote)
+    assert isinstance(configured, Plan) and configured.added_dollars_per_hour == 0.5
+
+
+def test_zero_workers_without_any_price_is_refused_with_the_reason() -> None:
+    result = plan(BACKLOG, [pod("t-head", 0.28)], cfg(), None, "ValueError: No GPU found with the specified ID")
+    assert isinstance(result, Refusal) and result.reason == "spend_cap", result
+    assert "cannot estimate a new worker's cost" in result.detail
+    assert "(ValueError: No GPU found with the specified ID)" in result.detail
+    assert "actions.worker_cost_dollars_per_hour" in result.detail
+
+
+def test_worker_spec_reads_the_playbook_vars_with_extra_vars_over_them(tmp_path: Path) -> None:
+    assert worker_spec(ANSIBLE_DIR, {}) == (["NVIDIA GeForce RTX 4090"], 1, "SECURE")  # vars/runpod.yml
+    spec = worker_spec(
+        ANSIBLE_DIR,
+        {
+            "runpod_worker_gpu_type": "NVIDIA H100 80GB HBM3",
+            "runpod_worker_gpu_count": "2",
+            "runpod_gpu_type_fallbacks": ["NVIDIA A100 80GB PCIe"],
+            "runpod_cloud_type": "community",
+        },
+    )
+    assert spec == (["NVIDIA H100 80GB HBM3", "NVIDIA A100 80GB PCIe"], 2, "COMMUNITY")
+    for extra, words in [
+        ({"runpod_worker_gpu_type": "{{ my_type }}"}, "is a template"),
+        ({"runpod_worker_gpu_count": 0}, "must be >= 1"),
+        ({"runpod_worker_gpu_count": "two"}, "runpod_worker_gpu_count"),
+        ({"runpod_cloud_type": "MOON"}, "must be one of SECURE, COMMUNITY, ALL"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            worker_spec(ANSIBLE_DIR, extra)
+    with pytest.raises(ValueError, match="runpod_worker_gpu_type is not set"):
+        worker_spec(tmp_path, {})  # no vars/runpod.yml there
+
+
+def test_quote_is_the_cloud_price_times_gpus_and_the_dearest_fallback(sdk_fake: Any) -> None:
+    key = DEFAULT_API_KEY
+    secure = quote_worker(key, ["NVIDIA GeForce RTX 4090"], 2, "SECURE")
+    assert (
+        secure.dollars_per_hour == pytest.approx(1.38) and "SECURE price of 2 x NVIDIA GeForce RTX 4090" in secure.basis
+    )
+    assert quote_worker(key, ["NVIDIA GeForce RTX 4090"], 1, "COMMUNITY").dollars_per_hour == pytest.approx(0.34)
+    assert quote_worker(key, ["NVIDIA GeForce RTX 4090"], 1, "ALL").dollars_per_hour == pytest.approx(0.69)
+    fallback = quote_worker(key, ["NVIDIA L4", "NVIDIA A100 80GB PCIe"], 1, "SECURE")
+    assert fallback.dollars_per_hour == pytest.approx(1.64) and "fallbacks" in fallback.basis
+    with pytest.raises(ValueError, match="No GPU found"):
+        quote_worker(key, ["NVIDIA B999"], 1, "SECURE")
+    sdk_fake.gpu_types["NVIDIA L4"]["securePrice"] = None  # not offered in that cloud
+    with pytest.raises(ValueError, match="no SECURE price for NVIDIA L4"):
+        quote_worker(key, ["NVIDIA L4"], 1, "SECURE")
 
 
 # -- policy: scale-down ------------------------------------------------------------------

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +72,54 @@ def test_slurm_node_alerts_from_the_real_exporter(
     assert "gres/gpu count reported lower than configured" in down
     unhealthy = [(r["name"], r.get("lastError")) for g in prom.rules() for r in g["rules"] if r["health"] != "ok"]
     assert unhealthy == []
+
+
+def test_gpu_backlog_with_zero_workers_from_real_slurm(
+    procs: ProcessManager, prometheus_factory: Callable[..., PrometheusServer], tmp_path: Path
+) -> None:
+    """A real slurmctld with no node (the slurm_head role's zero-worker shape), the real exporter
+    on the real Slurm commands, the shipped rules time-compressed (30 min -> 10 s): GPU jobs
+    queued into the empty partition raise SlurmGPUQueueBacklog; CPU-only ones alone do not."""
+    from tests.harness.slurm import SlurmUnavailable, start_cluster
+    from tests.harness.stack import compressed_rule_files
+
+    try:
+        cluster = start_cluster(procs, zero_nodes=True)
+    except SlurmUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        cluster.sbatch("-p", "gpu", wrap="hostname")  # CPU only
+        port = free_port()
+        exporter = procs.start(
+            "slurm-exporter",
+            [str(BIN / "slurm-exporter"), "--listen", f"{LOOPBACK}:{port}", "--backend", "cli", "--interval", "1"],
+            env=cluster.env,
+        )
+        exporter.wait_http(f"http://{LOOPBACK}:{port}/metrics", timeout=60)
+        rules = compressed_rule_files(tmp_path / "rules", factor=180)
+        prom = prometheus_factory(rule_files=rules, scrape_targets={"slurm": [f"{LOOPBACK}:{port}"]})
+        # What the exporter says about an empty partition: jobs pending on PartitionConfig, no GPUs.
+        prom.wait_for('slurm_jobs_pending{job="slurm",partition="gpu",reason="PartitionConfig"} == 1', timeout=60)
+        assert prom.query('slurm_partition_gpus{partition="gpu"}') == []
+        assert prom.query("slurm_jobs_pending_gpus") == []
+        time.sleep(15)  # past the compressed `for:` with only a CPU job waiting
+        assert [a for a in prom.alerts() if a["labels"]["alertname"] == "SlurmGPUQueueBacklog"] == []
+
+        gpu_job = cluster.sbatch("-p", "gpu", "--gres=gpu:1", wrap="hostname")
+        state = cluster.run(["squeue", "-h", "-j", gpu_job, "-o", "%T %r"]).stdout.strip()
+        assert state == "PENDING PartitionConfig", state
+
+        def firing() -> list[dict[str, Any]]:
+            return [
+                a
+                for a in prom.alerts()
+                if a["labels"]["alertname"] == "SlurmGPUQueueBacklog" and a["state"] == "firing"
+            ]
+
+        wait_until(firing, 120, interval=1, what="SlurmGPUQueueBacklog to fire")
+        (alert,) = firing()
+        assert alert["labels"]["partition"] == "gpu" and alert["labels"]["reason"] == "PartitionConfig", alert
+        assert alert["annotations"]["pending_gpus"] == "1", alert
+        assert "the partition has no GPUs" in alert["annotations"]["description"], alert
+    finally:
+        cluster.stop()

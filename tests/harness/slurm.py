@@ -147,6 +147,64 @@ def _munge_owned(path: Path, mode: int) -> None:
     os.chmod(path, mode)
 
 
+def _munge_files(root: Path) -> tuple[Path, Path]:
+    """A fresh munge key under ROOT/munge-key and the socket path under ROOT/munge (ROOT 0755)."""
+    munge_dir, munge_keydir = root / "munge", root / "munge-key"
+    munge_dir.mkdir()
+    munge_keydir.mkdir()
+    _munge_owned(munge_dir, 0o755)
+    _munge_owned(munge_keydir, 0o700)
+    key = munge_keydir / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    _munge_owned(key, 0o400)
+    return key, munge_dir / "munge.socket"
+
+
+def start_munged(procs: ProcessManager, name: str, key: Path, munge_socket: Path) -> ManagedProcess:
+    """A private munged (as user munge) with KEY, serving MUNGE_SOCKET; returns once the socket exists."""
+    munge_dir, munge_keydir = munge_socket.parent, key.parent
+    munged = procs.start(
+        name,
+        [
+            # setpriv execs (runuser forks and lingers), so the pid we stop is munged's.
+            _which("setpriv"),
+            "--reuid=munge",
+            "--regid=munge",
+            "--init-groups",
+            _which("munged"),
+            "-F",
+            f"--socket={munge_socket}",
+            f"--key-file={key}",
+            f"--pid-file={munge_dir / 'munged.pid'}",
+            f"--log-file={munge_keydir / 'munged.log'}",
+            f"--seed-file={munge_keydir / 'munged.seed'}",
+        ],
+    )
+    munged.wait_ready(munge_socket.exists, 20, what="munged socket")
+    return munged
+
+
+def private_munge(procs: ProcessManager) -> tuple[Path, Path, ManagedProcess]:
+    """A private munged in a new 0755 temp dir: (that dir, its socket, the process).
+
+    For tests that run Slurm daemons some other way than :func:`start_cluster` (through the
+    Ansible roles); slurm.conf uses it with ``AuthInfo=socket=SOCKET``.
+    """
+    if os.geteuid() != 0:
+        raise SlurmUnavailable("a private munged needs root (it runs as the munge user)")
+    missing = missing_binaries()
+    if missing:
+        raise SlurmUnavailable(f"missing {', '.join(missing)}: install the Debian packages munge and slurm-wlm")
+    root = Path(tempfile.mkdtemp(prefix="gw-munge-"))
+    os.chmod(root, 0o755)
+    try:
+        key, munge_socket = _munge_files(root)
+        return root, munge_socket, start_munged(procs, f"munged-{root.name}", key, munge_socket)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
 def write_config(
     root: Path,
     hostname: str,
@@ -157,8 +215,13 @@ def write_config(
     fake_port: int,
     slurmd_timeout: int,
     extra_conf: Mapping[str, str],
+    zero_nodes: bool = False,
 ) -> tuple[Path, list[str]]:
-    """slurm.conf and gres.conf for the cluster; returns (slurm.conf path, fake node names)."""
+    """slurm.conf and gres.conf for the cluster; returns (slurm.conf path, fake node names).
+
+    `zero_nodes`: no node at all, the shape of ansible's slurm_head role for a head without
+    workers (MaxNodeCount=1, a `gpu` partition with Nodes=ALL and nothing in it).
+    """
     for sub in ("state", "spool", "log", "run", "dev"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     # Quiet GPU stand-ins: slurmd wants character devices for File= (plain files log errors).
@@ -203,8 +266,16 @@ def write_config(
         "PriorityType": "priority/multifactor",
         "SlurmdParameters": "config_overrides",
     }
+    if zero_nodes:
+        settings["MaxNodeCount"] = "1"
     settings.update(extra_conf)
     lines = [f"{k}={v}" for k, v in settings.items()]
+    conf = root / "slurm.conf"
+    if zero_nodes:
+        lines.append("PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
+        conf.write_text("\n".join(lines) + "\n")
+        (root / "gres.conf").write_text("")
+        return conf, []
     # 8 CPUs on a 2-core machine: config_overrides makes Slurm trust the config, so tests
     # can run several jobs side by side.
     lines.append(f"NodeName={hostname} NodeAddr=127.0.0.1 CPUs=8 RealMemory=16000 Gres=gpu:h100:4 State=UNKNOWN")
@@ -217,7 +288,6 @@ def write_config(
         )
     lines.append("PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
     lines.append(f"PartitionName=debug Nodes={hostname} MaxTime=INFINITE State=UP")
-    conf = root / "slurm.conf"
     conf.write_text("\n".join(lines) + "\n")
     (root / "gres.conf").write_text(f"NodeName={hostname} Name=gpu Type=h100 File={root}/dev/nvidia[0-3]\n")
     return conf, fakes
@@ -236,8 +306,11 @@ def start_cluster(
     slurmd_timeout: int = 10,
     with_slurmd: bool = True,
     extra_conf: Mapping[str, str] | None = None,
+    zero_nodes: bool = False,
 ) -> SlurmCluster:
     """Start munged, slurmctld and (optionally) slurmd for a new private cluster.
+
+    `zero_nodes`: a controller without any node (no slurmd; see :func:`write_config`).
 
     The caller owns `procs` (e.g. the `session_procs` fixture); call ``cluster.stop()`` to stop
     the daemons and remove the cluster's directory.
@@ -251,20 +324,21 @@ def start_cluster(
     root = Path(tempfile.mkdtemp(prefix="gw-slurm-"))
     os.chmod(root, 0o755)
     hostname = socket.gethostname()
-    munge_dir, munge_keydir = root / "munge", root / "munge-key"
-    munge_dir.mkdir()
-    munge_keydir.mkdir()
-    _munge_owned(munge_dir, 0o755)
-    _munge_owned(munge_keydir, 0o700)
-    key = munge_keydir / "munge.key"
-    key.write_bytes(os.urandom(1024))
-    _munge_owned(key, 0o400)
-    munge_socket = munge_dir / "munge.socket"
+    key, munge_socket = _munge_files(root)
     ctld_port, slurmd_port = free_port(), free_port()
     while slurmd_port == ctld_port:
         slurmd_port = free_port()
     conf, fakes = write_config(
-        root, hostname, ctld_port, slurmd_port, munge_socket, fake_nodes, free_port(), slurmd_timeout, extra_conf or {}
+        root,
+        hostname,
+        ctld_port,
+        slurmd_port,
+        munge_socket,
+        0 if zero_nodes else fake_nodes,
+        free_port(),
+        slurmd_timeout,
+        extra_conf or {},
+        zero_nodes=zero_nodes,
     )
     env = dict(os.environ)
     env["SLURM_CONF"] = str(conf)
@@ -282,26 +356,9 @@ def start_cluster(
         env=env,
     )
     try:
-        cluster.munged = procs.start(
-            f"munged-{ctld_port}",
-            [
-                # setpriv execs (runuser forks and lingers), so the pid we stop is munged's.
-                _which("setpriv"),
-                "--reuid=munge",
-                "--regid=munge",
-                "--init-groups",
-                _which("munged"),
-                "-F",
-                f"--socket={munge_socket}",
-                f"--key-file={key}",
-                f"--pid-file={munge_dir / 'munged.pid'}",
-                f"--log-file={munge_keydir / 'munged.log'}",
-                f"--seed-file={munge_keydir / 'munged.seed'}",
-            ],
-        )
-        cluster.munged.wait_ready(munge_socket.exists, 20, what="munged socket")
+        cluster.munged = start_munged(procs, f"munged-{ctld_port}", key, munge_socket)
         cluster.start_controller()
-        if with_slurmd:
+        if with_slurmd and not zero_nodes:
             cluster.start_slurmd()
     except BaseException:
         cluster.stop()

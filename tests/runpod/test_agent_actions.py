@@ -179,6 +179,52 @@ def test_backlog_scales_up_once_although_alertmanager_repeats(agents: Agents, sd
     assert sdk.creations() == deploys + 1
 
 
+def test_backlog_scales_up_from_zero_workers_on_the_runpod_price(agents: Agents, sdk: FakeRunPod) -> None:
+    """No worker runs, so no costPerHr to measure: the new worker is priced from RunPod's
+    gpuTypes for what scale-pods.yml asks for (vars/runpod.yml: 1 x RTX 4090, SECURE: $0.69/h)."""
+    create_pods("t-head")  # $0.28/h
+    deploys = sdk.creations()
+
+    # Over the cap with that price: refused, the price and where it came from in the reason.
+    svc = agents.start(agents.config(db="cap.db", spend_cap_dollars_per_hour=0.9))
+    post_alerts(svc.url, make_payload([backlog("bk-cap")]))
+    svc.wait_idle(PLAYBOOK_WAIT)
+    (capped,) = decision(svc, "bk-cap")
+    assert capped["outcome"] == "refused" and capped["reason"] == "spend_cap", capped
+    assert (
+        "$0.28/h + $0.69/h for one more worker (RunPod SECURE price of 1 x NVIDIA GeForce RTX 4090)"
+        in (capped["detail"])
+    )
+    agents.stop_all()
+
+    # No price at all (a GPU type RunPod does not list) and no worker: refused, saying why.
+    svc = agents.start(agents.config(db="unknown.db", extra_vars={"runpod_worker_gpu_type": "NVIDIA B999"}))
+    post_alerts(svc.url, make_payload([backlog("bk-unknown")]))
+    svc.wait_idle(PLAYBOOK_WAIT)
+    (unknown,) = decision(svc, "bk-unknown")
+    assert unknown["outcome"] == "refused" and unknown["reason"] == "spend_cap", unknown
+    assert "cannot estimate a new worker's cost" in unknown["detail"] and "No GPU found" in unknown["detail"]
+    assert sdk.creations() == deploys
+    agents.stop_all()
+
+    # Within the cap: one worker pod, priced as RunPod then bills it.
+    svc = agents.start(agents.config(db="zero.db", spend_cap_dollars_per_hour=1.0))
+    post_alerts(svc.url, make_payload([backlog("bk-zero")]))
+    svc.wait_idle(PLAYBOOK_WAIT)
+    (taken,) = decision(svc, "bk-zero")
+    assert taken["outcome"] == "taken", taken
+    assert (taken["workers_before"], taken["workers_after"], taken["add"]) == (0, 1, ["t-worker-1"])
+    assert taken["spend_dollars_per_hour"] == pytest.approx(0.28)
+    assert taken["added_dollars_per_hour"] == pytest.approx(0.69)
+    assert taken["worker_cost_basis"] == "RunPod SECURE price of 1 x NVIDIA GeForce RTX 4090", taken
+    assert taken["playbook"]["rc"] == 0
+    assert sdk.creations() == deploys + 1
+    (worker,) = [p for p in sdk.pods() if p["name"] == "t-worker-1"]
+    assert worker["_fake"]["gpuTypeId"] == "NVIDIA GeForce RTX 4090" and worker["_fake"]["cloudType"] == "SECURE"
+    assert worker["costPerHr"] == pytest.approx(0.69)
+    assert sum(p["costPerHr"] for p in sdk.pods()) <= 1.0
+
+
 def test_real_alertmanager_pair_renotifying_gives_one_scale_up(
     agents: Agents, sdk: FakeRunPod, alertmanager_factory: Callable[..., AlertmanagerServer]
 ) -> None:
@@ -285,7 +331,8 @@ def test_idle_pod_is_drained_then_terminated_busy_never_and_dry_run_changes_noth
     assert "dry run: would scale down 3 -> 2" in would_remove["detail"]
     (would_add,) = decision(svc, "dry-bk")
     assert would_add["outcome"] == "dry_run" and would_add["add"] == ["t-worker-4"], would_add
-    assert set(sdk.operations()[setup_ops:]) == {"myself"}  # the agent only read the pod list
+    # The agent only read: the pod list, and the worker GPU type's price for the scale-up.
+    assert set(sdk.operations()[setup_ops:]) == {"myself", "gpuTypes"}
     # (A fake node has no slurmd: its state is "unknown", never "drain" unless someone drains it.)
     assert "drain" not in cluster.node_state(idle_node), cluster.node_state(idle_node)
     assert "scale-down" not in cluster.scontrol("show", "node", idle_node)
