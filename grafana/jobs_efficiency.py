@@ -46,7 +46,7 @@ def build() -> models.Dashboard:
         "Jobs and efficiency",
         "GPUs Slurm allocated against GPUs actually busy, per user, account and job; GPUs "
         "allocated but idle; GPU-hours per account. Joins Slurm's job-to-GPU map with the GPU "
-        "exporter on (node, gpu).",
+        "exporter through the device minor number (nvidia_gpu_info).",
         extra_tags=["slurm", "gpu"],
         variables=[
             query_variable(

@@ -85,7 +85,8 @@ class Facts:
         if self.node_reason:
             out.append(f"Slurm reason: {self.node_reason!r}")
         if self.jobs:
-            out.append("jobs on GPUs: " + ", ".join(f"{j.get('job_id')} (gpu {j.get('gpu', '?')})" for j in self.jobs))
+            held = (f"{j.get('job_id')} (gpu {j.get('gpu_index', '?')})" for j in self.jobs)
+            out.append("jobs on GPUs: " + ", ".join(held))
         for job, value in sorted(self.targets_up.items()):
             out.append(f"scrape target {job} of the node up = {value:g}")
         if self.slurm_up is not None:
@@ -133,7 +134,9 @@ async def gather_node(toolbox: ToolBox, facts: Facts, node: str, gpu: str | None
     if slurm.ok and isinstance(slurm.data, dict):
         facts.node_states = list(slurm.data.get("states") or [])
         facts.node_reason = slurm.data.get("reason") or None
-        facts.jobs = [j for j in slurm.data.get("jobs") or [] if gpu is None or j.get("gpu") == gpu]
+        # An alert's `gpu` is the GPU exporter's (NVML index); a job's own `gpu` is Slurm's IDX
+        # (the minor number): compare with `gpu_index`, the job's GPU matched by minor number.
+        facts.jobs = [j for j in slurm.data.get("jobs") or [] if gpu is None or j.get("gpu_index") == gpu]
         facts.targets_up = dict(slurm.data.get("targets_up") or {})
         facts.node_seen = facts.node_seen or bool(facts.node_states or slurm.data.get("jobs") or facts.targets_up)
 

@@ -477,6 +477,7 @@ class ToolBox:
             return ToolOutput(shown.text, shown_data)
         result = await self.source.instant(f'{{__name__=~"slurm_node_.+",node={label_value(node)}}}')
         jobs = await self.source.instant(f"slurm_job_gpu_info{{node={label_value(node)}}}")
+        gpus = await self.source.instant(f"nvidia_gpu_info{{node={label_value(node)}}}")
         up = await self.source.instant(f"up{{node={label_value(node)}}}")
         states = node_states(
             [s.labels.get("state", "") for s in result.series if s.name == "slurm_node_state" and s.last]
@@ -486,14 +487,21 @@ class ToolBox:
         data: dict[str, Any] = {
             "states": states,
             "reason": reasons[0] if reasons else None,
-            "jobs": [dict(s.labels) for s in jobs.series],
+            "jobs": gpu_indexed_jobs(jobs, gpus),
             "targets_up": {s.labels.get("job", ""): s.last for s in up.series},
         }
         text = "\n".join(
             [
                 self._render(result),
-                "jobs on GPUs:",
+                "jobs on GPUs (slurm_job_gpu_info: gpu is Slurm's IDX = minor_number, not the NVML index):",
                 self._render(jobs),
+                "the same jobs by the GPU exporter's gpu (NVML index, matched on minor_number):",
+                "\n".join(
+                    f"gpu {j.get('gpu_index', '? (minor number not in nvidia_gpu_info)')}: job {j.get('job_id')} "
+                    f"of {j.get('user')} (minor_number {j.get('minor_number', '?')})"
+                    for j in data["jobs"]
+                )
+                or "(none)",
                 "scrape targets of the node (up):",
                 self._render(up),
             ]
@@ -574,3 +582,26 @@ def node_states(values: list[str]) -> list[str]:
             if part:
                 found.add(part)
     return sorted(found)
+
+
+def gpu_indexed_jobs(jobs: PromResult, gpus: PromResult) -> list[dict[str, str]]:
+    """slurm_job_gpu_info rows, each with `gpu_index`: the GPU exporter's `gpu` (NVML index).
+
+    Slurm's `gpu` is its GRES IDX, the device minor number (N of /dev/nvidiaN), which differs from
+    the NVML index where the driver probed the GPUs in another order than PCI. The GPU exporter's
+    nvidia_gpu_info carries both; a job gets `gpu_index` only where its minor number names
+    exactly one GPU there (proven), never by assuming the two numbers agree.
+    """
+    by_minor: dict[str, set[str]] = {}
+    for s in gpus.series:
+        minor, gpu = s.labels.get("minor_number", ""), s.labels.get("gpu", "")
+        if minor and gpu:
+            by_minor.setdefault(minor, set()).add(gpu)
+    out = []
+    for s in jobs.series:
+        job = dict(s.labels)
+        found = by_minor.get(job.get("minor_number", ""), set())
+        if len(found) == 1:
+            job["gpu_index"] = next(iter(found))
+        out.append(job)
+    return out

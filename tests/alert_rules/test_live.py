@@ -26,7 +26,12 @@ from tests.harness.promstack import AlertmanagerServer, PrometheusServer, wait_s
 
 pytestmark = pytest.mark.slow
 
+# GPU 1 is /dev/nvidia3 (the driver's probe order differs from PCI order): Slurm's IDX 3.
 GPU_METRICS = """\
+# HELP nvidia_gpu_info GPU identity.
+# TYPE nvidia_gpu_info gauge
+nvidia_gpu_info{gpu="0",uuid="GPU-a1-0",minor_number="0"} 1
+nvidia_gpu_info{gpu="1",uuid="GPU-a1-1",minor_number="3"} 1
 # HELP nvidia_gpu_up 1 if the GPU is readable, 0 if lost.
 # TYPE nvidia_gpu_up gauge
 nvidia_gpu_up{gpu="0",uuid="GPU-a1-0"} 0
@@ -45,7 +50,7 @@ SLURM_METRICS = """\
 slurm_up 0
 # HELP slurm_job_gpu_info GPUs held by jobs.
 # TYPE slurm_job_gpu_info gauge
-slurm_job_gpu_info{job_id="7",user="alice",account="ml",node="gpu-a1",gpu="1",gpu_type="h100"} 1
+slurm_job_gpu_info{job_id="7",user="alice",account="ml",node="gpu-a1",gpu="3",minor_number="3",gpu_type="h100"} 1
 # HELP slurm_node_state Node states.
 # TYPE slurm_node_state gauge
 slurm_node_state{node="gpu-a1",state="mixed"} 1
@@ -66,7 +71,7 @@ SLURM_UP_METRICS = """\
 slurm_up 1
 # HELP slurm_job_gpu_info GPUs held by jobs.
 # TYPE slurm_job_gpu_info gauge
-slurm_job_gpu_info{job_id="8",user="bob",account="ml",node="gpu-a1",gpu="1",minor_number="1",gpu_type="h100"} 1
+slurm_job_gpu_info{job_id="8",user="bob",account="ml",node="gpu-a1",gpu="3",minor_number="3",gpu_type="h100"} 1
 """
 
 

@@ -19,6 +19,8 @@ from tests.harness.processes import LOOPBACK, free_port
 
 GPUS = 4
 GPU_NODE = "gpu-node-1"
+# NVML index -> device minor number (N of /dev/nvidiaN), what Slurm's GRES IDX is.
+_MINOR = {0: 1, 1: 0}
 FAKE_NODES = ("fake-node-1", "fake-node-2")
 THROTTLE = ("idle", "power_cap", "hw_slowdown", "sw_thermal", "thermal", "hw_power_brake")
 
@@ -96,6 +98,9 @@ class StaticExporters:
                     "driver_version": "550.90.07",
                     "cuda_version": "12.4",
                     "mig_mode": "disabled",
+                    # GPUs 0 and 1 swapped, as the sim backend does: the driver's probe order
+                    # is not PCI order on every node, and joins must go through it.
+                    "minor_number": str(_MINOR.get(gpu, gpu)),
                 },
                 1,
             )
@@ -179,7 +184,14 @@ class StaticExporters:
         for gpu in (0, 1):
             yield _line(
                 "slurm_job_gpu_info",
-                {"job_id": "101", "user": "alice", "account": "research", "node": GPU_NODE, "gpu": str(gpu)},
+                {
+                    "job_id": "101",
+                    "user": "alice",
+                    "account": "research",
+                    "node": GPU_NODE,
+                    "gpu": str(gpu),
+                    "minor_number": str(gpu),
+                },
                 1,
             )
         for kind in ("main", "backfill"):
