@@ -144,8 +144,13 @@ setup_ssh() {
     mkdir -p "$SSH_DIR"
     chmod 700 "$SSH_DIR"
     touch "$SSH_DIR/authorized_keys"
-    # A resumed pod keeps authorized_keys on its volume: add the key once.
-    grep -qxF -- "$PUBLIC_KEY" "$SSH_DIR/authorized_keys" || printf '%s\n' "$PUBLIC_KEY" >>"$SSH_DIR/authorized_keys"
+    # PUBLIC_KEY may hold several keys, one per line (the operator's and the head's automation
+    # key). A resumed pod keeps authorized_keys on its volume: add each key once.
+    local key
+    while IFS= read -r key; do
+        [[ -n $key ]] || continue
+        grep -qxF -- "$key" "$SSH_DIR/authorized_keys" || printf '%s\n' "$key" >>"$SSH_DIR/authorized_keys"
+    done <<<"$PUBLIC_KEY"
     chmod 600 "$SSH_DIR/authorized_keys"
 }
 

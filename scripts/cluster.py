@@ -94,8 +94,14 @@ class Cluster:
         return self.dir / "inventory"
 
     @property
+    def files_dir(self) -> Path:
+        """Files the group variables name, inside the inventory so that a copy of it (the head's,
+        for its scale actions) finds them as "{{ inventory_dir }}/files/..."."""
+        return self.inventory_dir / "files"
+
+    @property
     def web_password_file(self) -> Path:
-        return self.dir / "web-password"
+        return self.files_dir / "web-password"
 
     # ----------------------------------------------------------------- emulator
 
@@ -136,6 +142,7 @@ class Cluster:
             str(POD_MEMORY_GB),
             "--start-delay",
             "0",
+            "--pods-listen",
         ]
         proc = subprocess.Popen(argv, cwd=REPO, stdout=log_file, stderr=log_file, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
@@ -150,7 +157,9 @@ class Cluster:
                 time.sleep(0.2)
         else:
             raise ClusterError("the RunPod emulator did not answer within 30 s")
-        info = {"pid": proc.pid, "port": port, "url": url}
+        # What the pods call RunPod's API (the head's agent and runpod-exporter): the bridge's gateway.
+        pod_url = f"http://{self.backend.gateway()}:{port}"
+        info = {"pid": proc.pid, "port": port, "url": url, "pod_url": pod_url}
         self.emulator_file.write_text(json.dumps(info))
         return info
 
@@ -204,7 +213,7 @@ class Cluster:
     def playbook(self, name: str, extra: dict[str, Any] | None = None, quiet: bool = False) -> str:
         """Run ansible-playbook NAME against the pods; its output streams unless quiet."""
         argv = [str(BIN / "ansible-playbook"), "-i", str(self.inventory_dir), name]
-        argv += ["-e", f"@{self.dir / 'vars.yml'}"]
+        argv += ["-e", f"@{self.dir / 'vars.yml'}", "--private-key", str(self.ssh_key)]
         if extra:
             argv += ["-e", json.dumps(extra)]
         proc = subprocess.Popen(
@@ -226,7 +235,7 @@ class Cluster:
         return output
 
     def write_config(self, image: str, workers: int, gpus: int) -> None:
-        self.inventory_dir.mkdir(parents=True, exist_ok=True)
+        self.files_dir.mkdir(parents=True, exist_ok=True)
         (self.inventory_dir / "group_vars").mkdir(exist_ok=True)
         ssh_args = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
         (self.inventory_dir / "cluster.runpod.yml").write_text(
@@ -242,9 +251,21 @@ class Cluster:
         if not self.web_password_file.exists():
             self.web_password_file.write_text(secrets.token_urlsafe(18))
             self.web_password_file.chmod(0o600)
-        password = "{{ lookup('file', '" + str(self.web_password_file) + "') }}"
-        group_vars = {
-            "ansible_ssh_private_key_file": str(self.ssh_key),
+        password = "{{ lookup('file', inventory_dir ~ '/files/web-password') }}"  # noqa: S105 (a lookup)
+        emulator = self.emulator() or {}
+        settings = {
+            "runpod_name_prefix": self.prefix,
+            "runpod_image": image,
+            "runpod_worker_gpu_type": WORKER_GPU_TYPE,
+            "runpod_worker_gpu_count": gpus,
+            "runpod_head_gpu_type": HEAD_GPU_TYPE,
+            "runpod_head_gpu_count": 1,
+            "runpod_head_ports": ["22/tcp", *(f"{port}/http" for port in HEAD_HTTP_PORTS.values())],
+            "runpod_wait_timeout": 300,
+            "runpod_poll_interval": 1,
+            "scale_drain_poll": 2,
+        }
+        group_vars: dict[str, Any] = {
             "ansible_python_interpreter": "/usr/bin/python3",
             # The emulator's GPUs are simulated: gpu-exporter --backend sim, stand-in GRES
             # files (plain files: a pod cannot mknod), kept on the pod's volume.
@@ -262,38 +283,43 @@ class Cluster:
             # basic auth on Prometheus and Alertmanager.
             "prometheus_web_users": {WEB_USER: password},
             "alertmanager_web_users": {WEB_USER: password},
+            # runpod-exporter on the head (RunPodPodIdle and the cost rules), and the agent set
+            # up to run scale.yml itself (actions stay off until agent_webhook_config enables
+            # them): both reach the emulator at the bridge's gateway, as pods reach RunPod.
+            "exporters_runpod_api_key": DEFAULT_API_KEY,
+            "exporters_runpod_api_url": emulator.get("pod_url", ""),
+            "exporters_runpod_interval": 5,
+            "agent_webhook_actions_controller": True,
+            "agent_webhook_runpod_api_key": DEFAULT_API_KEY,
+            "agent_webhook_runpod_api_url": emulator.get("pod_url", ""),
+            "agent_webhook_runpod_rest_api_url": f"{emulator.get('pod_url', '')}/v1",
+            "agent_webhook_actions_extra_vars": settings,
+            "agent_webhook_actions_inventory": {
+                "plugin": "runpod",
+                "name_prefix": f"{self.prefix}-",
+                "ssh_common_args": ssh_args,
+                "compose": {"ansible_host": "gpu_watchdog_scrape_host", "ansible_port": 22},
+            },
         }
         if self.time_factor > 1:
             group_vars.update(self._compressed_config())
         (self.inventory_dir / "group_vars" / "all.yml").write_text(yaml.safe_dump(group_vars, sort_keys=True))
         pubkey = (self.ssh_key.with_suffix(".pub")).read_text().strip()
-        settings = {
-            "runpod_name_prefix": self.prefix,
-            "runpod_workers": workers,
-            "runpod_image": image,
-            "runpod_worker_gpu_type": WORKER_GPU_TYPE,
-            "runpod_worker_gpu_count": gpus,
-            "runpod_head_gpu_type": HEAD_GPU_TYPE,
-            "runpod_head_gpu_count": 1,
-            "runpod_head_ports": ["22/tcp", *(f"{port}/http" for port in HEAD_HTTP_PORTS.values())],
-            "runpod_ssh_public_key": pubkey,
-            "runpod_wait_timeout": 300,
-            "runpod_poll_interval": 1,
-            "scale_drain_poll": 2,
-        }
+        settings.update(runpod_workers=workers, runpod_ssh_public_key=pubkey)
         (self.dir / "vars.yml").write_text(yaml.safe_dump(settings, sort_keys=True))
 
     def _compressed_config(self) -> dict[str, Any]:
         """Time-compressed copies of the rules and of Alertmanager's timers, for the roles to deploy."""
         from tests.harness.stack import compressed_alertmanager_config, compressed_rule_files
 
-        rules = self.dir / "rules"
-        compressed_rule_files(rules, factor=self.time_factor)
+        compressed_rule_files(self.files_dir / "rules", factor=self.time_factor)
         # The role points the agent receiver at the agent itself: only the timers matter here.
         config = compressed_alertmanager_config("http://agent.invalid", Path("/nonexistent"), factor=self.time_factor)
-        am_file = self.dir / "alertmanager.yml"
-        am_file.write_text(yaml.safe_dump(config, sort_keys=False))
-        return {"prometheus_rules_src_dir": str(rules), "alertmanager_config_src": str(am_file)}
+        (self.files_dir / "alertmanager.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        return {
+            "prometheus_rules_src_dir": "{{ inventory_dir }}/files/rules",
+            "alertmanager_config_src": "{{ inventory_dir }}/files/alertmanager.yml",
+        }
 
     def ensure_ssh_key(self) -> None:
         if self.ssh_key.exists():

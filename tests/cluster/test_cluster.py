@@ -161,6 +161,97 @@ def test_scale_to_three_workers_joins_slurm_and_prometheus(cluster: RunningClust
     wait_for("its GPU target up", lambda: gpu_targets_by_node(cluster).get(new, {}).get("health") == "up", 90)
 
 
+def worker_pods(c: RunningCluster) -> dict[str, dict[str, Any]]:
+    """The cluster's worker pods RunPod still lists, by name."""
+    prefix = f"{c.cluster.prefix}-worker-"
+    return {p["name"]: p for p in c.cluster.pods() if p["name"].startswith(prefix)}
+
+
+def job_state(c: RunningCluster, job_id: str) -> str:
+    out = c.exec(c.head, "squeue", "--noheader", "--jobs", job_id, "--format", "%T").stdout.strip()
+    if out:
+        return out
+    acct = c.exec(c.head, "scontrol", "show", "job", job_id).stdout
+    match = re.search(r"JobState=(\S+)", acct)
+    return match.group(1) if match else "GONE"
+
+
+def submit(c: RunningCluster, *args: str) -> str:
+    out = c.exec(c.head, "sbatch", "--parsable", "--gres=gpu:1", *args)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().split(";")[0]
+
+
+def action_decisions(c: RunningCluster, kind: str) -> list[dict[str, Any]]:
+    return [f["action"] for f in c.findings() if (f.get("action") or {}).get("action") == kind]
+
+
+@pytest.mark.skip(
+    reason="not passing yet (issue 15): RunPodPodIdle fired for the idle workers but the head's agent did"
+    " not terminate them within 20 minutes; the cause is not yet found"
+)
+@pytest.mark.timeout(2700)
+def test_agent_on_the_head_scales_down_idle_workers_never_a_busy_one_and_up_from_zero(cluster: RunningCluster) -> None:
+    """Actions on: RunPodPodIdle drains then terminates idle workers (never the busy one), down
+    to zero; then a GPU job's SlurmGPUQueueBacklog makes the head's agent add a worker that runs it.
+    The agent runs scale.yml on the head itself: the playbooks, the inventory and an SSH key that
+    site.yml put there, the RunPod API at the emulator's bridge address."""
+    nodes = sorted(w["slurm_node"] for w in cluster.endpoints["workers"])
+    assert len(nodes) == 3, nodes
+    # Every worker busy first, so that no idle alert fired before the actions were on (an
+    # alert is decided once: one that fired while actions were off is not acted on later).
+    jobs = {node: submit(cluster, "-w", node, "--wrap", "sleep 3000") for node in nodes}
+    # The simulated GPUs show a steady load by default; these jobs use none (as `sleep` would).
+    for worker in cluster.endpoints["workers"]:
+        for gpu in range(4):
+            inject = cluster.exec(
+                worker["container"], "gpu-watchdog", "sim", "inject", "--gpu", str(gpu), "utilization", "0"
+            )
+            assert inject.returncode == 0, inject.stderr
+    wait_for("a job on every worker", lambda: all(job_state(cluster, j) == "RUNNING" for j in jobs.values()), 120)
+    wait_for("no RunPodPodIdle firing", lambda: not cluster.query('ALERTS{alertname="RunPodPodIdle"}'), 180, 5)
+
+    actions = {
+        "enabled": True,
+        "dry_run": False,
+        "min_workers": 0,
+        "max_workers": 3,
+        "cooldown_seconds": 5,
+        "spend_cap_dollars_per_hour": 1000,
+        "partitions": ["gpu"],
+        "drain_timeout_seconds": 60,
+        "playbook_timeout_seconds": 900,
+    }
+    cluster.cluster.playbook("monitoring.yml", {"agent_webhook_config": {"actions": actions}}, quiet=True)
+
+    busy, idle = nodes[0], nodes[1:]
+    for node in idle:
+        assert cluster.exec(cluster.head, "scancel", jobs[node]).returncode == 0
+    wait_for(
+        f"the idle workers {idle} terminated by the agent",
+        lambda: set(worker_pods(cluster)) == {busy},
+        1200,
+        10,
+    )
+    assert job_state(cluster, jobs[busy]) == "RUNNING"
+    downs = [d for d in action_decisions(cluster, "scale_down") if d["outcome"] == "taken"]
+    assert sorted(name for d in downs for name in d["remove"]) == idle, downs
+    assert all(d["playbook"]["status"] == "successful" for d in downs), downs
+    # Drained, then gone from Slurm's node list with their pods (site.yml from the head).
+    wait_for("Slurm lists only the busy worker", lambda: set(cluster.sinfo()) == {busy}, 120)
+
+    # The last worker's job ends: idle, removed too: zero workers.
+    assert cluster.exec(cluster.head, "scancel", jobs[busy]).returncode == 0
+    wait_for("zero workers", lambda: not worker_pods(cluster), 900, 10)
+
+    # A GPU job with no GPU node: pending, the backlog alert, the agent adds a worker that runs it.
+    job = submit(cluster, "--wrap", "hostname")
+    wait_for("the job run by a new worker", lambda: job_state(cluster, job) == "COMPLETED", 1200, 10)
+    ups = [d for d in action_decisions(cluster, "scale_up") if d["outcome"] == "taken"]
+    assert ups and ups[-1]["workers_before"] == 0 and ups[-1]["workers_after"] == 1, ups
+    assert set(worker_pods(cluster)) == {f"{cluster.cluster.prefix}-worker-1"}
+
+
 def test_teardown_twice_leaves_nothing(cluster: RunningCluster) -> None:
     c = cluster.cluster
     c.down()

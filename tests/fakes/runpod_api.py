@@ -44,6 +44,7 @@ import os
 import random
 import re
 import secrets
+import socket
 import string
 import subprocess
 import threading
@@ -55,6 +56,8 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from tests.fakes.runpod_pods import BackendError, ContainerBackend
+
+IP_FREEBIND = 15  # linux/in.h; not exported by Python's socket module
 
 CAPACITY_ERROR = (
     "There are no longer any instances available with the requested specifications. Please refresh and try again."
@@ -772,6 +775,11 @@ class _APIError(Exception):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--pods-listen",
+        action="store_true",
+        help="also listen on the pod network's gateway address (container backend), so pods reach the API",
+    )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--state", type=Path, default=None, help="JSON file that keeps pods across restarts")
     parser.add_argument("--api-key", action="append", default=None, help="accepted key (repeatable)")
@@ -795,8 +803,24 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.state and not args.state.exists():
         fake._save()
+    socks = [_listen(args.host, args.port)]
+    if args.pods_listen and backend is not None:
+        # What a pod reaches as RunPod's API (a head that scales the cluster itself); only this
+        # emulator's own bridge, never other interfaces.
+        socks.append(_listen(backend.gateway(), args.port))
     with contextlib.suppress(KeyboardInterrupt):
-        web.run_app(fake.app(), host=args.host, port=args.port, access_log=None, print=None)
+        web.run_app(fake.app(), sock=socks, access_log=None, print=None)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # The bridge gets its gateway address only once a container is attached: bind before that.
+    sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
 
 
 if __name__ == "__main__":

@@ -61,6 +61,12 @@ class ContainerBackend:
         if _podman("network", "exists", self.network, check=False).returncode != 0:
             _podman("network", "create", "--label", LABEL, self.network)
 
+    def gateway(self) -> str:
+        """The bridge's address on this machine (what the pods route to), creating the network."""
+        self.ensure_network()
+        info = json.loads(_podman("network", "inspect", self.network).stdout)
+        return str(info[0]["subnets"][0]["gateway"])
+
     def start(self, pod: dict[str, Any]) -> list[dict[str, Any]]:
         """Run the pod's container (a fresh one: a resumed pod's disk starts from the image)."""
         self.ensure_network()

@@ -174,6 +174,24 @@ def test_worker_runs_configless_slurmd_and_forwards_sigint(start_pod: Callable[.
     assert signalled == {"munged", "slurmd", "gpu-exporter"}
 
 
+def test_every_key_of_a_multi_line_public_key_is_authorized_once(start_pod: Callable[..., Pod], tmp_path: Path) -> None:
+    operator, head = "ssh-ed25519 AAAAoperator op@laptop", "ssh-ed25519 AAAAhead gpu-watchdog-actions"
+    ssh_dir = tmp_path / "ssh"
+    ssh_dir.mkdir()
+    (ssh_dir / "authorized_keys").write_text(operator + "\n")  # a resumed pod's volume has it already
+    pod = start_pod(
+        WATCHDOG_ROLE="worker",
+        WATCHDOG_HEAD_ADDR="head",
+        MUNGE_KEY=MUNGE_KEY_B64,
+        WATCHDOG_SSH_DIR=str(ssh_dir),
+        PUBLIC_KEY=f"{operator}\n{head}\n",
+    )
+    wait_running(pod, {"sshd"})
+    assert (ssh_dir / "authorized_keys").read_text().splitlines() == [operator, head]
+    pod.proc.popen.send_signal(signal.SIGTERM)
+    assert pod.proc.popen.wait(30) == 0
+
+
 def test_crashed_child_is_restarted_with_backoff_and_sighup_restarts_all(start_pod: Callable[..., Pod]) -> None:
     pod = start_pod(WATCHDOG_ROLE="worker", WATCHDOG_HEAD_ADDR="head", MUNGE_KEY=MUNGE_KEY_B64)
     wait_running(pod, {"munged", "slurmd", "gpu-exporter"})
