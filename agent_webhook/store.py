@@ -638,10 +638,12 @@ class Store:
             # Two indexed lookups: an OR across both states would scan every finished job.
             # One alert of an incident at a time (agent_webhook.incidents): skip alerts whose
             # incident has a live lease, so the next one of its kind finds the first one's finding.
+            # (The busy incidents are computed once, from the few leased jobs: not per candidate.)
             pick = c.execute(
                 "SELECT j.alert_id FROM jobs j JOIN alerts a ON a.id=j.alert_id WHERE j.state='queued'"
-                " AND (a.incident_id IS NULL OR NOT EXISTS (SELECT 1 FROM jobs l JOIN alerts b ON b.id=l.alert_id"
-                "   WHERE l.state='leased' AND l.lease_until>=? AND b.incident_id=a.incident_id))"
+                " AND (a.incident_id IS NULL OR a.incident_id NOT IN (SELECT b.incident_id FROM jobs l"
+                "   JOIN alerts b ON b.id=l.alert_id WHERE l.state='leased' AND l.lease_until>=?"
+                "   AND b.incident_id IS NOT NULL))"
                 " ORDER BY j.alert_id LIMIT 1",
                 (now,),
             ).fetchone()
