@@ -55,6 +55,7 @@ _TOP_KEYS = {
     "actions",
     "reconcile_interval_seconds",
     "reconcile_stale_after_seconds",
+    "incident_window_seconds",
     *INVESTIGATION_KEYS,
 }
 _SINK_KEYS = {
@@ -161,6 +162,9 @@ class AgentConfig:
     # dropped and Prometheus re-sends (every resend-delay, 1m) is back long before.
     reconcile_interval_seconds: float = 60.0
     reconcile_stale_after_seconds: float = 600.0
+    # Alerts of one node (or Alertmanager group) this close together are one incident
+    # (agent_webhook.incidents); 0: every alert its own incident.
+    incident_window_seconds: float = 600.0
     # What the investigation reads (prometheus_url, alertmanager_url, llm, slurm), as given.
     investigation: dict[str, Any] = field(default_factory=dict)
     # Credentials for Prometheus / Alertmanager when they sit behind a web config (the
@@ -493,6 +497,11 @@ def build_config(raw: Mapping[str, Any], base: Path, overrides: Mapping[str, Any
         merged.get("reconcile_stale_after_seconds", cfg.reconcile_stale_after_seconds),
         "reconcile_stale_after_seconds",
         minimum=1,
+    )
+    cfg.incident_window_seconds = _number(
+        merged.get("incident_window_seconds", cfg.incident_window_seconds),
+        "incident_window_seconds",
+        minimum=0,
     )
     try:
         cfg.prometheus_auth = basic_auth(merged, "prometheus_basic_auth")

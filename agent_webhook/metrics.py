@@ -48,7 +48,8 @@ class AgentMetrics:
         )
         self.investigations = Counter(
             "agent_webhook_investigations_total",
-            "Finished investigations by outcome: ok, degraded, timeout, error, abandoned.",
+            "Finished investigations by outcome: ok, degraded, timeout, error, abandoned, incident (the"
+            " diagnosis of the same kind of alert in the same incident was reused: no investigation).",
             ["outcome"],
             registry=r,
         )

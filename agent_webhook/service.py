@@ -27,6 +27,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agent_webhook.ack import AckAPI
 from agent_webhook.config import AgentConfig
 from agent_webhook.delivery import Delivery
 from agent_webhook.metrics import AgentMetrics
@@ -98,7 +99,12 @@ class Service:
         self.body_timeout = body_timeout
         self.investigator = investigator
         self.metrics = AgentMetrics()
-        self.store = Store(config.db, synchronous=config.db_synchronous, sinks=[s.name for s in config.sinks])
+        self.store = Store(
+            config.db,
+            synchronous=config.db_synchronous,
+            sinks=[s.name for s in config.sinks],
+            incident_window=config.incident_window_seconds,
+        )
         self._sinks_override = sinks
         # Built here, not in start(): a bad actions setup (no playbook) is a ConfigError at launch.
         self.actions = make_action_engine(config, self.store, self.metrics)
@@ -277,6 +283,12 @@ class Service:
         )
 
     async def list_findings(self, request: web.Request) -> web.Response:
+        return await self._list(request, "findings")
+
+    async def list_incidents(self, request: web.Request) -> web.Response:
+        return await self._list(request, "incidents")
+
+    async def _list(self, request: web.Request, what: str) -> web.Response:
         refused = await _refusal(self._read_ok(request), "Bearer", "unauthorized")
         if refused is not None:
             return refused
@@ -289,9 +301,9 @@ class Service:
             if not _LIMIT.match(limit_text):
                 raise QueryError("limit: expected a whole number between 1 and 1000")
             since = parse_since(q["since"]) if q.get("since") else None
-            findings, cursor = await self.store.call(
+            found, cursor = await self.store.call(
                 READ,
-                self.store.findings,
+                self.store.findings if what == "findings" else self.store.incidents,
                 alertname=q.get("alertname"),
                 node=q.get("node"),
                 status=status,
@@ -302,9 +314,22 @@ class Service:
         except QueryError as exc:
             return _error(400, str(exc))
         except StoreError as exc:
-            log.error("cannot read findings", extra={"error": str(exc)})
-            return _error(503, "cannot read findings right now")
-        return web.json_response({"findings": findings, "next_cursor": cursor})
+            log.error(f"cannot read {what}", extra={"error": str(exc)})
+            return _error(503, f"cannot read {what} right now")
+        return web.json_response({what: found, "next_cursor": cursor})
+
+    async def get_incident(self, request: web.Request) -> web.Response:
+        refused = await _refusal(self._read_ok(request), "Bearer", "unauthorized")
+        if refused is not None:
+            return refused
+        incident_id = request.match_info["id"]
+        try:
+            incident = await self.store.call(READ, self.store.incident, incident_id)
+        except StoreError:
+            return _error(503, "cannot read incidents right now")
+        if incident is None:
+            return _error(404, f"no incident with id {incident_id[:80]!r}")
+        return web.json_response(incident)
 
     async def get_finding(self, request: web.Request) -> web.Response:
         refused = await _refusal(self._read_ok(request), "Bearer", "unauthorized")
@@ -367,7 +392,7 @@ def build_app(
     # connection, or a shutdown, for long).
     app = web.Application(client_max_size=config.max_body_bytes, handler_args={"lingering_time": 2.0})
     # /alerts and /findings take the bearer token as well, so they check credentials themselves.
-    install_web_config(app, config.web_config, own_auth=("/alerts", "/findings"))
+    install_web_config(app, config.web_config, own_auth=("/alerts", "/findings", "/incidents"))
     app[SERVICE_KEY] = service
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -379,6 +404,12 @@ def build_app(
     app.router.add_post("/alerts", service.post_alerts)
     app.router.add_get("/findings", service.list_findings)
     app.router.add_get("/findings/{id}", service.get_finding)
+    app.router.add_get("/incidents", service.list_incidents)
+    app.router.add_get("/incidents/{id}", service.get_incident)
+    acks = AckAPI(service)
+    for kind in ("findings", "incidents"):
+        app.router.add_post(f"/{kind}/{{id}}/ack", acks.ack)
+        app.router.add_post(f"/{kind}/{{id}}/unack", acks.unack)
     app.router.add_get("/healthz", service.healthz)
     app.router.add_get("/metrics", service.metrics_handler)
     app.router.add_get("/", service.index)

@@ -55,6 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
+from agent_webhook import incidents
 from agent_webhook.model import Alert, Diagnosis
 from agent_webhook.payload import canonical_time
 from exporters.common.logs import redact, redact_value
@@ -62,7 +63,9 @@ from exporters.common.logs import redact, redact_value
 P = ParamSpec("P")
 T = TypeVar("T")
 Synchronous = Literal["full", "normal"]
-SinkEvent = Literal["new", "resolved"]
+# "new" is an incident's first post; the rest are threaded under it (agent_webhook.incidents).
+SinkEvent = Literal["new", "joined", "resolved", "acked", "unacked"]
+_EVENTS: tuple[SinkEvent, ...] = ("new", "joined", "resolved", "acked", "unacked")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -271,6 +274,7 @@ class Job:
     attempts: int
     alert: Alert
     enqueued_at: float
+    incident_id: str | None = None
 
 
 @dataclass
@@ -281,6 +285,7 @@ class OutboxItem:
     attempts: int
     finding: dict[str, Any]
     ref: str | None
+    incident_id: str | None = None
 
 
 @dataclass
@@ -318,8 +323,16 @@ def _decode_cursor(cursor: str) -> int:
 
 
 class Store:
-    def __init__(self, path: str | Path, *, synchronous: Synchronous = "full", sinks: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: Synchronous = "full",
+        sinks: Sequence[str] = (),
+        incident_window: float = incidents.DEFAULT_WINDOW_SECONDS,
+    ) -> None:
         self.path = Path(path)
+        self.incident_window = incident_window
         self.synchronous = synchronous
         self.sinks = list(sinks)
         self._executor: _PriorityThread | None = None
@@ -355,6 +368,7 @@ class Store:
             for table in ("findings", "alerts"):
                 if "resolved_reason" not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN resolved_reason TEXT")
+            incidents.migrate(conn)  # databases created before incidents existed
         except sqlite3.Error as exc:
             self._release_lock()
             raise StoreError(f"database {self.path}: {exc}") from None
@@ -514,6 +528,7 @@ class Store:
                 c.execute(
                     "INSERT INTO jobs (alert_id, state, enqueued_at) VALUES (?, 'queued', ?)", (cur.lastrowid, now)
                 )
+                incidents.assign(c, int(cur.lastrowid or 0), alert, now, self.incident_window)
                 result.new += 1
             else:
                 result.resolved_unseen += 1
@@ -541,13 +556,16 @@ class Store:
             "UPDATE alerts SET status='resolved', ends_at=?, resolved_reason=? WHERE id=?", (ends_at, reason, alert_id)
         )
         c.execute("DELETE FROM alert_absence WHERE alert_id=?", (alert_id,))
+        incident = c.execute("SELECT incident_id FROM alerts WHERE id=?", (alert_id,)).fetchone()[0]
+        if incident is not None:
+            incidents.refresh_status(c, str(incident), now)
         finding = c.execute("SELECT seq FROM findings WHERE alert_id=?", (alert_id,)).fetchone()
         if finding is not None:
             c.execute(
                 "UPDATE findings SET status='resolved', resolved_at=?, updated_at=?, resolved_reason=? WHERE seq=?",
                 (now, now, reason, finding["seq"]),
             )
-            self._enqueue_sinks(c, int(finding["seq"]), "resolved", now)
+            self._enqueue_sinks(c, int(finding["seq"]), "resolved", now, incident_id=incident)
 
     def reconcile(self, active: set[tuple[str, str]], stale_after: float) -> list[tuple[int, str, str]]:
         """Resolve firing alerts that Alertmanager has not had for `stale_after` seconds.
@@ -590,11 +608,25 @@ class Store:
                 resolved.append((alert_id, str(row["alertname"]), reason))
         return resolved
 
-    def _enqueue_sinks(self, c: sqlite3.Connection, finding_seq: int, event: SinkEvent, now: float) -> None:
+    def _enqueue_sinks(
+        self,
+        c: sqlite3.Connection,
+        finding_seq: int,
+        event: str,
+        now: float,
+        *,
+        incident_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """One outbox row per sink. `event` is a SinkEvent, made unique with a suffix after ':'
+        where one finding may have several (each acknowledgement: `acked:<silence id>`)."""
         c.executemany(
-            "INSERT OR IGNORE INTO outbox (finding_seq, sink, event, state, next_attempt_at, created_at)"
-            " VALUES (?, ?, ?, 'pending', ?, ?)",
-            [(finding_seq, sink, event, now, now) for sink in self.sinks],
+            "INSERT OR IGNORE INTO outbox (finding_seq, sink, event, state, next_attempt_at, created_at,"
+            " incident_id, detail) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
+            [
+                (finding_seq, sink, event, now, now, incident_id, json.dumps(detail) if detail is not None else None)
+                for sink in self.sinks
+            ],
         )
 
     # -- the investigation queue ------------------------------------------------------------
@@ -604,7 +636,17 @@ class Store:
         now = _now()
         with self._tx() as c:
             # Two indexed lookups: an OR across both states would scan every finished job.
-            pick = c.execute("SELECT alert_id FROM jobs WHERE state='queued' ORDER BY alert_id LIMIT 1").fetchone()
+            # One alert of an incident at a time (agent_webhook.incidents): skip alerts whose
+            # incident has a live lease, so the next one of its kind finds the first one's finding.
+            # (The busy incidents are computed once, from the few leased jobs: not per candidate.)
+            pick = c.execute(
+                "SELECT j.alert_id FROM jobs j JOIN alerts a ON a.id=j.alert_id WHERE j.state='queued'"
+                " AND (a.incident_id IS NULL OR a.incident_id NOT IN (SELECT b.incident_id FROM jobs l"
+                "   JOIN alerts b ON b.id=l.alert_id WHERE l.state='leased' AND l.lease_until>=?"
+                "   AND b.incident_id IS NOT NULL))"
+                " ORDER BY j.alert_id LIMIT 1",
+                (now,),
+            ).fetchone()
             if pick is None:
                 pick = c.execute(
                     "SELECT alert_id FROM jobs WHERE state='leased' AND lease_until < ? LIMIT 1", (now,)
@@ -617,7 +659,21 @@ class Store:
                 (now + lease_seconds, now, pick[0]),
             ).fetchone()
             alert = self._load_alert(c, int(row["alert_id"]))
-        return Job(alert_id=int(row["alert_id"]), attempts=int(row["attempts"]), alert=alert, enqueued_at=row[2])
+            incident = c.execute("SELECT incident_id FROM alerts WHERE id=?", (int(row["alert_id"]),)).fetchone()[0]
+        return Job(
+            alert_id=int(row["alert_id"]),
+            attempts=int(row["attempts"]),
+            alert=alert,
+            enqueued_at=row[2],
+            incident_id=incident,
+        )
+
+    def incident_lead(self, job: Job) -> dict[str, Any] | None:
+        """The finding already investigated for this alert's kind (alertname) in its incident, if any."""
+        if job.incident_id is None:
+            return None
+        row = incidents.lead_for(self.conn, job.incident_id, job.alert.alertname)
+        return None if row is None else finding_json(row)
 
     @staticmethod
     def _load_alert(c: sqlite3.Connection, alert_id: int) -> Alert:
@@ -645,7 +701,13 @@ class Store:
             )
 
     def complete(
-        self, job: Job, diagnosis: Diagnosis, *, started_at: float, finished_at: float
+        self,
+        job: Job,
+        diagnosis: Diagnosis,
+        *,
+        started_at: float,
+        finished_at: float,
+        derived_from: str | None = None,
     ) -> tuple[str, bool] | None:
         """Store the finding, enqueue its sink posts and close the job, atomically.
 
@@ -662,6 +724,8 @@ class Store:
             if alert is None:
                 return None
             status = alert["status"]
+            incident = alert["incident_id"]
+            first = incident is None or incidents.first_event(c, str(incident))
             timings = {
                 "queued_seconds": max(0.0, started_at - job.enqueued_at),
                 "investigation_seconds": max(0.0, finished_at - started_at),
@@ -672,8 +736,8 @@ class Store:
             cur = c.execute(
                 "INSERT INTO findings (id, alert_id, fingerprint, starts_at, alertname, node, gpu, status, severity,"
                 " summary, likely_cause, diagnosis, evidence, actions, llm_used, llm_model, triage_rule, degraded,"
-                " timings, labels, created_at, updated_at, resolved_at, action, resolved_reason)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " timings, labels, created_at, updated_at, resolved_at, action, resolved_reason, incident_id,"
+                " derived_from) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     finding_id,
                     job.alert_id,
@@ -700,10 +764,12 @@ class Store:
                     now if status == "resolved" else None,
                     json.dumps(redact_value("action", diagnosis.action)) if diagnosis.action is not None else None,
                     alert["resolved_reason"],
+                    incident,
+                    derived_from,
                 ),
             )
             seq = int(cur.lastrowid or 0)
-            self._enqueue_sinks(c, seq, "new", now)
+            self._enqueue_sinks(c, seq, "new" if first else "joined", now, incident_id=incident)
             c.execute("UPDATE jobs SET state='done', finished_at=? WHERE alert_id=?", (now, job.alert_id))
         return finding_id, True
 
@@ -767,31 +833,43 @@ class Store:
     # -- the sink outbox --------------------------------------------------------------------
 
     def due_deliveries(self, sink: str, limit: int = 20) -> list[OutboxItem]:
-        """Pending posts for one sink whose time has come, each only after its finding's earlier events."""
+        """Pending posts for one sink whose time has come, each only after the earlier events of
+        its finding and of its incident (a thread reply needs its parent's reference)."""
         now = _now()
         rows = self.conn.execute(
-            "SELECT o.id, o.event, o.attempts, o.finding_seq, r.ref FROM outbox o"
+            "SELECT o.id, o.event, o.attempts, o.finding_seq, o.incident_id, o.detail,"
+            " COALESCE(ir.ref, r.ref) AS ref FROM outbox o"
             " LEFT JOIN sink_refs r ON r.finding_seq=o.finding_seq AND r.sink=o.sink"
+            " LEFT JOIN incident_refs ir ON ir.incident_id=o.incident_id AND ir.sink=o.sink"
             " WHERE o.sink=? AND o.state='pending' AND o.next_attempt_at<=?"
-            " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.finding_seq=o.finding_seq AND p.sink=o.sink"
-            "   AND p.state='pending' AND p.id<o.id)"
+            " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.sink=o.sink AND p.state='pending' AND p.id<o.id"
+            "   AND (p.finding_seq=o.finding_seq OR p.incident_id=o.incident_id))"
             " ORDER BY o.next_attempt_at, o.id LIMIT ?",
             (sink, now, limit),
         ).fetchall()
         items = []
         for row in rows:
             finding = self._finding_by_seq(int(row["finding_seq"]))
-            if finding is not None:
-                items.append(
-                    OutboxItem(
-                        id=int(row["id"]),
-                        sink=sink,
-                        event="resolved" if row["event"] == "resolved" else "new",
-                        attempts=int(row["attempts"]),
-                        finding=finding,
-                        ref=row["ref"],
-                    )
+            if finding is None:
+                continue
+            kind = str(row["event"]).split(":", 1)[0]
+            event: SinkEvent = next((e for e in _EVENTS if e == kind), "new")
+            incident_id = row["incident_id"]
+            if incident_id is not None:
+                finding["incident"] = incidents.snapshot(self.conn, str(incident_id))
+            if row["detail"]:
+                finding["event_detail"] = json.loads(row["detail"])
+            items.append(
+                OutboxItem(
+                    id=int(row["id"]),
+                    sink=sink,
+                    event=event,
+                    attempts=int(row["attempts"]),
+                    finding=finding,
+                    ref=row["ref"],
+                    incident_id=incident_id,
                 )
+            )
         return items
 
     def next_delivery_at(self, sink: str) -> float | None:
@@ -806,7 +884,13 @@ class Store:
                 "UPDATE outbox SET state='done', attempts=attempts+1, delivered_at=?, last_error=NULL WHERE id=?",
                 (_now(), item.id),
             )
-            if ref:
+            if ref and item.incident_id is not None:
+                c.execute(
+                    "INSERT INTO incident_refs (incident_id, sink, ref) VALUES (?,?,?)"
+                    " ON CONFLICT (incident_id, sink) DO UPDATE SET ref=excluded.ref",
+                    (item.incident_id, item.sink, ref),
+                )
+            elif ref:
                 seq = c.execute("SELECT finding_seq FROM outbox WHERE id=?", (item.id,)).fetchone()[0]
                 c.execute(
                     "INSERT INTO sink_refs (finding_seq, sink, ref) VALUES (?,?,?)"
@@ -866,6 +950,96 @@ class Store:
         next_cursor = _encode_cursor(int(rows[-1]["seq"])) if more and rows else None
         return [finding_json(r) for r in rows], next_cursor
 
+    # -- incidents and acknowledgements ------------------------------------------------------
+
+    def incident(self, incident_id: str) -> dict[str, Any] | None:
+        return incidents.snapshot(self.conn, incident_id)
+
+    def incidents(
+        self,
+        *,
+        alertname: str | None = None,
+        node: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Newest first, each with its alerts; the same filters and paging as :meth:`findings`
+        (`alertname`: incidents with an alert of that name)."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise QueryError(f"limit: must be between 1 and {MAX_PAGE}")
+        where: list[str] = []
+        args: list[Any] = []
+        if alertname is not None:
+            where.append("EXISTS (SELECT 1 FROM alerts a WHERE a.incident_id=i.id AND a.alertname=?)")
+            args.append(alertname)
+        for column, value in (("node", node), ("status", status)):
+            if value is not None:
+                where.append(f"i.{column}=?")
+                args.append(value)
+        if since is not None:
+            where.append("i.updated_at>=?")
+            args.append(since)
+        if cursor:
+            where.append("i.seq<?")
+            args.append(_decode_cursor(cursor))
+        sql = "SELECT i.* FROM incidents i"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY i.seq DESC LIMIT ?"
+        rows = self.conn.execute(sql, [*args, limit + 1]).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(int(rows[-1]["seq"])) if more and rows else None
+        return [incidents.incident_json(self.conn, r) for r in rows], next_cursor
+
+    def ack_targets(self, target: str) -> list[dict[str, Any]] | None:
+        """The findings an ack of `target` (a finding id or an incident id) concerns, with the
+        alert's labels as Alertmanager has them (unredacted: a silence must match them exactly);
+        None when there is no such finding or incident."""
+        column = "f.incident_id" if target.startswith("i-") else "f.id"
+        rows = self.conn.execute(
+            "SELECT f.seq, f.id, f.status, f.ack, f.incident_id, a.labels FROM findings f"  # noqa: S608
+            f" JOIN alerts a ON a.id=f.alert_id WHERE {column}=? ORDER BY f.seq",
+            (target,),
+        ).fetchall()
+        if not rows:
+            if target.startswith("i-") and self.incident(target) is not None:
+                return []  # an incident whose alerts are still being investigated
+            return None
+        return [
+            {
+                "seq": int(r["seq"]),
+                "id": r["id"],
+                "status": r["status"],
+                "ack": json.loads(r["ack"]) if r["ack"] else None,
+                "incident_id": r["incident_id"],
+                "labels": json.loads(r["labels"]),
+            }
+            for r in rows
+        ]
+
+    def record_ack(self, acks: Sequence[tuple[int, dict[str, Any]]], detail: dict[str, Any]) -> None:
+        """Store each finding's acknowledgement (its silence) and post one `acked` event to its thread."""
+        now = _now()
+        with self._tx(durable=True) as c:
+            for seq, ack in acks:
+                c.execute("UPDATE findings SET ack=?, updated_at=? WHERE seq=?", (json.dumps(ack), now, seq))
+            self._enqueue_event(c, acks[0][0], f"acked:{acks[0][1]['silence_id']}", now, detail)
+
+    def record_unack(self, seqs: Sequence[int], detail: dict[str, Any]) -> None:
+        """Clear the acknowledgements (their silences are expired) and post one `unacked` event."""
+        now = _now()
+        with self._tx(durable=True) as c:
+            for seq in seqs:
+                c.execute("UPDATE findings SET ack=NULL, updated_at=? WHERE seq=?", (now, seq))
+            self._enqueue_event(c, seqs[0], f"unacked:{secrets.token_hex(4)}", now, detail)
+
+    def _enqueue_event(self, c: sqlite3.Connection, seq: int, event: str, now: float, detail: dict[str, Any]) -> None:
+        incident = c.execute("SELECT incident_id FROM findings WHERE seq=?", (seq,)).fetchone()[0]
+        self._enqueue_sinks(c, seq, event, now, incident_id=incident, detail=redact_value("detail", detail))
+
     def stats(self) -> Stats:
         stats = Stats()
         for row in self.conn.execute("SELECT state, COUNT(*) FROM jobs WHERE state!='done' GROUP BY state"):
@@ -914,4 +1088,20 @@ def finding_json(row: sqlite3.Row) -> dict[str, Any]:
         "resolved_at": iso(row["resolved_at"]),
         # Why it was resolved when not by Alertmanager's notification (reconciliation); else null.
         "resolved_reason": row["resolved_reason"],
+        **incident_fields(row),
+    }
+
+
+def incident_fields(row: sqlite3.Row) -> dict[str, Any]:
+    """A finding's incident and acknowledgement (agent_webhook.incidents, agent_webhook.ack)."""
+    ack = json.loads(row["ack"]) if row["ack"] else {}
+    return {
+        "incident_id": row["incident_id"],
+        # The finding whose investigation this one reuses (same kind of alert in the same incident).
+        "derived_from": row["derived_from"],
+        "acknowledged_by": ack.get("by"),
+        "acknowledged_at": ack.get("at"),
+        "silence_id": ack.get("silence_id"),
+        "ack_comment": ack.get("comment"),
+        "ack_until": ack.get("until"),
     }

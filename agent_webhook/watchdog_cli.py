@@ -1,4 +1,4 @@
-"""`gpu-watchdog`: the operator's CLI (ask, investigate, findings, sim, deploy)."""
+"""`gpu-watchdog`: the operator's CLI (ask, investigate, findings, incidents, ack, sim, deploy)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import click
 
 from agent_webhook import __version__
 from agent_webhook.cli_findings import findings_command, investigate_command
+from agent_webhook.cli_incidents import ack_command, incidents_command, unack_command
 from agent_webhook.deploy_cli import deploy
 from agent_webhook.investigation.cli_ask import ask
 from exporters.gpu.sim_cli import sim
@@ -19,6 +20,9 @@ def main() -> None:
 
 main.add_command(sim)
 main.add_command(findings_command)
+main.add_command(incidents_command)
+main.add_command(ack_command)
+main.add_command(unack_command)
 main.add_command(investigate_command)
 main.add_command(ask)
 main.add_command(deploy)

@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING
 
 from agent_webhook.degraded import basic_diagnosis
+from agent_webhook.incidents import derived_diagnosis
 from agent_webhook.metrics import AgentMetrics
 from agent_webhook.model import Diagnosis, Investigator
 from agent_webhook.store import Job, Store, StoreError
@@ -112,9 +113,16 @@ class WorkerPool:
     async def _handle(self, job: Job) -> None:
         started = time.time()
         t0 = time.monotonic()
+        lead = None
+        with contextlib.suppress(Exception):  # unreadable: investigate, as without incidents
+            lead = await self.store.run(self.store.incident_lead, job)
         self.metrics.in_progress.inc()
         try:
-            diagnosis, outcome = await self._investigate(job)
+            if lead is not None and job.incident_id is not None:
+                # A kind of alert this incident already investigated: reuse that diagnosis.
+                diagnosis, outcome = derived_diagnosis(job.alert, lead, job.incident_id), "incident"
+            else:
+                diagnosis, outcome = await self._investigate(job)
             if self.actions is not None and outcome != "abandoned":
                 # After the investigation, outside its timeout: a playbook has its own.
                 diagnosis.action = await self.actions.handle(job.alert)
@@ -127,12 +135,18 @@ class WorkerPool:
         finally:
             self.metrics.in_progress.dec()
         elapsed = time.monotonic() - t0
-        self.metrics.duration.observe(elapsed)
+        if outcome != "incident":
+            self.metrics.duration.observe(elapsed)
         self.metrics.investigations.labels(outcome).inc()
         while True:
             try:
                 result = await self.store.run(
-                    self.store.complete, job, diagnosis, started_at=started, finished_at=time.time()
+                    self.store.complete,
+                    job,
+                    diagnosis,
+                    started_at=started,
+                    finished_at=time.time(),
+                    derived_from=lead["id"] if lead is not None else None,
                 )
                 break
             except Exception as exc:  # disk full, I/O error: keep the diagnosis and try again

@@ -1,8 +1,9 @@
 """Grafana annotations, so findings show on dashboards as regions from firing to resolved.
 
 `POST /api/annotations` (tags `gpu-watchdog`, the alertname, the node, plus configured tags;
-optionally pinned to a dashboard/panel) answers `{"id": N}`; the resolve sets `timeEnd` with
-`PATCH /api/annotations/{id}`. Authenticated with a service-account token (Bearer).
+optionally pinned to a dashboard/panel) answers `{"id": N}`. One annotation per incident: later
+events of the incident update its text with `PATCH /api/annotations/{id}`, and the last alert
+resolving sets `timeEnd`, so the incident shows as a region. Authenticated with a service-account token (Bearer).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import aiohttp
 
 from agent_webhook.config import SinkConfig
 from agent_webhook.sinks import SinkError, post_json
+from agent_webhook.sinks.incident_text import event_text, incident_summary
 from agent_webhook.sinks.render import full_text
 
 
@@ -42,9 +44,14 @@ class GrafanaSink:
         payload: dict[str, Any] = {
             "time": starts,
             "tags": self.tags(finding),
-            "text": full_text(event, finding, self.public_url),
+            "text": event_text(event, finding, self.public_url),
         }
-        ends = _epoch_ms(finding.get("resolved_at"))
+        incident = finding.get("incident")
+        ends = _epoch_ms(
+            (incident.get("resolved_at") if incident.get("status") == "resolved" else None)
+            if isinstance(incident, dict)
+            else finding.get("resolved_at")
+        )
         if ends:
             payload["timeEnd"] = ends
         if self.config.dashboard_uid:
@@ -56,12 +63,26 @@ class GrafanaSink:
     async def post(self, event: str, finding: dict[str, Any], ref: str | None) -> str | None:
         assert self.config.url
         base = self.config.url
-        if event == "resolved" and ref:
+        incident = finding.get("incident")
+        if isinstance(incident, dict) and event != "new" and ref:
+            # One annotation per incident: its text follows the incident, and it becomes a
+            # region (timeEnd) once every alert of it resolved.
+            patch: dict[str, Any] | None = {
+                "text": incident_summary(incident, self.public_url),
+                "tags": self.tags(finding),
+            }
+            if incident.get("status") == "resolved" and patch is not None:
+                patch["timeEnd"] = _epoch_ms(incident.get("resolved_at"))
+                patch["tags"] = [*patch["tags"], "resolved"]
+        elif event == "resolved" and ref:
             patch = {
                 "timeEnd": _epoch_ms(finding.get("resolved_at")),
                 "text": full_text(event, finding, self.public_url),
                 "tags": [*self.tags(finding), "resolved"],
             }
+        else:
+            patch = None
+        if patch is not None:
             await post_json(
                 self.session,
                 "PATCH",

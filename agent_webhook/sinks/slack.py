@@ -1,4 +1,4 @@
-"""Slack-compatible posting, threaded per alert.
+"""Slack-compatible posting, threaded per incident.
 
 Incoming webhooks answer a bare `ok`; `chat.postMessage` (a bot token in `token_file` and a
 `channel`) answers JSON with the message's `ts`. When a `ts` comes back it is kept, and the
@@ -16,7 +16,7 @@ import aiohttp
 
 from agent_webhook.config import SinkConfig
 from agent_webhook.sinks import SinkError, post_json
-from agent_webhook.sinks.render import full_text
+from agent_webhook.sinks.incident_text import event_text
 
 
 class SlackSink:
@@ -27,12 +27,12 @@ class SlackSink:
         self.public_url = public_url
 
     def payload(self, event: str, finding: dict[str, Any], ref: str | None) -> dict[str, Any]:
-        payload: dict[str, Any] = {"text": full_text(event, finding, self.public_url)}
+        payload: dict[str, Any] = {"text": event_text(event, finding, self.public_url)}
         if self.config.channel:
             payload["channel"] = self.config.channel
         if self.config.username:
             payload["username"] = self.config.username
-        if event == "resolved" and ref:
+        if event != "new" and ref:  # everything after an incident's first post goes into its thread
             payload["thread_ts"] = ref
         return payload
 

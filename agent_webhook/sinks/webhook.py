@@ -1,4 +1,9 @@
-"""A generic JSON webhook: `{"event": "new"|"resolved", "finding": {...}}`, optional bearer token."""
+"""A generic JSON webhook, optional bearer token.
+
+`{"event": ..., "incident_id": ..., "finding": {...}, "incident": {...}, "detail": {...}}`: `event`
+is `new` (an incident's first finding), `joined`, `resolved`, `acked` or `unacked`; `incident`
+is the incident with its alerts at delivery time; `detail` the acknowledgement, for acks.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,16 @@ import aiohttp
 
 from agent_webhook.config import SinkConfig
 from agent_webhook.sinks import post_json
+
+
+def webhook_payload(event: str, finding: dict[str, Any]) -> dict[str, Any]:
+    plain = {k: v for k, v in finding.items() if k not in ("incident", "event_detail")}
+    payload: dict[str, Any] = {"event": event, "incident_id": finding.get("incident_id"), "finding": plain}
+    if finding.get("incident") is not None:
+        payload["incident"] = finding["incident"]
+    if finding.get("event_detail") is not None:
+        payload["detail"] = finding["event_detail"]
+    return payload
 
 
 class WebhookSink:
@@ -22,7 +37,7 @@ class WebhookSink:
             self.session,
             "POST",
             self.config.url,
-            {"event": event, "finding": finding},
+            webhook_payload(event, finding),
             token=self.config.token,
             timeout=self.config.timeout_seconds,
         )

@@ -24,7 +24,7 @@ def test_findings_lists_filters_and_json(
     agent_config: Callable[..., AgentConfig], start_service: Callable[..., ServiceThread], token_file: Path
 ) -> None:
     svc = start_service(agent_config())
-    post_alerts(svc.url, make_payload([make_alert(f"fp{i}", node=f"gpu-worker-{i % 2}") for i in range(5)]))
+    post_alerts(svc.url, make_payload([make_alert(f"fp{i}", node=f"gpu-worker-{i}") for i in range(5)]))
     svc.wait_idle()
     result = _run("findings", "--server", svc.url, "--token-file", str(token_file))
     assert result.returncode == 0, result.stderr

@@ -142,3 +142,45 @@ def test_still_healthy_after_fuzzing(fuzz_service: ServiceThread, tmp_path: Path
     assert http_get(f"{fuzz_service.url}/healthz")[0] == 200
     metrics = http_get(f"{fuzz_service.url}/metrics")[1].decode()
     assert 'code="500"' not in metrics and 'code="503"' not in metrics
+
+
+@FUZZ
+@given(
+    query=st.dictionaries(
+        st.sampled_from(["limit", "cursor", "since", "status", "node", "alertname", "x"]),
+        st.text(max_size=30),
+        max_size=4,
+    )
+)
+def test_random_incidents_queries(fuzz_service: ServiceThread, query: dict[str, str]) -> None:
+    from urllib.parse import urlencode
+
+    reply = request(f"{fuzz_service.url}/incidents?{urlencode(query)}", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert reply.status in {200, 400}, reply.body
+
+
+@FUZZ
+@given(
+    kind=st.sampled_from(["findings", "incidents"]),
+    target=st.sampled_from(["known", "f-0", "i-0", "x"]) | st.text(max_size=20),
+    verb=st.sampled_from(["ack", "unack"]),
+    body=json_value | st.fixed_dictionaries({"comment": json_value, "by": json_value, "for": json_value}),
+)
+def test_random_acks(fuzz_service: ServiceThread, kind: str, target: str, verb: str, body: Any) -> None:
+    """Acks of anything with anything: a 4xx with a reason (503: no alertmanager_url here), never a 500."""
+    from urllib.parse import quote
+
+    if target == "known":
+        post_alerts(fuzz_service.url, make_payload([make_alert("fuzz-ack")]))
+        fuzz_service.wait_idle()
+        found = fuzz_service.findings()[0]
+        target = found["incident_id"] if kind == "incidents" else found["id"]
+    reply = request(
+        f"{fuzz_service.url}/{kind}/{quote(target, safe='')}/{verb}",
+        "POST",
+        json.dumps(body).encode(),
+        {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    assert reply.status in {400, 404, 409, 503}, reply.body
+    if reply.headers.get("content-type", "").startswith("application/json"):  # else the router's own 404
+        assert reply.json()["error"]

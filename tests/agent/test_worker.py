@@ -19,7 +19,8 @@ def test_pool_is_bounded_and_every_alert_gets_one_finding(
     investigator = ScriptedInvestigator(delay=0.2)
     svc = start_service(agent_config(workers=3), investigator)
     started = time.monotonic()
-    reply = post_alerts(svc.url, make_payload([make_alert(f"fp{i}") for i in range(12)]))
+    # Distinct nodes: alerts of one node would be one incident, investigated one at a time.
+    reply = post_alerts(svc.url, make_payload([make_alert(f"fp{i}", node=f"gpu-worker-{i}") for i in range(12)]))
     assert reply.status == 202
     assert time.monotonic() - started < 0.5  # answered before any investigation finished
     svc.wait_idle()

@@ -268,6 +268,10 @@ class Stack:
             "alertmanager_url": self.alertmanager.url,
             "sinks": [{"type": "webhook", "url": self.sink.url}],
             "sink_retry": {"initial_seconds": 0.5, "max_seconds": 5},
+            # Every fault of this one-node stack is checked as its own finding, post and (for the
+            # crash test) concurrent investigation; grouping a node's alerts into incidents is
+            # tested against a real Alertmanager in tests/agent/test_incidents.py.
+            "incident_window_seconds": 0,
         }
         if llm:
             config["llm"] = dict(llm)
