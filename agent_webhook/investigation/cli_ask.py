@@ -22,6 +22,7 @@ from agent_webhook.investigation.investigator import (
     time_needed,
 )
 from agent_webhook.model import Diagnosis
+from agent_webhook.terminal import terminal_safe
 from exporters.common.cli import fail
 from exporters.common.logs import redact
 
@@ -32,13 +33,13 @@ def render_markdown(dx: Diagnosis) -> str:
     lines.append(f"_Answered by {source}; {len(dx.evidence)} tool calls; rule `{dx.triage_rule or '-'}`._")
     if dx.degraded:
         lines += ["", "**Degraded:**", *[f"- {d}" for d in dx.degraded]]
-    return "\n".join(lines) + "\n"
+    return terminal_safe(redact("\n".join(lines))) + "\n"
 
 
 def _progress(name: str, args: dict[str, Any], ok: bool, duration: float) -> None:
-    shown = " ".join(f"{k}={redact(str(v))[:60]}" for k, v in args.items())
+    shown = terminal_safe(" ".join(f"{k}={redact(str(v))[:60]}" for k, v in args.items()), newlines=False)
     mark = "ok" if ok else "failed"
-    click.echo(f"  -> {name} {shown} [{mark}, {duration:.2f}s]", err=True)
+    click.echo(f"  -> {terminal_safe(name, newlines=False)} {shown} [{mark}, {duration:.2f}s]", err=True)
 
 
 @click.command("ask", context_settings={"help_option_names": ["-h", "--help"]})
