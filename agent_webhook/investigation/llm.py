@@ -378,7 +378,7 @@ class LLMDiagnoser:
                     messages.append(
                         {
                             "role": "assistant",
-                            "content": cap(message.content or "", 4000),
+                            "content": clean(cap(message.content or "", 4000)),
                             "tool_calls": [
                                 {
                                     "id": c.id,
@@ -485,8 +485,9 @@ def sent_arguments(raw: str | None) -> str:
     text = raw or "{}"
     if len(text) <= MAX_ARGUMENT_CHARS:
         try:
-            if isinstance(json.loads(text), dict):
-                return text
+            args = json.loads(text)
         except ValueError:
-            pass
-    return json.dumps({"unusable_arguments": cap(text, 200)})
+            args = None
+        if isinstance(args, dict):
+            return json.dumps(clean(args))  # redacted: a secret the model quotes is not sent around again
+    return json.dumps({"unusable_arguments": clean(cap(text, 200))})
