@@ -29,6 +29,7 @@ from agent_webhook.config import DEFAULT_PREFIX, AgentConfig, ConfigError, deplo
 from agent_webhook.model import Alert, Diagnosis
 from agent_webhook.payload import PayloadError, parse_payload
 from agent_webhook.sinks.render import action_text
+from agent_webhook.terminal import terminal_safe
 from agent_webhook.wiring import make_investigator
 from exporters.common.logs import redact, redact_value, strip_userinfo
 
@@ -131,7 +132,7 @@ def _line(finding: dict[str, Any]) -> str:
         f"{finding.get('alertname', ''):24} {where:20} {finding.get('id', '')}  {finding.get('summary', '')}"
     )
     extra = [text for text in (action_text(finding.get("action")), finding.get("resolved_reason")) if text]
-    return "\n    ".join([line, *extra])
+    return "\n    ".join(terminal_safe(str(text), newlines=False) for text in [line, *extra])
 
 
 @click.command("findings")
@@ -251,7 +252,7 @@ def diagnosis_markdown(alert: Alert, diagnosis: Diagnosis) -> str:
     lines += ["", f"_Diagnosis by {by}._"]
     if diagnosis.degraded:
         lines.append(f"_Degraded: {'; '.join(diagnosis.degraded)}._")
-    return redact("\n".join(lines))
+    return terminal_safe(redact("\n".join(lines)))
 
 
 @contextlib.asynccontextmanager
@@ -307,8 +308,11 @@ def investigate_command(  # noqa: PLR0917 - one parameter per click option
     interactive = sys.stdout.isatty() and sys.stderr.isatty()
 
     def progress(tool: str, arguments: dict[str, Any], ok: bool, seconds: float) -> None:
-        shown = " ".join(f"{k}={redact(str(v))[:60]}" for k, v in arguments.items())
-        click.echo(f"\r\033[K  -> {tool} {shown} [{'ok' if ok else 'failed'}, {seconds:.2f}s]", err=True)
+        shown = terminal_safe(" ".join(f"{k}={redact(str(v))[:60]}" for k, v in arguments.items()), newlines=False)
+        click.echo(
+            f"\r\033[K  -> {terminal_safe(tool, newlines=False)} {shown} [{'ok' if ok else 'failed'}, {seconds:.2f}s]",
+            err=True,
+        )
 
     try:
         investigator = make_investigator(config, on_event=progress if interactive else None)

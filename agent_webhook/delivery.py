@@ -4,7 +4,9 @@ Each loop posts the due events of its sink in order and records the outcome. A f
 retried after `initial * 2**(attempts-1)` seconds, capped at `max`, with jitter, for as long as it
 takes: the finding itself is already stored, and the outbox row stays until it is delivered.
 The sink as a whole backs off the same way on consecutive failures, so a dead endpoint with a
-hundred pending events gets one probe per interval, not a hundred.
+hundred pending events gets one probe per interval, not a hundred. A permanent refusal (a 4xx
+other than 408/425/429, a permanent Slack error) is not retried: the event is dead-lettered with
+its reason, counted in agent_webhook_sink_dead_letters_total{sink,reason} and logged.
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ class Delivery:
                 try:
                     ref = await sink.post(item.event, item.finding, item.ref)
                 except SinkError as exc:
+                    if exc.permanent:
+                        await self._dead_letter(sink, item, exc)
+                        continue  # the sink answered: the rest of the batch can go
                     error = str(exc)
                 except Exception as exc:  # a sink bug must not stop deliveries
                     error = f"{type(exc).__name__}: {exc}"
@@ -101,6 +106,24 @@ class Delivery:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), wait)
             wake.clear()
+
+    async def _dead_letter(self, sink: Sink, item: OutboxItem, exc: SinkError) -> None:
+        reason = exc.reason or "permanent"
+        self.metrics.sink_failures.labels(sink.name).inc()
+        self.metrics.sink_dead_letters.labels(sink.name, reason).inc()
+        log.error(
+            "sink refused the event for good, dead-lettered (not retried)",
+            extra={
+                "sink": sink.name,
+                "finding": item.finding.get("id"),
+                "event": item.event,
+                "attempt": item.attempts + 1,
+                "reason": reason,
+                "error": str(exc),
+            },
+        )
+        with contextlib.suppress(Exception):
+            await self.store.run(self.store.dead_letter, item, str(exc))
 
     async def _failed(self, sink: Sink, item: OutboxItem, error: str) -> None:
         self.metrics.sink_failures.labels(sink.name).inc()

@@ -69,6 +69,13 @@ class AgentMetrics:
             ["sink"],
             registry=r,
         )
+        self.sink_dead_letters = Counter(
+            "agent_webhook_sink_dead_letters_total",
+            "Finding events a sink refused for good (a 4xx other than 408/425/429, a permanent Slack error),"
+            " not retried, by reason (http_<status>, slack_<error>).",
+            ["sink", "reason"],
+            registry=r,
+        )
         self.sink_pending = Gauge(
             "agent_webhook_sink_pending", "Finding events waiting to be delivered to a sink.", ["sink"], registry=r
         )

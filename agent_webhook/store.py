@@ -905,6 +905,15 @@ class Store:
                 (_now() + retry_in, redact(error)[:1000], item.id),
             )
 
+    def dead_letter(self, item: OutboxItem, reason: str) -> None:
+        """Give up on an event the sink refused for good: done, never delivered (delivered_at stays
+        NULL), the reason kept in last_error. The finding's later events are no longer held up."""
+        with self._tx() as c:
+            c.execute(
+                "UPDATE outbox SET state='done', attempts=attempts+1, last_error=? WHERE id=?",
+                ("dead-lettered: " + redact(reason)[:1000], item.id),
+            )
+
     # -- reading ----------------------------------------------------------------------------
 
     def _finding_by_seq(self, seq: int) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from agent_webhook.config import AgentConfig, ConfigError, investigation_mapping
-from agent_webhook.investigation import InvestigationConfig, build_investigator
+from agent_webhook.investigation import InvestigationConfig, build_investigator, time_needed
 from agent_webhook.investigation.tools import ProgressCallback
 from agent_webhook.metrics import AgentMetrics
 from agent_webhook.model import Investigator
@@ -28,6 +28,17 @@ def make_investigator(config: AgentConfig, on_event: ProgressCallback | None = N
         inv_config = InvestigationConfig.from_mapping(investigation_mapping(config))
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"investigation settings: {exc}") from None
+    needed = time_needed(inv_config)
+    if needed > config.investigation_timeout_seconds:
+        # Checked at start: otherwise the worker's timeout would cut a slow LLM run and the
+        # finding would lose its triage.
+        raise ConfigError(
+            f"investigation_timeout_seconds ({config.investigation_timeout_seconds:g}) is shorter than an "
+            f"investigation may take ({needed:g}s: 5 evidence calls x tool_timeout_seconds "
+            f"{inv_config.tool_timeout_seconds:g}"
+            + (f" + llm.budget_seconds {inv_config.llm.budget_seconds:g} + 2s grace" if inv_config.llm.enabled else "")
+            + "): raise investigation_timeout_seconds or lower llm.budget_seconds"
+        )
     return build_investigator(inv_config, on_event=on_event)
 
 

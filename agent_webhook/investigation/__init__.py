@@ -11,7 +11,7 @@ The service calls exactly this API:
 from __future__ import annotations
 
 from agent_webhook.investigation.config import CONFIG_KEYS, InvestigationConfig, LLMConfig, SlurmConfig
-from agent_webhook.investigation.investigator import Investigation
+from agent_webhook.investigation.investigator import Investigation, time_needed
 from agent_webhook.investigation.tools import ProgressCallback
 
 
@@ -27,4 +27,5 @@ __all__ = [
     "LLMConfig",
     "SlurmConfig",
     "build_investigator",
+    "time_needed",
 ]

@@ -14,8 +14,15 @@ import click
 from agent_webhook.cli_findings import ENV, FindingsClient, config_option, default_server
 from agent_webhook.config import ConfigError, build_config, load_file, load_investigation
 from agent_webhook.investigation.config import InvestigationConfig
-from agent_webhook.investigation.investigator import FindingsLookup, Investigation
+from agent_webhook.investigation.investigator import (
+    EVIDENCE_CALLS,
+    LLM_GRACE_SECONDS,
+    FindingsLookup,
+    Investigation,
+    time_needed,
+)
 from agent_webhook.model import Diagnosis
+from agent_webhook.terminal import terminal_safe
 from exporters.common.cli import fail
 from exporters.common.logs import redact
 
@@ -26,13 +33,13 @@ def render_markdown(dx: Diagnosis) -> str:
     lines.append(f"_Answered by {source}; {len(dx.evidence)} tool calls; rule `{dx.triage_rule or '-'}`._")
     if dx.degraded:
         lines += ["", "**Degraded:**", *[f"- {d}" for d in dx.degraded]]
-    return "\n".join(lines) + "\n"
+    return terminal_safe(redact("\n".join(lines))) + "\n"
 
 
 def _progress(name: str, args: dict[str, Any], ok: bool, duration: float) -> None:
-    shown = " ".join(f"{k}={redact(str(v))[:60]}" for k, v in args.items())
+    shown = terminal_safe(" ".join(f"{k}={redact(str(v))[:60]}" for k, v in args.items()), newlines=False)
     mark = "ok" if ok else "failed"
-    click.echo(f"  -> {name} {shown} [{mark}, {duration:.2f}s]", err=True)
+    click.echo(f"  -> {terminal_safe(name, newlines=False)} {shown} [{mark}, {duration:.2f}s]", err=True)
 
 
 @click.command("ask", context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,6 +51,15 @@ def _progress(name: str, args: dict[str, Any], ok: bool, duration: float) -> Non
 @click.option("--llm-base-url", envvar=f"{ENV}_LLM_BASE_URL", help="OpenAI-compatible (vLLM) /v1 URL.")
 @click.option("--llm-model", envvar=f"{ENV}_LLM_MODEL", help="Model name the server serves.")
 @click.option("--slurm-mode", type=click.Choice(["metrics", "scontrol"]), envvar=f"{ENV}_SLURM_MODE", default=None)
+@click.option(
+    "--timeout",
+    "timeout",
+    type=click.FloatRange(min=1, max=3600),
+    envvar=f"{ENV}_ASK_TIMEOUT",
+    default=None,
+    help="Overall limit in seconds (default: the evidence tools' worst case plus llm.budget_seconds). The "
+    "LLM's budget is shortened to fit; past the limit, ask exits 3.",
+)
 def ask(
     *,
     question: str,
@@ -54,6 +70,7 @@ def ask(
     llm_base_url: str | None,
     llm_model: str | None,
     slurm_mode: str | None,
+    timeout: float | None,
 ) -> None:
     """Answer a question about the cluster with evidence and a diagnosis.
 
@@ -76,15 +93,39 @@ def ask(
         cfg = InvestigationConfig.from_mapping(load_investigation(path, overrides))
     except ValueError as exc:  # ConfigError included
         fail(str(exc))
+    cfg, limit = fit_timeout(cfg, timeout)
     interactive = sys.stderr.isatty()
     if interactive:
         click.echo("investigating (read-only tools)...", err=True)
     lookup = _findings_lookup(path) if path else None
-    dx = asyncio.run(_ask(cfg, question, _progress if interactive else None, lookup))
+    try:
+        dx = asyncio.run(asyncio.wait_for(_ask(cfg, question, _progress if interactive else None, lookup), limit))
+    except TimeoutError:
+        fail(f"no answer within {limit:g}s (--timeout): Prometheus, Slurm or the model server is too slow", code=3)
     if as_json:
         click.echo(json.dumps({"question": question, **dataclasses.asdict(dx)}, indent=2, default=str))
     else:
         click.echo(render_markdown(dx), nl=False)
+
+
+def fit_timeout(cfg: InvestigationConfig, timeout: float | None) -> tuple[InvestigationConfig, float]:
+    """The config to ask with, its LLM budget shortened to fit `timeout`, and the overall limit.
+
+    A third of the time (at most the tools' usual worst case) is kept for the evidence; the LLM
+    gets the rest, so an answer (the triage, at least) comes before the limit.
+    """
+    needed = time_needed(cfg)
+    if timeout is None:
+        return cfg, needed + 10  # the agent's own worst case, plus the findings lookup
+    if cfg.llm.enabled:
+        evidence = min(timeout / 3, EVIDENCE_CALLS * cfg.tool_timeout_seconds)
+        budget = max(1.0, min(cfg.llm.budget_seconds, timeout - evidence - LLM_GRACE_SECONDS))
+        per_call = min(cfg.llm.timeout_seconds, budget)
+        cfg = dataclasses.replace(
+            cfg, llm=dataclasses.replace(cfg.llm, budget_seconds=budget, timeout_seconds=per_call)
+        )
+    tools = min(cfg.tool_timeout_seconds, max(0.1, timeout / 3))
+    return dataclasses.replace(cfg, tool_timeout_seconds=tools), timeout
 
 
 def _findings_lookup(path: Path) -> FindingsLookup:

@@ -95,6 +95,14 @@ class LLMConfig:
     # Consecutive failures that open the circuit breaker, and how long it stays open.
     breaker_failures: int = 3
     breaker_open_seconds: float = 60.0
+    # Tool calls run per model turn (the rest are answered "not run"): 40 parallel calls in one
+    # turn must not outlast the budget.
+    max_tool_calls_per_turn: int = 8
+    # The model's context window (vLLM's --max-model-len): prompts are fitted into it.
+    context_tokens: int = 32768
+    # The model's tokenizer.json, to count tokens exactly (needs the `tokenizers` package);
+    # without it tokens are estimated conservatively from the length.
+    tokenizer_file: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -169,9 +177,23 @@ class InvestigationConfig:
             max_tokens=int(_number(llm_raw, "max_tokens", "llm.max_tokens", 2048, 16, 131072, integer=True)),
             breaker_failures=int(_number(llm_raw, "breaker_failures", "llm.breaker_failures", 3, 1, 100, integer=True)),
             breaker_open_seconds=_number(llm_raw, "breaker_open_seconds", "llm.breaker_open_seconds", 60.0, 0, 86400),
+            max_tool_calls_per_turn=int(
+                _number(llm_raw, "max_tool_calls_per_turn", "llm.max_tool_calls_per_turn", 8, 1, 64, integer=True)
+            ),
+            context_tokens=int(
+                _number(llm_raw, "context_tokens", "llm.context_tokens", 32768, 1024, 10_000_000, integer=True)
+            ),
+            tokenizer_file=_opt_str(llm_raw, "tokenizer_file", "llm.tokenizer_file"),
         )
         if llm.base_url and not llm.model:
             raise ValueError("llm.model is required when llm.base_url is set (the model name vLLM serves)")
+        if llm.context_tokens < llm.max_tokens + 1024:
+            raise ValueError(
+                f"llm.context_tokens ({llm.context_tokens}) must leave at least 1024 tokens of prompt beside "
+                f"llm.max_tokens ({llm.max_tokens})"
+            )
+        if llm.tokenizer_file is not None and not Path(llm.tokenizer_file).is_file():
+            raise ValueError(f"llm.tokenizer_file: {llm.tokenizer_file} is not a file (the model's tokenizer.json)")
         return cls(
             prometheus_url=_server_url(raw, "prometheus_url", "prometheus_basic_auth"),
             alertmanager_url=_server_url(raw, "alertmanager_url", "alertmanager_basic_auth"),
@@ -207,6 +229,9 @@ LLM_KEYS = {
     "max_tokens",
     "breaker_failures",
     "breaker_open_seconds",
+    "max_tool_calls_per_turn",
+    "context_tokens",
+    "tokenizer_file",
 }
 SLURM_KEYS = {"mode", "bin_dir", "command_timeout_seconds"}
 

@@ -31,6 +31,10 @@ _NODE_WORD = re.compile(r"\b(?:node|host|nodes)\s+([A-Za-z0-9][A-Za-z0-9._-]*[A-
 _NODE_LIKE = re.compile(r"\b([A-Za-z][A-Za-z0-9]*-[A-Za-z0-9-]*[0-9])\b")
 _GPU_WORD = re.compile(r"\bgpu\s+#?(\d{1,3})\b", re.I)
 _SLURM_QUESTION = re.compile(r"drain|down|respond|pend|queue|wait", re.I)
+# How far past llm.budget_seconds the LLM loop may run before it is cut off (the triage stays).
+LLM_GRACE_SECONDS = 2.0
+# Evidence tool calls the deterministic gathering makes one after another, at most (gather()).
+EVIDENCE_CALLS = 5
 # The agent's findings of a node (list of findings API objects); raises when they cannot be read.
 FindingsLookup = Callable[[str], list[dict[str, Any]]]
 
@@ -79,6 +83,16 @@ def synthetic_alertname(facts: Facts, question: str = "") -> str | None:
     ):
         return "SlurmGPUQueueBacklog"
     return None
+
+
+def time_needed(cfg: InvestigationConfig) -> float:
+    """Seconds an investigation may take at worst: the evidence, then the LLM within its budget.
+    The agent's investigation_timeout_seconds must allow this, or a slow LLM run would be cut
+    off by the worker and the finding lose its triage."""
+    needed = EVIDENCE_CALLS * cfg.tool_timeout_seconds
+    if cfg.llm.enabled:
+        needed += cfg.llm.budget_seconds + LLM_GRACE_SECONDS
+    return needed
 
 
 class Investigation:
@@ -265,11 +279,18 @@ class Investigation:
         if self.llm is not None:
             llm_started = time.monotonic()
             try:
-                result = await self.llm.run(toolbox, fence, prompt, stats)
+                # The loop keeps its own budget; this bounds anything that slips past it (a tool or
+                # request ignoring its timeout), so the triage is never lost to the LLM.
+                result = await asyncio.wait_for(
+                    self.llm.run(toolbox, fence, prompt, stats), self.cfg.llm.budget_seconds + LLM_GRACE_SECONDS
+                )
             except LLMUnavailable as exc:
                 degraded.append(f"llm unavailable: {exc}")
             except TimeoutError:
-                degraded.append("llm unavailable: timed out")
+                degraded.append(f"llm unavailable: over its {self.cfg.llm.budget_seconds:g}s budget")
+            except Exception as exc:  # a bug or an unexpected answer in the loop: the triage stands
+                log.exception("llm loop failed")
+                degraded.append(f"llm failed: {type(exc).__name__}")
             dx.timings["llm_seconds"] = round(time.monotonic() - llm_started, 4)
             # Tool failures during the LLM loop count too.
             degraded += [

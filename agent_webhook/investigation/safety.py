@@ -22,6 +22,10 @@ METRIC_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]{0,199}$")
 GPU_RE = re.compile(r"^[0-9]{1,3}$")
 JOB_ID_RE = re.compile(r"^[0-9]{1,12}(_[0-9]{1,9})?$")
 MAX_QUERY_CHARS = 2000
+# A tool call's arguments (JSON text) above this are refused unparsed; every schema fits well
+# inside (the longest field is a PromQL query of MAX_QUERY_CHARS).
+MAX_ARGUMENT_CHARS = 4096
+STORED_ARGUMENT_CHARS = 2500
 _MARKER_RUN = re.compile(r"<{3,}|>{3,}")
 
 
@@ -109,6 +113,18 @@ def clean(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [clean(v) for v in value]
     return value
+
+
+def cap_arguments(args: Any, limit: int = STORED_ARGUMENT_CHARS) -> dict[str, Any]:
+    """Tool-call arguments as stored in evidence, logged and shown: redacted, and when their JSON
+    is longer than `limit`, a stand-in holding its capped text."""
+    if not isinstance(args, dict):
+        return {}
+    cleaned: dict[str, Any] = clean(args)
+    text = json.dumps(cleaned, sort_keys=True, default=str)
+    if len(text) <= limit:
+        return cleaned
+    return {"truncated_arguments": cap(text, limit)}
 
 
 class Fence:

@@ -38,6 +38,7 @@ from agent_webhook.investigation.safety import (
     GuardrailError,
     URLAllowlist,
     cap,
+    cap_arguments,
     check_gpu,
     check_job_id,
     check_metric,
@@ -304,7 +305,7 @@ class ToolBox:
         self.evidence.append(
             Evidence(
                 tool=name[:60],
-                arguments=clean(args) if isinstance(args, dict) else {},
+                arguments=cap_arguments(args),
                 excerpt=output.text,
                 ok=output.ok,
                 duration_seconds=round(duration, 4),
@@ -312,10 +313,15 @@ class ToolBox:
         )
         log.debug(
             "tool call",
-            extra={"tool": name[:60], "ok": output.ok, "duration_seconds": round(duration, 4), "arguments": args},
+            extra={
+                "tool": name[:60],
+                "ok": output.ok,
+                "duration_seconds": round(duration, 4),
+                "arguments": cap_arguments(args, 500),
+            },
         )
         if self.on_event is not None:
-            self.on_event(name, args if isinstance(args, dict) else {}, output.ok, duration)
+            self.on_event(name, cap_arguments(args, 500), output.ok, duration)
         return output
 
     def record_rejected(self, name: str, args: Any, reason: str) -> None:
@@ -323,13 +329,13 @@ class ToolBox:
         self.evidence.append(
             Evidence(
                 tool=name[:60],
-                arguments=clean(args) if isinstance(args, dict) else {},
+                arguments=cap_arguments(args),
                 excerpt=cap(clean(f"rejected: {reason}"), 500),
                 ok=False,
             )
         )
         if self.on_event is not None:
-            self.on_event(name, args if isinstance(args, dict) else {}, False, 0.0)
+            self.on_event(name, cap_arguments(args, 500), False, 0.0)
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:

@@ -15,9 +15,26 @@ import aiohttp
 from agent_webhook.config import SinkConfig
 from exporters.common.logs import redact, redact_value, strip_userinfo
 
+# 4xx answers that may succeed when retried: a timeout, "too early", rate limiting.
+TRANSIENT_4XX = frozenset({408, 425, 429})
+
 
 class SinkError(RuntimeError):
-    """A post failed; the message (redacted before it is stored or logged) says how."""
+    """A post failed; the message (redacted before it is stored or logged) says how.
+
+    `permanent` failures (a 4xx other than TRANSIENT_4XX: the request itself is refused) are not
+    retried: the delivery loop dead-letters them with `reason` (a short, bounded label).
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False, reason: str = "") -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.reason = reason
+
+
+def status_error(message: str, status: int) -> SinkError:
+    permanent = 400 <= status < 500 and status not in TRANSIENT_4XX
+    return SinkError(message, permanent=permanent, reason=f"http_{status}")
 
 
 class Sink(Protocol):
@@ -51,7 +68,9 @@ async def post_json(
         ) as resp:
             text = (await resp.text(errors="replace"))[:2000]
             if resp.status // 100 != 2:
-                raise SinkError(f"{method} {strip_userinfo(url)} answered {resp.status}: {redact(text[:300])}")
+                raise status_error(
+                    f"{method} {strip_userinfo(url)} answered {resp.status}: {redact(text[:300])}", resp.status
+                )
             return resp.status, text
     except (aiohttp.ClientError, TimeoutError) as exc:
         # aiohttp's messages repeat the URL, credentials included: shown nowhere.

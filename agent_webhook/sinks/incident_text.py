@@ -7,6 +7,7 @@ finding without an incident (stored before incidents existed) gets the old per-f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from agent_webhook.sinks.render import finding_link, full_text, headline
@@ -41,10 +42,17 @@ def incident_summary(incident: dict[str, Any], public_url: str | None) -> str:
     return "\n".join(lines)
 
 
-def event_text(event: str, finding: dict[str, Any], public_url: str | None) -> str:
+def _same(text: str) -> str:
+    return text
+
+
+def event_text(
+    event: str, finding: dict[str, Any], public_url: str | None, escape: Callable[[str], str] = _same
+) -> str:
+    """`escape` (Slack's) goes over every piece of alert, model or operator text."""
     incident = finding.get("incident")
     if not isinstance(incident, dict):
-        return full_text("resolved" if event == "resolved" else "new", finding, public_url)
+        return full_text("resolved" if event == "resolved" else "new", finding, public_url, escape)
     raw_detail = finding.get("event_detail")
     detail: dict[str, Any] = raw_detail if isinstance(raw_detail, dict) else {}
     link = finding_link(finding, public_url)
@@ -52,27 +60,27 @@ def event_text(event: str, finding: dict[str, Any], public_url: str | None) -> s
     if event == "new":
         return "\n".join(
             [
-                full_text("new", finding, public_url),
+                full_text("new", finding, public_url, escape),
                 "",
-                incident_line(incident) + " Updates follow in this thread.",
+                escape(incident_line(incident)) + " Updates follow in this thread.",
             ]
         )
     if event == "joined":
         if finding.get("derived_from"):
             lines = [
-                f"+ {headline('new', finding)}",
+                f"+ {headline('new', finding, escape)}",
                 f"Same kind as {finding['derived_from']}: same diagnosis, not investigated again.",
             ]
         else:  # a new kind of alert: its own diagnosis
-            lines = ["+ New kind of alert in this incident:", full_text("new", finding, public_url)]
+            lines = ["+ New kind of alert in this incident:", full_text("new", finding, public_url, escape)]
             tail = []
-        return "\n".join([*lines, incident_line(incident), *tail])
+        return "\n".join([*lines, escape(incident_line(incident)), *tail])
     if event == "resolved":
         return "\n".join(
             [
-                headline("resolved", finding),
+                headline("resolved", finding, escape),
                 f"Resolved at {finding.get('resolved_at')} (finding {finding.get('id')}).",
-                incident_line(incident),
+                escape(incident_line(incident)),
                 *tail,
             ]
         )
@@ -80,9 +88,9 @@ def event_text(event: str, finding: dict[str, Any], public_url: str | None) -> s
         silences = ", ".join(str(s) for s in detail.get("silences") or [])
         return "\n".join(
             [
-                f"Acknowledged by {detail.get('by')} until {detail.get('until')}: {detail.get('comment')}",
+                escape(f"Acknowledged by {detail.get('by')} until {detail.get('until')}: {detail.get('comment')}"),
                 f"Alertmanager silence(s) {silences} for {len(detail.get('findings') or [])} alert(s).",
-                incident_line(incident),
+                escape(incident_line(incident)),
             ]
         )
     if event == "unacked":
@@ -90,8 +98,8 @@ def event_text(event: str, finding: dict[str, Any], public_url: str | None) -> s
         silences = ", ".join(str(s) for s in detail.get("silences") or [])
         return "\n".join(
             [
-                f"Acknowledgement of {detail.get('acknowledged_by')} withdrawn{by}: silence(s) {silences} expired.",
-                incident_line(incident),
+                escape(f"Acknowledgement of {detail.get('acknowledged_by')} withdrawn{by}: silence(s) {silences} expired."),
+                escape(incident_line(incident)),
             ]
         )
-    return full_text(event, finding, public_url)
+    return full_text(event, finding, public_url, escape)

@@ -17,6 +17,17 @@ import aiohttp
 from agent_webhook.config import SinkConfig
 from agent_webhook.sinks import SinkError, post_json
 from agent_webhook.sinks.incident_text import event_text
+from agent_webhook.sinks.render import slack_escape
+
+# Slack API errors worth retrying; every other `ok: false` (channel_not_found, invalid_auth,
+# msg_too_long, ...) is the same on every try.
+SLACK_TRANSIENT = frozenset(
+    {"ratelimited", "rate_limited", "service_unavailable", "internal_error", "fatal_error", "request_timeout"}
+)
+# The errors named in the dead-letter metric's reason; others count as slack_error (bounded labels).
+SLACK_PERMANENT_SHOWN = frozenset(
+    {"channel_not_found", "not_in_channel", "invalid_auth", "token_revoked", "account_inactive", "msg_too_long"}
+)
 
 
 class SlackSink:
@@ -27,7 +38,9 @@ class SlackSink:
         self.public_url = public_url
 
     def payload(self, event: str, finding: dict[str, Any], ref: str | None) -> dict[str, Any]:
-        payload: dict[str, Any] = {"text": event_text(event, finding, self.public_url)}
+        # Alert and model text is escaped: `<!channel>` must not page a channel, nor
+        # `<http://x|runbook>` disguise a link. The finding link is the agent's own.
+        payload: dict[str, Any] = {"text": event_text(event, finding, self.public_url, slack_escape)}
         if self.config.channel:
             payload["channel"] = self.config.channel
         if self.config.username:
@@ -52,7 +65,12 @@ class SlackSink:
             return ref  # an incoming webhook's plain "ok"
         if isinstance(answer, dict):
             if answer.get("ok") is False:
-                raise SinkError(f"slack answered ok=false: {str(answer.get('error'))[:200]}")
+                error = str(answer.get("error"))[:200]
+                raise SinkError(
+                    f"slack answered ok=false: {error}",
+                    permanent=error not in SLACK_TRANSIENT,
+                    reason="slack_" + (error if error in SLACK_PERMANENT_SHOWN else "error"),
+                )
             ts = answer.get("ts")
             if event == "new" and isinstance(ts, str) and ts:
                 return ts

@@ -35,6 +35,30 @@ _REDACTIONS = [
     (re.compile(r"\brpa_[A-Za-z0-9]{16,}"), "<redacted>"),
     (re.compile(r"(hooks\.slack\.com/services/)[A-Za-z0-9/]+"), r"\1<redacted>"),
     (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"), "<redacted>"),
+    # Hugging Face, Slack (xoxb-, xoxp-, xoxa-, ...), GitLab personal access tokens, AWS key ids
+    (re.compile(r"\bhf_[A-Za-z0-9]{20,}"), "<redacted>"),
+    (re.compile(r"\bxox[a-z]-[A-Za-z0-9-]{8,}"), "<redacted>"),
+    (re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}"), "<redacted>"),
+    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "<redacted>"),
+    # JWTs: base64url header (always `{"...` = eyJ), payload and signature
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}"), "<redacted>"),
+    # PEM private keys, whole or cut off before their END line (a capped excerpt), raw or with the
+    # newlines escaped as in JSON
+    (
+        re.compile(
+            r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----(?:[A-Za-z0-9+/=:,\s-]|\\[nr])*?"
+            r"(?:-----END \1PRIVATE KEY-----|(?=[^A-Za-z0-9+/=:,\s\\-])|$)"
+        ),
+        "<redacted private key>",
+    ),
+    # secrets as command-line flags: --token VALUE, --password=VALUE, --api-key 'VALUE'
+    (
+        re.compile(
+            r"(?i)(--?[a-z0-9_.-]*(?:token(?!s)|secret|password|passwd|api[_-]?key|apikey|credential)[a-z0-9_.-]*)"
+            r"(\s+|=)(\"[^\"]*\"|'[^']*'|[^\s\"']+)"
+        ),
+        r"\1\2<redacted>",
+    ),
 ]
 
 

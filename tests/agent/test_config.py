@@ -165,3 +165,17 @@ def test_second_instance_on_the_same_database_exits_2(tmp_path: Path) -> None:
         held.close()
     assert result.returncode == 2
     assert "in use by another agent-webhook" in result.stderr
+
+
+def test_llm_budget_longer_than_the_investigation_timeout_exits_2(tmp_path: Path) -> None:
+    """A budget the worker's timeout would cut short would throw the triage away: refused at start."""
+    llm = {"base_url": "http://127.0.0.1:1/v1", "model": "m", "budget_seconds": 280}
+    config = _write(tmp_path / "agent.yml", {"db": "a.db", "listen": "127.0.0.1:0", "llm": llm})
+    result = subprocess.run([AGENT, "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "investigation_timeout_seconds (300)" in last and "332s" in last and "llm.budget_seconds 280" in last
+    assert "Traceback" not in result.stderr
+    # Raising the timeout (or lowering the budget) is accepted.
+    ok = build_config({"investigation_timeout_seconds": 332, "llm": llm}, tmp_path)
+    assert isinstance(make_investigator(ok), Investigation)

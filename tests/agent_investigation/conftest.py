@@ -17,6 +17,20 @@ from tests.harness.promstack import MissingBinary, PrometheusServer, start_prome
 EXTRA_SERIES = [({"__name__": "test_many_series", "i": str(i)}, [float(i)]) for i in range(120)]
 EXTRA_SERIES.append(({"__name__": "test_long_label", "text": "x" * 3000}, [1.0]))
 EXTRA_SERIES.append(({"__name__": "test_secret_info", "dsn": "postgres://admin:hunter2@db:5432/x"}, [1.0]))
+# Secrets in label values (test_secret_corpus.py): what a careless exporter or job label exposes.
+EXTRA_SERIES.append(
+    (
+        {
+            "__name__": "test_secret_corpus",
+            "hf": "hf_kLm3NoPqRsTuVwXyZaBcDeFgHiJkLmNo12",
+            "slack": "xoxp-2143425-98765432101-AbCdEfGhIjKlMnOpQrStUv",
+            "cmd": "python serve.py --password pwLEAK4value --model x",
+            "key": "-----BEGIN PRIVATE KEY----- MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjLEAKPEMBODY "
+            "-----END PRIVATE KEY-----",
+        },
+        [1.0],
+    )
+)
 
 
 @dataclass

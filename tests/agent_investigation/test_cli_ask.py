@@ -7,6 +7,7 @@ import os
 import pty
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,33 @@ def test_config_from_env_and_the_agents_findings(live_cluster: LiveCluster, tmp_
     config.write_text("promethues_url: http://127.0.0.1:9\n")
     result = run("is gpu-e03 ok?", env={"GPU_WATCHDOG_CONFIG": str(config)})
     assert result.returncode == 2 and "promethues_url" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_timeout_shortens_the_llm_budget_and_keeps_the_triage(live_cluster: LiveCluster) -> None:
+    """A model server that never answers in time: with --timeout 6 ask answers within it, from the
+    triage, instead of waiting out the configured 180 s budget."""
+    from tests.fakes.openai_server import delay
+
+    with FakeOpenAIServer([delay(30, text("{}"))]) as llm:
+        started = time.monotonic()
+        result = run(
+            "why is node gpu-e07 drained?",
+            "--prometheus-url",
+            live_cluster.prometheus.url,
+            "--llm-base-url",
+            llm.url,
+            "--llm-model",
+            "fake-model",
+            "--timeout",
+            "6",
+        )
+        elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert elapsed < 9, elapsed
+    assert result.stdout.startswith("# SlurmNodeDrained on node gpu-e07")
+    assert "LLM was not reachable" in result.stdout and "llm unavailable" in result.stdout
+
+
+def test_timeout_is_validated(live_cluster: LiveCluster) -> None:
+    result = run("why is node gpu-e07 drained?", "--prometheus-url", live_cluster.prometheus.url, "--timeout", "0")
+    assert result.returncode == 2 and "--timeout" in result.stderr and "Traceback" not in result.stderr

@@ -144,7 +144,7 @@ def test_agent_killed_mid_investigation_loses_and_duplicates_nothing(stack: Stac
 
     llm = FakeOpenAIServer(script)
     llm.start()
-    llm_config = {"base_url": llm.url, "model": "fake-model", "timeout_seconds": 150, "budget_seconds": 300}
+    llm_config = {"base_url": llm.url, "model": "fake-model", "timeout_seconds": 150, "budget_seconds": 240}
     faults = {5: "79", 6: "48"}
     since = _rows(stack, "SELECT COALESCE(MAX(id), 0) AS id FROM alerts")[0]["id"]
     assert stack.agent is not None

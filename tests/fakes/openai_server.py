@@ -7,6 +7,10 @@ recorded (`requests`) so tests can assert on prompts and on the tool schemas off
 A script is a list of turns, played in order (the last one repeats), or a callable
 `(request_body, index) -> turn`. A turn is `text(...)`, `tool_calls(...)`, `http_error(...)`
 or `delay(seconds, turn)`.
+
+With `max_model_len`, the server refuses requests longer than the model's context the way vLLM
+does: HTTP 400 with vLLM's error body and message (counting `CHARS_PER_TOKEN` characters of the
+messages and tool schemas as a token), before the script is consulted (`rejected` counts them).
 """
 
 from __future__ import annotations
@@ -53,12 +57,33 @@ def delay(seconds: float, turn: Turn) -> Turn:
 
 
 Script = Sequence[Turn] | Callable[[dict[str, Any], int], Turn]
+CHARS_PER_TOKEN = 4
+
+
+def vllm_context_error(max_model_len: int, input_tokens: int, max_tokens: int | None) -> dict[str, Any]:
+    """vLLM's answer to a prompt over max_model_len (serving_engine's length check, vLLM >= 0.8:
+    the OpenAI-style nested `error`, type BadRequestError, code 400)."""
+    if input_tokens >= max_model_len:
+        message = (
+            f"This model's maximum context length is {max_model_len} tokens. However, your request has "
+            f"{input_tokens} input tokens. Please reduce the length of the input messages."
+        )
+    else:
+        message = (
+            f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's maximum context "
+            f"length is {max_model_len} tokens and your request has {input_tokens} input tokens "
+            f"({max_tokens} > {max_model_len} - {input_tokens})."
+        )
+    return {"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}}
 
 
 class FakeOpenAIServer(ThreadedServer):
-    def __init__(self, script: Script, model: str = "fake-model") -> None:
+    def __init__(self, script: Script, model: str = "fake-model", max_model_len: int | None = None) -> None:
         self.script = script
         self.model = model
+        self.max_model_len = max_model_len
+        self.rejected = 0  # requests refused as over max_model_len
+        self.sizes: list[int] = []  # bytes of every request body, in order
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -82,8 +107,21 @@ class FakeOpenAIServer(ThreadedServer):
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
 
+    def input_tokens(self, body: dict[str, Any]) -> int:
+        text = json.dumps(body.get("messages", [])) + json.dumps(body.get("tools") or [])
+        return len(text) // CHARS_PER_TOKEN
+
     async def _chat(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        raw = await request.read()
+        body = json.loads(raw)
+        with self._lock:
+            self.sizes.append(len(raw))
+        if self.max_model_len is not None:
+            used, wanted = self.input_tokens(body), body.get("max_tokens")
+            if used >= self.max_model_len or used + int(wanted or 0) > self.max_model_len:
+                with self._lock:
+                    self.rejected += 1
+                return web.json_response(vllm_context_error(self.max_model_len, used, wanted), status=400)
         turn = self._turn(body)
         if turn.delay:
             await asyncio.sleep(turn.delay)
