@@ -98,7 +98,9 @@ def event_text(
         silences = ", ".join(str(s) for s in detail.get("silences") or [])
         return "\n".join(
             [
-                escape(f"Acknowledgement of {detail.get('acknowledged_by')} withdrawn{by}: silence(s) {silences} expired."),
+                escape(
+                    f"Acknowledgement of {detail.get('acknowledged_by')} withdrawn{by}: silence(s) {silences} expired."
+                ),
                 escape(incident_line(incident)),
             ]
         )
