@@ -297,6 +297,14 @@ class Investigation:
         markdown = answer.get("diagnosis_markdown") or answer.get("diagnosis") or result.content
         if not isinstance(markdown, str):
             markdown = json.dumps(markdown)
+        own_actions = [cap(str(a), 500) for a in actions if str(a).strip()][:20] if isinstance(actions, list) else []
+        own = {
+            "severity": severity if severity in SEVERITY_ORDER else None,
+            "summary": one_line(answer.get("summary")),
+            "likely_cause": one_line(answer.get("likely_cause"), 500),
+            "diagnosis_markdown": markdown,
+            "recommended_actions": own_actions,
+        }
         if result.forced_final:
             markdown += "\n\n_Answer forced at the step limit or time budget: it may be partial._"
         return replace(
@@ -312,11 +320,10 @@ class Investigation:
             + dx.diagnosis_markdown.replace(
                 "_Deterministic triage from the knowledge base (no LLM)._", "_Deterministic triage (starting point)._"
             ),
-            recommended_actions=[cap(str(a), 500) for a in actions if str(a).strip()][:20]
-            if isinstance(actions, list) and actions
-            else dx.recommended_actions,
+            recommended_actions=own_actions or dx.recommended_actions,
             llm_used=True,
             llm_model=self.cfg.llm.model,
+            llm_answer=clean(own),
         )
 
 

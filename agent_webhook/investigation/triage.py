@@ -13,6 +13,7 @@ from agent_webhook.knowledge import AlertEntry, Entry, KnowledgeBase, load_knowl
 from agent_webhook.model import Alert, Diagnosis, Severity
 
 SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
+POWER_CAP_REASONS = {"sw_power_cap", "power_cap"}
 
 
 @dataclass
@@ -114,6 +115,10 @@ def _by_thermal(alert: Alert, facts: Facts, kb: KnowledgeBase, entry: AlertEntry
         key = "thermal_hw_slowdown"
     elif alert.alertname == "GPUTemperatureHigh":
         key = "temperature_high"
+    elif reasons and reasons <= POWER_CAP_REASONS:
+        # A throttling alert whose only reasons now are the power cap: expected under full
+        # load, not a cooling problem (the evidence overrules the alert's name).
+        key = "power_cap"
     elif reasons & THERMAL_REASONS or alert.alertname == "GPUThermalThrottling":
         key = "thermal_throttle"
     else:
