@@ -17,6 +17,7 @@ from typing import Any
 
 from agent_webhook.investigation.config import InvestigationConfig
 from agent_webhook.investigation.facts import Facts, gather, gather_cluster, gather_node
+from agent_webhook.investigation.history import HistoryLookup
 from agent_webhook.investigation.llm import CircuitBreaker, LLMDiagnoser, LLMResult, LLMStats, LLMUnavailable
 from agent_webhook.investigation.prometheus import EvidenceSource, PrometheusAPI, UnavailableSource
 from agent_webhook.investigation.safety import NODE_RE, Fence, URLAllowlist, cap, clean
@@ -92,8 +93,10 @@ class Investigation:
         knowledge: KnowledgeBase | None = None,
         on_event: ProgressCallback | None = None,
         breaker: CircuitBreaker | None = None,
+        history: HistoryLookup | None = None,
     ) -> None:
         self.cfg = cfg
+        self.history = history
         self.knowledge = knowledge or load_knowledge()
         self.on_event = on_event
         # An injected source (a replay) is shared; otherwise each investigation gets its own
@@ -118,8 +121,12 @@ class Investigation:
     async def close(self) -> None:
         """Nothing to release (sessions live per investigation); kept for callers that close."""
 
+    def attach_history(self, history: HistoryLookup | None) -> None:
+        """Read earlier findings through `history` (the service's store): the gpu_history tool."""
+        self.history = history
+
     def _toolbox(self, alert: Alert | None) -> ToolBox:
-        return ToolBox(self.cfg, self._new_source(), alert=alert, on_event=self.on_event)
+        return ToolBox(self.cfg, self._new_source(), alert=alert, on_event=self.on_event, history=self.history)
 
     async def _release(self, toolbox: ToolBox) -> None:
         await toolbox.close()

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from agent_webhook.investigation.history import HistoryLookup, HistoryQuery
 from agent_webhook.investigation.prometheus import RecordedPrometheus, parse_series_line
 from agent_webhook.model import Alert, Diagnosis
 
@@ -35,6 +36,22 @@ class Incident:
 
     def recorded_source(self) -> RecordedPrometheus:
         return RecordedPrometheus(self.series)
+
+    def history_lookup(self) -> HistoryLookup:
+        """The agent's earlier findings, as the store answers: of the node, or of the GPU by UUID or
+        serial. Not by time: the incidents happen on 2026-01-01, and the recurrence window is
+        measured from the alert's start, not from now."""
+
+        async def lookup(query: HistoryQuery) -> list[dict[str, Any]]:
+            return [
+                dict(f)
+                for f in self.history
+                if (query.node and f.get("node") == query.node)
+                or (query.uuid and f.get("gpu_uuid") == query.uuid)
+                or (query.serial and f.get("gpu_serial") == query.serial)
+            ]
+
+        return lookup
 
 
 def load_incident(path: Path) -> Incident:

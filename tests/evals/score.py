@@ -78,9 +78,12 @@ async def score_llm(url: str, model: str, incidents: list[Incident]) -> Report:
         {"llm": {"base_url": url, "model": model, "api_key_env": "GPU_WATCHDOG_EVAL_LLM_KEY", "budget_seconds": 300}}
     )
     for incident in incidents:
-        triage_dx = await Investigation(triage_cfg, source=incident.recorded_source()).investigate(incident.alert)
+        history = incident.history_lookup()
+        triage = Investigation(triage_cfg, source=incident.recorded_source(), history=history)
+        triage_dx = await triage.investigate(incident.alert)
         started = time.monotonic()
-        llm_dx = await Investigation(llm_cfg, source=incident.recorded_source()).investigate(incident.alert)
+        llm = Investigation(llm_cfg, source=incident.recorded_source(), history=history)
+        llm_dx = await llm.investigate(incident.alert)
         seconds = time.monotonic() - started
         problems = check_llm(incident, llm_dx)  # the model's own answer only, never the triage's
         report.rows.append(

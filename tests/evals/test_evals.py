@@ -13,6 +13,7 @@ import os
 import pytest
 
 from agent_webhook.investigation import Investigation, InvestigationConfig
+from agent_webhook.investigation.history import HistoryLookup
 from agent_webhook.investigation.prometheus import RecordedPrometheus
 from agent_webhook.model import Diagnosis
 from tests.evals.evalset import Incident, check, load_incidents
@@ -56,13 +57,14 @@ def test_every_incident_can_fail() -> None:
         assert incident.decided_by in {"labels", "evidence"}, incident.id
 
 
-async def _triage(incident: Incident, source: RecordedPrometheus) -> Diagnosis:
-    return await Investigation(InvestigationConfig.from_mapping({}), source=source).investigate(incident.alert)
+async def _triage(incident: Incident, source: RecordedPrometheus, history: HistoryLookup | None) -> Diagnosis:
+    investigation = Investigation(InvestigationConfig.from_mapping({}), source=source, history=history)
+    return await investigation.investigate(incident.alert)
 
 
 async def test_triage_is_right_on_every_incident_the_evidence_decides() -> None:
     decided = [i for i in INCIDENTS if i.decided_by == "evidence"]
-    wrong = {i.id: check(i, await _triage(i, i.recorded_source())) for i in decided}
+    wrong = {i.id: check(i, await _triage(i, i.recorded_source(), i.history_lookup())) for i in decided}
     wrong = {k: v for k, v in wrong.items() if v}
     assert wrong == {}, wrong
     assert len(decided) >= 12
@@ -74,13 +76,15 @@ async def test_triage_is_right_on_every_incident_the_evidence_decides() -> None:
 async def test_the_labels_alone_do_not_decide(incident: Incident) -> None:
     """Replayed without its series, an evidence-decided incident must come out wrong: else
     the case tests the alert's labels, not the evidence."""
-    blind = await _triage(incident, RecordedPrometheus([]))
+    blind = await _triage(incident, RecordedPrometheus([]), None)
     assert check(incident, blind) != [], f"{incident.id}: the labels alone got it right"
 
 
 @pytest.mark.parametrize("incident", INCIDENTS, ids=[i.id for i in INCIDENTS])
 async def test_deterministic_triage(incident: Incident) -> None:
-    investigation = Investigation(InvestigationConfig.from_mapping({}), source=incident.recorded_source())
+    investigation = Investigation(
+        InvestigationConfig.from_mapping({}), source=incident.recorded_source(), history=incident.history_lookup()
+    )
     dx = await investigation.investigate(incident.alert)
     assert check(incident, dx) == [], dx.diagnosis_markdown
     assert not dx.llm_used and dx.degraded == []
