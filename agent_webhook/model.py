@@ -83,6 +83,13 @@ class Diagnosis:
     # Set by the service, not the investigation: the scale decision this alert led to
     # (agent_webhook.actions.Decision.as_dict()), None for alerts that never lead to one.
     action: dict[str, Any] | None = None
+    # The model's own answer (severity, summary, likely_cause, diagnosis_markdown,
+    # recommended_actions) before it is merged with the triage; None without an LLM answer.
+    # The evals score this, so the triage's text never counts as the model's.
+    llm_answer: dict[str, Any] | None = None
+    # The alert's GPU by UUID and serial (what the history of a GPU is matched on), when known.
+    gpu_uuid: str | None = None
+    gpu_serial: str | None = None
 
 
 class Investigator(Protocol):

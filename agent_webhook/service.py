@@ -22,6 +22,7 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -30,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agent_webhook.ack import AckAPI
 from agent_webhook.config import AgentConfig
 from agent_webhook.delivery import Delivery
+from agent_webhook.investigation.history import HistoryQuery
 from agent_webhook.metrics import AgentMetrics
 from agent_webhook.model import Investigator
 from agent_webhook.payload import PayloadError, parse_payload, parse_time
@@ -105,6 +107,10 @@ class Service:
             sinks=[s.name for s in config.sinks],
             incident_window=config.incident_window_seconds,
         )
+        # Earlier findings as evidence (the gpu_history tool), for investigators that read them.
+        attach = getattr(investigator, "attach_history", None)
+        if callable(attach):
+            attach(self._history)
         self._sinks_override = sinks
         # Built here, not in start(): a bad actions setup (no playbook) is a ConfigError at launch.
         self.actions = make_action_engine(config, self.store, self.metrics)
@@ -113,6 +119,17 @@ class Service:
         self.delivery: Delivery | None = None
         self.reconciler: Reconciler | None = None
         self.started_at = time.time()
+
+    async def _history(self, query: HistoryQuery) -> list[dict[str, Any]]:
+        return await self.store.call(
+            READ,
+            self.store.history,
+            node=query.node,
+            uuid=query.uuid,
+            serial=query.serial,
+            since=query.since,
+            limit=query.limit,
+        )
 
     async def start(self) -> None:
         recovered = await self.store.run(self.store.open)

@@ -369,6 +369,12 @@ class Store:
                 if "resolved_reason" not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN resolved_reason TEXT")
             incidents.migrate(conn)  # databases created before incidents existed
+            # Databases created before the GPU history: the GPU's identity on each finding.
+            for column in ("gpu_uuid", "gpu_serial"):
+                if column not in {row[1] for row in conn.execute("PRAGMA table_info(findings)")}:
+                    conn.execute(f"ALTER TABLE findings ADD COLUMN {column} TEXT")
+            conn.execute("CREATE INDEX IF NOT EXISTS findings_by_gpu_uuid ON findings (gpu_uuid, seq)")
+            conn.execute("CREATE INDEX IF NOT EXISTS findings_by_gpu_serial ON findings (gpu_serial, seq)")
         except sqlite3.Error as exc:
             self._release_lock()
             raise StoreError(f"database {self.path}: {exc}") from None
@@ -737,7 +743,8 @@ class Store:
                 "INSERT INTO findings (id, alert_id, fingerprint, starts_at, alertname, node, gpu, status, severity,"
                 " summary, likely_cause, diagnosis, evidence, actions, llm_used, llm_model, triage_rule, degraded,"
                 " timings, labels, created_at, updated_at, resolved_at, action, resolved_reason, incident_id,"
-                " derived_from) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " derived_from, gpu_uuid, gpu_serial)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     finding_id,
                     job.alert_id,
@@ -766,6 +773,8 @@ class Store:
                     alert["resolved_reason"],
                     incident,
                     derived_from,
+                    diagnosis.gpu_uuid,
+                    diagnosis.gpu_serial,
                 ),
             )
             seq = int(cur.lastrowid or 0)
@@ -1049,6 +1058,21 @@ class Store:
         incident = c.execute("SELECT incident_id FROM findings WHERE seq=?", (seq,)).fetchone()[0]
         self._enqueue_sinks(c, seq, event, now, incident_id=incident, detail=redact_value("detail", detail))
 
+    def history(
+        self, *, node: str | None, uuid: str | None, serial: str | None, since: float, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Findings created since `since` of the node, or of the GPU (UUID or serial) on any node;
+        newest first. The evidence of the investigation that reads them (`gpu_history`)."""
+        if not (node or uuid or serial):
+            return []
+        # `column = NULL` is never true: an unknown UUID or serial matches nothing.
+        rows = self.conn.execute(
+            "SELECT * FROM findings WHERE created_at>=? AND (node=? OR gpu_uuid=? OR gpu_serial=?)"
+            " ORDER BY seq DESC LIMIT ?",
+            [since, node or None, uuid or None, serial or None, max(1, min(limit, MAX_PAGE))],
+        ).fetchall()
+        return [finding_json(r) for r in rows]
+
     def stats(self) -> Stats:
         stats = Stats()
         for row in self.conn.execute("SELECT state, COUNT(*) FROM jobs WHERE state!='done' GROUP BY state"):
@@ -1097,6 +1121,9 @@ def finding_json(row: sqlite3.Row) -> dict[str, Any]:
         "resolved_at": iso(row["resolved_at"]),
         # Why it was resolved when not by Alertmanager's notification (reconciliation); else null.
         "resolved_reason": row["resolved_reason"],
+        # The GPU by UUID and serial, when the investigation knew them (its history's key).
+        "gpu_uuid": row["gpu_uuid"],
+        "gpu_serial": row["gpu_serial"],
         **incident_fields(row),
     }
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent_webhook.investigation.history import known_identity
 from agent_webhook.investigation.prometheus import PromResult
 from agent_webhook.investigation.safety import GPU_RE, NODE_RE
 from agent_webhook.investigation.tools import CounterIncrease, ToolBox
@@ -20,6 +21,9 @@ HW_SLOWDOWN_REASONS = {"hw_slowdown", "hw_thermal", "hw_power_brake"}
 THERMAL_REASONS = {"thermal", "sw_thermal"}
 UNCORRECTED_TYPES = {"uncorrected", "double_bit", "dbe", "uncorrectable"}
 CORRECTED_TYPES = {"corrected", "single_bit", "sbe", "correctable"}
+# How far back the deterministic gathering reads the agent's findings (the recurrence policies
+# look at their own `within_days` of it).
+HISTORY_DAYS = 90
 CLUSTER_ALERTS = {
     "SlurmControllerDown",
     "SlurmGPUQueueBacklog",
@@ -50,6 +54,11 @@ class Facts:
     pending_jobs: dict[str, float] = field(default_factory=dict)
     down_targets: list[dict[str, str]] = field(default_factory=list)
     alert_value: float | None = None
+    gpu_uuid: str | None = None
+    gpu_serial: str | None = None
+    # The agent's earlier findings (gpu_history): of this GPU, and of the node's other GPUs.
+    gpu_history: list[dict[str, Any]] = field(default_factory=list)
+    node_history: list[dict[str, Any]] = field(default_factory=list)
     node_seen: bool = False  # any series (GPU or Slurm) carried the node's name
 
     @property
@@ -96,6 +105,17 @@ class Facts:
         for reason, value in sorted(self.pending_jobs.items()):
             if value:
                 out.append(f"pending jobs ({reason}) = {value:g}")
+        if self.gpu_history:
+            out.append(
+                f"earlier findings of this GPU: {len(self.gpu_history)} (latest "
+                + ", ".join(
+                    f"{f.get('id', '?')} {f.get('triage_rule') or f.get('alertname', '?')}"
+                    for f in self.gpu_history[:3]
+                )
+                + ")"
+            )
+        if self.node_history:
+            out.append(f"earlier findings of the node's other GPUs or the node: {len(self.node_history)}")
         if self.down_targets:
             out.append("scrape targets down: " + ", ".join(t.get("job", "?") for t in self.down_targets[:10]))
         return out
@@ -108,12 +128,17 @@ def _valid(value: str | None, pattern: re.Pattern[str]) -> str | None:
 async def gather(toolbox: ToolBox, alert: Alert) -> Facts:
     """Run the tools an alert calls for and distil their outputs into facts."""
     facts = Facts(node=_valid(alert.node, NODE_RE), gpu=_valid(alert.gpu, GPU_RE))
+    if facts.gpu is not None:
+        facts.gpu_uuid = known_identity(alert.labels.get("uuid"))
+        facts.gpu_serial = known_identity(alert.labels.get("serial"))
     if "alert_expression" in toolbox.names:
         out = await toolbox.call("alert_expression", {})
         if out.ok and isinstance(out.data, PromResult) and out.data.series:
             facts.alert_value = out.data.series[0].last
     if facts.node:
         await gather_node(toolbox, facts, facts.node, facts.gpu)
+        if "gpu_history" in toolbox.names:
+            await gather_history(toolbox, facts, facts.node, facts.gpu)
     if alert.alertname in CLUSTER_ALERTS or (alert.alertname.startswith("Slurm") and not facts.node):
         await gather_cluster(toolbox, facts)
     return facts
@@ -141,6 +166,18 @@ async def gather_node(toolbox: ToolBox, facts: Facts, node: str, gpu: str | None
         facts.node_seen = facts.node_seen or bool(facts.node_states or slurm.data.get("jobs") or facts.targets_up)
 
 
+async def gather_history(toolbox: ToolBox, facts: Facts, node: str, gpu: str | None) -> None:
+    args: dict[str, Any] = {"node": node, "days": HISTORY_DAYS}
+    if gpu is not None:
+        args["gpu"] = gpu
+    out = await toolbox.call("gpu_history", args)
+    if out.ok and isinstance(out.data, dict):
+        facts.gpu_uuid = facts.gpu_uuid or out.data.get("uuid")
+        facts.gpu_serial = facts.gpu_serial or out.data.get("serial")
+        facts.gpu_history = list(out.data.get("gpu") or [])
+        facts.node_history = list(out.data.get("node") or [])
+
+
 async def gather_cluster(toolbox: ToolBox, facts: Facts) -> None:
     out = await toolbox.call("slurm_cluster", {})
     if not out.ok or not isinstance(out.data, dict):
@@ -161,6 +198,9 @@ async def gather_cluster(toolbox: ToolBox, facts: Facts) -> None:
 
 def _gpu_facts(facts: Facts, result: PromResult) -> None:
     for s in result.series:
+        if facts.gpu is not None and s.labels.get("gpu") == facts.gpu:
+            facts.gpu_uuid = facts.gpu_uuid or known_identity(s.labels.get("uuid"))
+            facts.gpu_serial = facts.gpu_serial or known_identity(s.labels.get("serial"))
         value = s.last
         if math.isnan(value):
             continue

@@ -17,6 +17,7 @@ from typing import Any
 
 from agent_webhook.investigation.config import InvestigationConfig
 from agent_webhook.investigation.facts import Facts, gather, gather_cluster, gather_node
+from agent_webhook.investigation.history import HistoryLookup
 from agent_webhook.investigation.llm import CircuitBreaker, LLMDiagnoser, LLMResult, LLMStats, LLMUnavailable
 from agent_webhook.investigation.prometheus import EvidenceSource, PrometheusAPI, UnavailableSource
 from agent_webhook.investigation.safety import NODE_RE, Fence, URLAllowlist, cap, clean
@@ -106,8 +107,10 @@ class Investigation:
         knowledge: KnowledgeBase | None = None,
         on_event: ProgressCallback | None = None,
         breaker: CircuitBreaker | None = None,
+        history: HistoryLookup | None = None,
     ) -> None:
         self.cfg = cfg
+        self.history = history
         self.knowledge = knowledge or load_knowledge()
         self.on_event = on_event
         # An injected source (a replay) is shared; otherwise each investigation gets its own
@@ -132,8 +135,12 @@ class Investigation:
     async def close(self) -> None:
         """Nothing to release (sessions live per investigation); kept for callers that close."""
 
+    def attach_history(self, history: HistoryLookup | None) -> None:
+        """Read earlier findings through `history` (the service's store): the gpu_history tool."""
+        self.history = history
+
     def _toolbox(self, alert: Alert | None) -> ToolBox:
-        return ToolBox(self.cfg, self._new_source(), alert=alert, on_event=self.on_event)
+        return ToolBox(self.cfg, self._new_source(), alert=alert, on_event=self.on_event, history=self.history)
 
     async def _release(self, toolbox: ToolBox) -> None:
         await toolbox.close()
@@ -318,6 +325,14 @@ class Investigation:
         markdown = answer.get("diagnosis_markdown") or answer.get("diagnosis") or result.content
         if not isinstance(markdown, str):
             markdown = json.dumps(markdown)
+        own_actions = [cap(str(a), 500) for a in actions if str(a).strip()][:20] if isinstance(actions, list) else []
+        own = {
+            "severity": severity if severity in SEVERITY_ORDER else None,
+            "summary": one_line(answer.get("summary")),
+            "likely_cause": one_line(answer.get("likely_cause"), 500),
+            "diagnosis_markdown": markdown,
+            "recommended_actions": own_actions,
+        }
         if result.forced_final:
             markdown += "\n\n_Answer forced at the step limit or time budget: it may be partial._"
         return replace(
@@ -333,11 +348,10 @@ class Investigation:
             + dx.diagnosis_markdown.replace(
                 "_Deterministic triage from the knowledge base (no LLM)._", "_Deterministic triage (starting point)._"
             ),
-            recommended_actions=[cap(str(a), 500) for a in actions if str(a).strip()][:20]
-            if isinstance(actions, list) and actions
-            else dx.recommended_actions,
+            recommended_actions=own_actions or dx.recommended_actions,
             llm_used=True,
             llm_model=self.cfg.llm.model,
+            llm_answer=clean(own),
         )
 
 

@@ -21,6 +21,14 @@ from typing import Any
 import aiohttp
 
 from agent_webhook.investigation.config import InvestigationConfig
+from agent_webhook.investigation.history import (
+    HistoryLookup,
+    HistoryQuery,
+    history_line,
+    known_identity,
+    same_gpu,
+    slim,
+)
 from agent_webhook.investigation.prometheus import (
     EvidenceSource,
     PrometheusQueryError,
@@ -161,6 +169,7 @@ class ToolBox:
     alert: Alert | None = None
     scontrol: Scontrol | None = None
     on_event: ProgressCallback | None = None
+    history: HistoryLookup | None = None  # the agent's earlier findings (the service's store)
     evidence: list[Evidence] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
     _specs: dict[str, ToolSpec] = field(default_factory=dict)
@@ -249,6 +258,23 @@ class ToolBox:
                     "Evaluate the firing alert's own rule expression (from its generatorURL) now.",
                     _obj({}),
                     self._alert_expression,
+                )
+            )
+        if self.history is not None:
+            specs.append(
+                ToolSpec(
+                    "gpu_history",
+                    "The agent's earlier findings for a node and its GPU (the GPU matched by UUID and serial, "
+                    "wherever it was): recurrences change what to do (a second XID 79 within 30 days is an RMA).",
+                    _obj(
+                        {
+                            "node": NODE_SCHEMA,
+                            "gpu": GPU_SCHEMA,
+                            "days": {"type": "integer", "minimum": 1, "maximum": 365},
+                        },
+                        ["node"],
+                    ),
+                    self._gpu_history,
                 )
             )
         if self.cfg.alertmanager_url:
@@ -470,6 +496,49 @@ class ToolBox:
         lines = [f"nodes with GPU {args['gpu']}: {count} ({', '.join(nodes[:20]) or 'none'})"]
         lines += [f"{node}: {'; '.join(why)}" for node, why in reasons.items()]
         return ToolOutput("\n".join(lines), data)
+
+    async def _gpu_identity(self, node: str, gpu: str) -> tuple[str | None, str | None]:
+        """(uuid, serial) of the node's GPU: the alert's labels, else the GPU exporter's series."""
+        uuid = serial = None
+        if self.alert is not None and self.alert.node == node and self.alert.gpu == gpu:
+            uuid = known_identity(self.alert.labels.get("uuid"))
+            serial = known_identity(self.alert.labels.get("serial"))
+        if uuid and serial:
+            return uuid, serial
+        matchers = f"node={label_value(node)},gpu={label_value(gpu)}"
+        try:
+            # nvidia_gpu_info and nvidia_gpu_up stay exported for a GPU that is down.
+            found = await self.source.instant(f'{{__name__=~"nvidia_gpu_info|nvidia_gpu_up",{matchers}}}')
+        except (PrometheusUnavailable, PrometheusQueryError):
+            return uuid, serial  # read by node and index then; the other tools report Prometheus
+        for series in found.series:
+            uuid = uuid or known_identity(series.labels.get("uuid"))
+            serial = serial or known_identity(series.labels.get("serial"))
+        return uuid, serial
+
+    async def _gpu_history(self, args: dict[str, Any]) -> ToolOutput:
+        assert self.history is not None
+        node = check_node(args["node"])
+        gpu = check_gpu(args["gpu"]) if args.get("gpu") is not None else None
+        days = int(args.get("days") or 30)
+        uuid, serial = await self._gpu_identity(node, gpu) if gpu is not None else (None, None)
+        query = HistoryQuery(node=node, gpu=gpu, uuid=uuid, serial=serial, since=time.time() - days * 86400)
+        try:
+            found = [slim(f) for f in await self.history(query) if isinstance(f, dict)]
+        except Exception as exc:  # a store that cannot be read: the investigation goes on without it
+            self.unavailable["history"] = f"{type(exc).__name__}: {exc}"[:300]
+            return ToolOutput(f"unavailable: the agent's findings could not be read ({type(exc).__name__})", ok=False)
+        mine = [f for f in found if gpu is not None and same_gpu(f, node, gpu, uuid, serial)]
+        others = [f for f in found if f not in mine and f.get("node") == node]
+        ident = ", ".join(p for p in (uuid and f"uuid {uuid}", serial and f"serial {serial}") if p)
+        lines = [f"earlier findings over the last {days} days, newest first"]
+        if gpu is not None:
+            lines.append(f"GPU {gpu} of {node}: {ident or 'UUID and serial unknown: matched on node and index'}")
+            lines.append(f"of this GPU ({len(mine)}):")
+            lines += [f"  {history_line(f)}" for f in mine] or ["  (none)"]
+        lines.append(f"of {'other GPUs of ' if gpu is not None else ''}the node ({len(others)}):")
+        lines += [f"  {history_line(f)}" for f in others] or ["  (none)"]
+        return ToolOutput("\n".join(lines), {"uuid": uuid, "serial": serial, "gpu": mine, "node": others})
 
     async def _slurm_node(self, args: dict[str, Any]) -> ToolOutput:
         node = check_node(args["node"])

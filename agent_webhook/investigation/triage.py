@@ -6,13 +6,16 @@ starting point handed to the LLM when one is.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from agent_webhook.investigation.facts import HW_SLOWDOWN_REASONS, THERMAL_REASONS, Facts
+from agent_webhook.investigation.history import SAME_EVENT_SECONDS, finding_xid, started, timestamp
 from agent_webhook.knowledge import AlertEntry, Entry, KnowledgeBase, load_knowledge
 from agent_webhook.model import Alert, Diagnosis, Severity
 
 SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
+POWER_CAP_REASONS = {"sw_power_cap", "power_cap"}
 
 
 @dataclass
@@ -30,6 +33,40 @@ def triage(alert: Alert, facts: Facts, kb: KnowledgeBase | None = None) -> Diagn
 
 
 def decide(alert: Alert, facts: Facts, kb: KnowledgeBase) -> Verdict:
+    verdict = _decide(alert, facts, kb)
+    return _recurrence(alert, facts, kb, verdict) or verdict
+
+
+def _recurrence(alert: Alert, facts: Facts, kb: KnowledgeBase, verdict: Verdict) -> Verdict | None:
+    """The recurrence policy of the verdict's XID when this GPU had that XID before (policies.yml
+    `recurs`): an earlier finding of the same GPU, at least SAME_EVENT_SECONDS and at most
+    `within_days` before this alert started."""
+    code = finding_xid({"triage_rule": verdict.rule})
+    if code is None or not facts.gpu_history:
+        return None
+    now = timestamp(alert.starts_at) or time.time()
+    for rule in kb.recurrences:
+        if rule.xid != code or rule.policy not in kb.policies:
+            continue
+        earlier = []
+        for finding in facts.gpu_history:
+            when = started(finding)
+            if when is None or finding_xid(finding) != code:
+                continue
+            if now - rule.within_days * 86400 <= when <= now - SAME_EVENT_SECONDS:
+                earlier.append(finding)
+        if not earlier:
+            continue
+        policy = kb.policies[rule.policy]
+        which = ", ".join(f"{f.get('id', '?')} ({str(f.get('starts_at') or '')[:10]})" for f in earlier[:3])
+        ident = (facts.gpu_serial and f" serial {facts.gpu_serial}") or (facts.gpu_uuid and f" {facts.gpu_uuid}") or ""
+        notes = [f"XID {code} on this GPU{ident} before: {which}", *verdict.notes]
+        cause = f"XID {code} again within {rule.within_days:g} days ({which}): {policy.cause}"
+        return Verdict(policy, f"recurrence:xid:{code}", cause, notes)
+    return None
+
+
+def _decide(alert: Alert, facts: Facts, kb: KnowledgeBase) -> Verdict:
     entry = kb.alerts.get(alert.alertname)
     if entry is None:
         return _unknown_alert(alert, facts, kb)
@@ -114,6 +151,10 @@ def _by_thermal(alert: Alert, facts: Facts, kb: KnowledgeBase, entry: AlertEntry
         key = "thermal_hw_slowdown"
     elif alert.alertname == "GPUTemperatureHigh":
         key = "temperature_high"
+    elif reasons and reasons <= POWER_CAP_REASONS:
+        # A throttling alert whose only reasons now are the power cap: expected under full
+        # load, not a cooling problem (the evidence overrules the alert's name).
+        key = "power_cap"
     elif reasons & THERMAL_REASONS or alert.alertname == "GPUThermalThrottling":
         key = "thermal_throttle"
     else:
@@ -207,4 +248,6 @@ def render(alert: Alert, facts: Facts, verdict: Verdict) -> Diagnosis:
         recommended_actions=list(verdict.entry.actions),
         llm_used=False,
         triage_rule=verdict.rule,
+        gpu_uuid=facts.gpu_uuid,
+        gpu_serial=facts.gpu_serial,
     )

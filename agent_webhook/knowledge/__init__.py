@@ -48,11 +48,21 @@ class DrainReason(Entry):
 
 
 @dataclass(frozen=True)
+class Recurrence:
+    """A policy that replaces an XID's verdict when the same GPU had that XID before (`recurs`)."""
+
+    policy: str
+    xid: int
+    within_days: float
+
+
+@dataclass(frozen=True)
 class KnowledgeBase:
     xids: dict[int, Entry]
     policies: dict[str, Entry]
     drain_reasons: tuple[DrainReason, ...]
     alerts: dict[str, AlertEntry]
+    recurrences: tuple[Recurrence, ...] = ()
 
     def match_drain_reason(self, reason: str) -> tuple[DrainReason, re.Match[str]] | None:
         for entry in self.drain_reasons:
@@ -100,6 +110,20 @@ def parse_knowledge(
         str(key): Entry(id=f"policy:{key}", **_entry_fields(f"policies.yml: {key}", raw))
         for key, raw in (policy_doc.get("policies") or {}).items()
     }
+    recurrences: list[Recurrence] = []
+    for key, raw in (policy_doc.get("policies") or {}).items():
+        recurs = raw.get("recurs")
+        if recurs is None:
+            continue
+        where = f"policies.yml: {key}: recurs"
+        if not isinstance(recurs, dict) or set(recurs) != {"xid", "within_days"}:
+            raise KnowledgeError(f"{where}: expected a mapping with exactly 'xid' and 'within_days'")
+        code, days = recurs["xid"], recurs["within_days"]
+        if not isinstance(code, int) or code not in xids:
+            raise KnowledgeError(f"{where}: 'xid' must be an XID code of xid.yml, got {code!r}")
+        if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 < days <= 3650:
+            raise KnowledgeError(f"{where}: 'within_days' must be a number of days (0 < days <= 3650)")
+        recurrences.append(Recurrence(policy=str(key), xid=code, within_days=float(days)))
     reasons: list[DrainReason] = []
     for index, raw in enumerate(reason_doc.get("reasons") or []):
         where = f"drain_reasons.yml: entry {index}"
@@ -126,7 +150,9 @@ def parse_knowledge(
             default_reason=raw.get("default_reason"),
             **fields,
         )
-    return KnowledgeBase(xids=xids, policies=policies, drain_reasons=tuple(reasons), alerts=alerts)
+    return KnowledgeBase(
+        xids=xids, policies=policies, drain_reasons=tuple(reasons), alerts=alerts, recurrences=tuple(recurrences)
+    )
 
 
 @lru_cache(maxsize=1)

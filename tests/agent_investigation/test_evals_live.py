@@ -13,14 +13,13 @@ pytestmark = pytest.mark.slow
 
 async def test_incidents_through_real_prometheus(live_cluster: LiveCluster) -> None:
     assert len(live_cluster.incidents) >= 12
-    investigation = Investigation(live_cluster.config())
     failures = {}
     for incident in live_cluster.incidents:
+        investigation = Investigation(live_cluster.config(), history=incident.history_lookup())
         dx = await investigation.investigate(incident.alert)
         problems = check(incident, dx)
         if dx.degraded:
             problems.append(f"degraded: {dx.degraded}")
         if problems:
             failures[incident.id] = problems
-    await investigation.close()
     assert failures == {}

@@ -4,6 +4,9 @@
 
 Evidence is replayed from the incident files, so no Prometheus is needed; the model's own
 free-form PromQL beyond plain selectors gets a "query error" it has to work around.
+
+The model is scored on its own answer (`Diagnosis.llm_answer`: severity, summary, cause,
+markdown, actions), never on the triage text the finding carries beside it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 import openai
 
 from agent_webhook.investigation import Investigation, InvestigationConfig
-from tests.evals.evalset import Incident, check, load_incidents
+from tests.evals.evalset import Incident, check, check_llm, load_incidents
 
 
 @dataclass
@@ -30,6 +33,14 @@ class Report:
     def total(self) -> int:
         return len(self.rows)
 
+    @property
+    def llm_score(self) -> int:
+        return sum(r[2] for r in self.rows)
+
+    @property
+    def triage_score(self) -> int:
+        return sum(r[1] for r in self.rows)
+
     def table(self) -> str:
         lines = [f"{'incident':38} {'triage':7} {'llm':5} {'seconds':>7}  notes"]
         for ident, triage_ok, llm_ok, seconds, why in self.rows:
@@ -38,7 +49,7 @@ class Report:
             )
         triage_score = sum(r[1] for r in self.rows)
         llm_score = sum(r[2] for r in self.rows)
-        lines.append(f"deterministic triage: {triage_score}/{self.total}")
+        lines.append(f"triage: {triage_score}/{self.total}")
         lines.append(f"LLM ({self.model}): {llm_score}/{self.total} ({100 * llm_score / max(self.total, 1):.0f}%)")
         return "\n".join(lines)
 
@@ -67,15 +78,14 @@ async def score_llm(url: str, model: str, incidents: list[Incident]) -> Report:
         {"llm": {"base_url": url, "model": model, "api_key_env": "GPU_WATCHDOG_EVAL_LLM_KEY", "budget_seconds": 300}}
     )
     for incident in incidents:
-        triage_dx = await Investigation(triage_cfg, source=incident.recorded_source()).investigate(incident.alert)
+        history = incident.history_lookup()
+        triage = Investigation(triage_cfg, source=incident.recorded_source(), history=history)
+        triage_dx = await triage.investigate(incident.alert)
         started = time.monotonic()
-        llm_dx = await Investigation(llm_cfg, source=incident.recorded_source()).investigate(incident.alert)
+        llm = Investigation(llm_cfg, source=incident.recorded_source(), history=history)
+        llm_dx = await llm.investigate(incident.alert)
         seconds = time.monotonic() - started
-        problems = (
-            check(incident, llm_dx, strict=False)
-            if llm_dx.llm_used
-            else ["LLM not used: " + "; ".join(llm_dx.degraded)]
-        )
+        problems = check_llm(incident, llm_dx)  # the model's own answer only, never the triage's
         report.rows.append(
             (incident.id, not check(incident, triage_dx), not problems, seconds, "; ".join(problems)[:120])
         )
