@@ -45,7 +45,7 @@ def test_ansible_lint_production_profile_is_clean() -> None:
 
 
 def test_every_role_documents_prefixed_variables() -> None:
-    for role in [*ROLES, "gw_service", "gpu_watchdog", "web_auth"]:
+    for role in [*ROLES, "gw_service", "gpu_watchdog", "web_auth", "victoria_metrics"]:
         base = ANSIBLE_DIR / "roles" / role
         for part in ("defaults/main.yml", "meta/main.yml", "tasks/main.yml"):
             assert (base / part).is_file(), f"{role}: {part}"

@@ -119,6 +119,11 @@ class PrometheusServer:
         wait_until(probe, timeout, interval=0.25, what=f"Prometheus query {expr!r}")
         return result
 
+    def series(self, selector: str, start: float) -> list[dict[str, str]]:
+        """/api/v1/series: the label sets matching `selector` since `start` (Grafana's variable lookups)."""
+        data = _api_get(self.url, "/api/v1/series", {"match[]": selector, "start": str(start)}, headers=self.headers)
+        return list(data["data"])
+
     def targets(self) -> list[dict[str, Any]]:
         return list(_api_get(self.url, "/api/v1/targets", headers=self.headers)["data"]["activeTargets"])
 

@@ -56,6 +56,7 @@ from tests.harness.promstack import (
     start_prometheus,
 )
 from tests.harness.slurm import SlurmCluster, start_cluster
+from tests.harness.victoria import VictoriaMetricsServer, start_victoria_metrics
 
 REPO = Path(__file__).resolve().parent.parent.parent
 RULES_DIR = REPO / "alert_rules"
@@ -236,6 +237,13 @@ class Stack:
     db: Path
     factor: float
     agent: ManagedProcess | None = None
+    # Prometheus remote_writes into it and the agent reads from it (start_stack(victoria=True)).
+    victoria: VictoriaMetricsServer | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        """Where the agent reads metrics: VictoriaMetrics when the stack has one, else Prometheus."""
+        return self.victoria.url if self.victoria is not None else self.prometheus.url
 
     @property
     def agent_url(self) -> str:
@@ -264,7 +272,7 @@ class Stack:
             "db": str(self.db),
             "token_file": str(self.token_file),
             "workers": 2,
-            "prometheus_url": self.prometheus.url,
+            "prometheus_url": self.metrics_url,
             "alertmanager_url": self.alertmanager.url,
             "sinks": [{"type": "webhook", "url": self.sink.url}],
             "sink_retry": {"initial_seconds": 0.5, "max_seconds": 5},
@@ -323,7 +331,8 @@ class Stack:
 
     def stop(self) -> None:
         self.sink.stop()
-        for proc in (self.agent, self.alertmanager.process, self.prometheus.process):
+        victoria = self.victoria.process if self.victoria is not None else None
+        for proc in (self.agent, self.alertmanager.process, self.prometheus.process, victoria):
             if proc is not None:
                 proc.stop()
         self.gpu_exporter.stop()
@@ -338,8 +347,13 @@ def start_stack(
     factor: float = TIME_FACTOR,
     sim_gpus: int = 8,
     on_started: Callable[[str], None] | None = None,
+    victoria: bool = False,
 ) -> Stack:
-    """Start everything; returns once Prometheus has scraped both exporters."""
+    """Start everything; returns once Prometheus has scraped both exporters.
+
+    `victoria`: Prometheus also remote_writes to a real VictoriaMetrics, and the agent reads
+    its evidence from there (docs/scaling.md); returns once the samples have arrived there too.
+    """
     note = on_started or (lambda what: None)
     workdir.mkdir(parents=True, exist_ok=True)
     slurm = start_cluster(procs, fake_nodes=0)
@@ -377,21 +391,22 @@ def start_stack(
         )
         started.append(am.process.stop)
         rules = compressed_rule_files(workdir / "rules", factor)
-        prom = start_prometheus(
-            procs,
-            workdir,
-            config=prometheus_config(
-                rule_files=rules,
-                alertmanager_urls=[am.url],
-                extra_scrape_configs=[
-                    # GPU series get the Slurm NodeName as a target label (docs/architecture.md).
-                    {"job_name": "gpu", "static_configs": [{"targets": [f"{LOOPBACK}:{gpu_port}"],
-                                                            "labels": {"node": node}}]},
-                    {"job_name": "slurm", "static_configs": [{"targets": [f"{LOOPBACK}:{slurm_port}"]}]},
-                ],
-            ),
-            resend_delay="2s",
+        vm = start_victoria_metrics(procs, workdir) if victoria else None
+        if vm is not None:
+            started.append(vm.process.stop)
+        prom_config = prometheus_config(
+            rule_files=rules,
+            alertmanager_urls=[am.url],
+            extra_scrape_configs=[
+                # GPU series get the Slurm NodeName as a target label (docs/architecture.md).
+                {"job_name": "gpu", "static_configs": [{"targets": [f"{LOOPBACK}:{gpu_port}"],
+                                                        "labels": {"node": node}}]},
+                {"job_name": "slurm", "static_configs": [{"targets": [f"{LOOPBACK}:{slurm_port}"]}]},
+            ],
         )  # fmt: skip
+        if vm is not None:
+            prom_config["remote_write"] = [vm.remote_write()]
+        prom = start_prometheus(procs, workdir, config=prom_config, resend_delay="2s")
         started.append(prom.process.stop)
         note("prometheus+alertmanager")
         sink = CaptureSink()
@@ -413,6 +428,7 @@ def start_stack(
             token_file=token_file,
             db=workdir / "agent.db",
             factor=factor,
+            victoria=vm,
         )
         stack.start_agent()
         note("agent")
@@ -421,6 +437,9 @@ def start_stack(
         # stamp, not on Prometheus's past (a scenario right after start-up pages, as in prod).
         prom.wait_for('up{job="gpu"} == 1', timeout=120)
         prom.wait_for('slurm_up{job="slurm"} == 1', timeout=60)
+        if vm is not None:
+            vm.wait_for('up{job="gpu"} == 1', timeout=60)
+            vm.wait_for('slurm_up{job="slurm"} == 1', timeout=60)
         note("scraped")
         return stack
     except BaseException:
