@@ -12,10 +12,10 @@ from agent_webhook.config import DEFAULT_LISTEN, AgentConfig, ConfigError, load_
 from agent_webhook.service import build_app
 from agent_webhook.store import Store, StoreError
 from agent_webhook.wiring import make_investigator
-from exporters.common.cli import fail
-from exporters.common.limits import LimitsError, limits_from_env
-from exporters.common.logs import setup_logging, strip_userinfo
-from exporters.common.server import run_app
+from gpu_watchdog_core.cli import fail
+from gpu_watchdog_core.limits import LimitsError, limits_from_env
+from gpu_watchdog_core.logs import setup_logging, strip_userinfo
+from gpu_watchdog_core.server import run_app
 
 log = logging.getLogger("agent_webhook")
 ENV = "GPU_WATCHDOG"

@@ -27,10 +27,10 @@ import yaml
 
 from agent_webhook.investigation.config import CONFIG_KEYS, BasicAuthConfig, basic_auth
 from agent_webhook.store import Synchronous
-from exporters.common.logs import has_userinfo, strip_userinfo
-from exporters.common.sections import mapping_section, reject_unknown
-from exporters.common.server import ListenAddressError, parse_listen
-from exporters.common.webconfig import WebConfig, WebConfigError, load_web_config
+from gpu_watchdog_core.logs import has_userinfo, strip_userinfo
+from gpu_watchdog_core.sections import mapping_section, reject_unknown
+from gpu_watchdog_core.server import ListenAddressError, parse_listen
+from gpu_watchdog_core.webconfig import WebConfig, WebConfigError, load_web_config
 
 log = logging.getLogger(__name__)
 

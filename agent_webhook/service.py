@@ -37,9 +37,9 @@ from agent_webhook.sinks import Sink, build_sinks
 from agent_webhook.store import READ, QueryError, Store, StoreError
 from agent_webhook.wiring import make_action_engine
 from agent_webhook.worker import WorkerPool
-from exporters.common.limits import ConnectionLimits, limits_from_env
-from exporters.common.server import install_web_config
-from exporters.common.webconfig import AuthBusy
+from gpu_watchdog_core.limits import ConnectionLimits, limits_from_env
+from gpu_watchdog_core.server import install_web_config
+from gpu_watchdog_core.webconfig import AuthBusy
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 from agent_webhook.model import Alert, Diagnosis
 from agent_webhook.payload import canonical_time
-from exporters.common.logs import redact, redact_value
+from gpu_watchdog_core.logs import redact, redact_value
 
 P = ParamSpec("P")
 T = TypeVar("T")

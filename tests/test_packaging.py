@@ -61,7 +61,7 @@ def test_layout_has_every_component_home() -> None:
         "exporters/gpu",
         "exporters/slurm",
         "exporters/runpod",
-        "exporters/common",
+        "gpu_watchdog_core",
         "alert_rules",
         "ansible",
         "grafana",

@@ -16,8 +16,8 @@ from agent_webhook.config import ConfigError, build_config, load_file, load_inve
 from agent_webhook.investigation.config import InvestigationConfig
 from agent_webhook.investigation.investigator import FindingsLookup, Investigation
 from agent_webhook.model import Diagnosis
-from exporters.common.cli import fail
-from exporters.common.logs import redact
+from gpu_watchdog_core.cli import fail
+from gpu_watchdog_core.logs import redact
 
 
 def render_markdown(dx: Diagnosis) -> str:

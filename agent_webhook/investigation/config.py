@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporters.common.logs import redact
+from gpu_watchdog_core.logs import redact
 
 SLURM_MODES = ("metrics", "scontrol")
 # The agent.yml keys this package reads (the service passes these through to from_mapping).

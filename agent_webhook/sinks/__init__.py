@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from agent_webhook.config import SinkConfig
-from exporters.common.logs import redact, redact_value, strip_userinfo
+from gpu_watchdog_core.logs import redact, redact_value, strip_userinfo
 
 
 class SinkError(RuntimeError):
