@@ -34,8 +34,8 @@ from agent_webhook.model import Investigator
 from agent_webhook.payload import PayloadError, parse_payload, parse_time
 from agent_webhook.reconcile import Reconciler
 from agent_webhook.sinks import Sink, build_sinks
-from agent_webhook.store import READ, QueryError, Store, StoreError
-from agent_webhook.wiring import make_action_engine
+from agent_webhook.store import READ, QueryError, StoreError
+from agent_webhook.wiring import make_action_engine, make_store
 from agent_webhook.worker import WorkerPool
 from gpu_watchdog_core.limits import ConnectionLimits, limits_from_env
 from gpu_watchdog_core.server import install_web_config
@@ -98,7 +98,7 @@ class Service:
         self.body_timeout = body_timeout
         self.investigator = investigator
         self.metrics = AgentMetrics()
-        self.store = Store(config.db, synchronous=config.db_synchronous, sinks=[s.name for s in config.sinks])
+        self.store = make_store(config)
         self._sinks_override = sinks
         # Built here, not in start(): a bad actions setup (no playbook) is a ConfigError at launch.
         self.actions = make_action_engine(config, self.store, self.metrics)

@@ -55,13 +55,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
+from agent_webhook.config import Synchronous
 from agent_webhook.model import Alert, Diagnosis
 from agent_webhook.payload import canonical_time
 from gpu_watchdog_core.logs import redact, redact_value
 
 P = ParamSpec("P")
 T = TypeVar("T")
-Synchronous = Literal["full", "normal"]
 SinkEvent = Literal["new", "resolved"]
 
 _SCHEMA = """
