@@ -285,7 +285,7 @@ class Cluster:
 
     def _compressed_config(self) -> dict[str, Any]:
         """Time-compressed copies of the rules and of Alertmanager's timers, for the roles to deploy."""
-        from tests.harness.stack import compressed_alertmanager_config, compressed_rule_files
+        from scripts.time_compression import compressed_alertmanager_config, compressed_rule_files
 
         rules = self.dir / "rules"
         compressed_rule_files(rules, factor=self.time_factor)
