@@ -33,7 +33,7 @@ import aiohttp
 from aiohttp import web
 
 from agent_webhook.store import READ, StoreError, iso
-from exporters.common.logs import redact, strip_userinfo
+from gpu_watchdog_core.logs import redact, strip_userinfo
 
 if TYPE_CHECKING:
     from agent_webhook.service import Service

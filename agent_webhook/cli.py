@@ -10,12 +10,12 @@ import click
 
 from agent_webhook.config import DEFAULT_LISTEN, AgentConfig, ConfigError, load_config
 from agent_webhook.service import build_app
-from agent_webhook.store import Store, StoreError
-from agent_webhook.wiring import make_investigator
-from exporters.common.cli import fail
-from exporters.common.limits import LimitsError, limits_from_env
-from exporters.common.logs import setup_logging, strip_userinfo
-from exporters.common.server import run_app
+from agent_webhook.store import StoreError
+from agent_webhook.wiring import make_investigator, make_store
+from gpu_watchdog_core.cli import fail
+from gpu_watchdog_core.limits import LimitsError, limits_from_env
+from gpu_watchdog_core.logs import setup_logging, strip_userinfo
+from gpu_watchdog_core.server import run_app
 
 log = logging.getLogger("agent_webhook")
 ENV = "GPU_WATCHDOG"
@@ -82,7 +82,7 @@ def main(config_path: str | None, log_level: str, log_format: str, **overrides: 
 
 def _preflight(config: AgentConfig) -> None:
     """Open the database once before listening: a bad path or a second instance exits 2, not later."""
-    store = Store(config.db, synchronous=config.db_synchronous)
+    store = make_store(config)
     try:
         store.open(recover=False)
     except StoreError as exc:

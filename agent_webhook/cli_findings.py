@@ -31,7 +31,7 @@ from agent_webhook.payload import PayloadError, parse_payload
 from agent_webhook.sinks.render import action_text
 from agent_webhook.terminal import terminal_safe
 from agent_webhook.wiring import make_investigator
-from exporters.common.logs import redact, redact_value, strip_userinfo
+from gpu_watchdog_core.logs import redact, redact_value, strip_userinfo
 
 ENV = "GPU_WATCHDOG"
 _PAGE = 1000

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from agent_webhook.cli_findings import ENV, FindingsClient, _config, config_option, default_server
-from exporters.common.logs import redact
+from gpu_watchdog_core.logs import redact
 
 _PAGE = 1000
 

@@ -17,22 +17,23 @@ import logging
 import os
 import re
 import stat
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from agent_webhook.investigation.config import CONFIG_KEYS, BasicAuthConfig, basic_auth
-from agent_webhook.store import Synchronous
-from exporters.common.logs import has_userinfo, strip_userinfo
-from exporters.common.sections import mapping_section, reject_unknown
-from exporters.common.server import ListenAddressError, parse_listen
-from exporters.common.webconfig import WebConfig, WebConfigError, load_web_config
+from gpu_watchdog_core.logs import has_userinfo, strip_userinfo
+from gpu_watchdog_core.sections import mapping_section, reject_unknown
+from gpu_watchdog_core.server import ListenAddressError, parse_listen
+from gpu_watchdog_core.webconfig import WebConfig, WebConfigError, load_web_config
 
 log = logging.getLogger(__name__)
+
+# SQLite's `synchronous` pragma for the store (`db_synchronous`); the store takes it as given.
+Synchronous = Literal["full", "normal"]
 
 SINK_TYPES = ("slack", "webhook", "grafana", "stdout")
 # The agent.yml keys the investigation reads; passed through to it as given.
@@ -398,8 +399,7 @@ def _merge(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> tuple
         if merged.get(key):
             merged[key] = _url(merged[key], key)
             # Credentials in a URL end up in logs and evidence; they belong in a password file.
-            parts = urllib.parse.urlsplit(merged[key])
-            if parts.username is not None or parts.password is not None:
+            if has_userinfo(merged[key]):
                 auth_key = key.replace("_url", "_basic_auth")
                 raise ConfigError(f"{key} must not carry credentials: set {auth_key} (username, password_file) instead")
     return merged, flag_paths

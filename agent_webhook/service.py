@@ -37,12 +37,12 @@ from agent_webhook.model import Investigator
 from agent_webhook.payload import PayloadError, parse_payload, parse_time
 from agent_webhook.reconcile import Reconciler
 from agent_webhook.sinks import Sink, build_sinks
-from agent_webhook.store import READ, QueryError, Store, StoreError
-from agent_webhook.wiring import make_action_engine
+from agent_webhook.store import READ, QueryError, StoreError
+from agent_webhook.wiring import make_action_engine, make_store
 from agent_webhook.worker import WorkerPool
-from exporters.common.limits import ConnectionLimits, limits_from_env
-from exporters.common.server import install_web_config
-from exporters.common.webconfig import AuthBusy
+from gpu_watchdog_core.limits import ConnectionLimits, limits_from_env
+from gpu_watchdog_core.server import install_web_config
+from gpu_watchdog_core.webconfig import AuthBusy
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,7 @@ class Service:
         self.body_timeout = body_timeout
         self.investigator = investigator
         self.metrics = AgentMetrics()
-        self.store = Store(
-            config.db,
-            synchronous=config.db_synchronous,
-            sinks=[s.name for s in config.sinks],
-            incident_window=config.incident_window_seconds,
-        )
+        self.store = make_store(config)
         # Earlier findings as evidence (the gpu_history tool), for investigators that read them.
         attach = getattr(investigator, "attach_history", None)
         if callable(attach):

@@ -56,13 +56,13 @@ from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from agent_webhook import incidents
+from agent_webhook.config import Synchronous
 from agent_webhook.model import Alert, Diagnosis
 from agent_webhook.payload import canonical_time
-from exporters.common.logs import redact, redact_value
+from gpu_watchdog_core.logs import redact, redact_value
 
 P = ParamSpec("P")
 T = TypeVar("T")
-Synchronous = Literal["full", "normal"]
 # "new" is an incident's first post; the rest are threaded under it (agent_webhook.incidents).
 SinkEvent = Literal["new", "joined", "resolved", "acked", "unacked"]
 _EVENTS: tuple[SinkEvent, ...] = ("new", "joined", "resolved", "acked", "unacked")

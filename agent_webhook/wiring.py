@@ -1,7 +1,9 @@
-"""The one place the service gets its :class:`Investigator` from.
+"""Where the agent's parts are built from its configuration: the store, the investigator, the action engine.
 
-The investigation (`agent_webhook.investigation`: evidence tools, runbook triage, LLM loop) is
-configured from the agent's config here.
+The configuration (:mod:`agent_webhook.config`) is plain data and knows nothing of storage or
+of the investigation's objects; the service and the CLIs get those from here. The investigation
+(`agent_webhook.investigation`: evidence tools, runbook triage, LLM loop) is configured from the
+agent's config here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,16 @@ from agent_webhook.store import Store
 
 if TYPE_CHECKING:
     from agent_webhook.actions import ActionEngine
+
+
+def make_store(config: AgentConfig) -> Store:
+    """The findings store at `config.db` (not opened yet), with an outbox per configured sink."""
+    return Store(
+        config.db,
+        synchronous=config.db_synchronous,
+        sinks=[s.name for s in config.sinks],
+        incident_window=config.incident_window_seconds,
+    )
 
 
 def make_investigator(config: AgentConfig, on_event: ProgressCallback | None = None) -> Investigator:

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from scripts.cluster import Cluster  # noqa: E402
-from tests.cluster.conftest import RunningCluster, wait_for  # noqa: E402
+from scripts.cluster_client import RunningCluster, wait_for  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

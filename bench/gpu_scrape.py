@@ -35,10 +35,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from exporters.common.poller import SnapshotPoller  # noqa: E402
 from exporters.gpu.backend import NvmlBackend  # noqa: E402
 from exporters.gpu.cli import build, choose_collectors  # noqa: E402
 from exporters.gpu.sim import SimNvml  # noqa: E402
+from gpu_watchdog_core.poller import SnapshotPoller  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SUPPORT = REPO / "bench" / "support"

@@ -310,7 +310,7 @@ class Cluster:
 
     def _compressed_config(self) -> dict[str, Any]:
         """Time-compressed copies of the rules and of Alertmanager's timers, for the roles to deploy."""
-        from tests.harness.stack import compressed_alertmanager_config, compressed_rule_files
+        from scripts.time_compression import compressed_alertmanager_config, compressed_rule_files
 
         compressed_rule_files(self.files_dir / "rules", factor=self.time_factor)
         # The role points the agent receiver at the agent itself: only the timers matter here.

@@ -37,6 +37,7 @@ INPUTS = (
     "pyproject.toml",
     "README.md",
     "exporters",
+    "gpu_watchdog_core",
     "agent_webhook",
     "pod-image/Dockerfile",
     "pod-image/Dockerfile.dockerignore",

@@ -61,7 +61,7 @@ def test_layout_has_every_component_home() -> None:
         "exporters/gpu",
         "exporters/slurm",
         "exporters/runpod",
-        "exporters/common",
+        "gpu_watchdog_core",
         "alert_rules",
         "ansible",
         "grafana",
@@ -72,3 +72,39 @@ def test_layout_has_every_component_home() -> None:
         "docs",
     ):
         assert (REPO / part).is_dir(), part
+
+
+def _packaged() -> list[str]:
+    """The packages the wheel holds, found the way setup.cfg tells setuptools to find them."""
+    from setuptools import find_packages
+
+    include = [line.strip() for line in _setup_cfg()["options.packages.find"]["include"].splitlines() if line.strip()]
+    return find_packages(where=str(REPO), include=include)
+
+
+def test_the_wheel_holds_the_shared_core_and_every_subpackage() -> None:
+    packaged = set(_packaged())
+    tops = {"gpu_watchdog_core", "exporters", "agent_webhook"}
+    assert tops <= packaged
+    # Every directory with an __init__.py below a top-level package is in it, so no module is
+    # importable in the checkout yet missing from the installed wheel.
+    for top in tops:
+        for init in (REPO / top).rglob("__init__.py"):
+            name = ".".join(init.parent.relative_to(REPO).parts)
+            assert name in packaged, name
+    assert not {p for p in packaged if p.split(".")[0] not in tops | {"grafana"}}, packaged
+
+
+def test_every_install_path_copies_every_top_level_package() -> None:
+    # The pod image copies the sources in, and the gpu_watchdog role decides whether to
+    # reinstall from a digest of them: a package left out of either installs stale or not at all.
+    tops = sorted({p.split(".")[0] for p in _packaged()} - {"grafana"})
+    dockerfile = (REPO / "pod-image" / "Dockerfile").read_text()
+    ignore = (REPO / "pod-image" / "Dockerfile.dockerignore").read_text().split()
+    digest = (REPO / "ansible" / "roles" / "gpu_watchdog" / "files" / "source-digest.py").read_text()
+    image_inputs = (REPO / "scripts" / "pod_image.py").read_text()
+    for top in tops:
+        assert f"COPY {top} /opt/gpu-watchdog/src/{top}" in dockerfile, top
+        assert f"!{top}/" in ignore, top
+        assert f'"{top}"' in digest, top
+        assert f'"{top}"' in image_inputs, top

@@ -40,12 +40,12 @@ import yaml
 
 from agent_webhook.actions.policy import ALERT_ACTIONS, ActionKind, Plan, Quote, Refusal, partition_refusal, plan
 from agent_webhook.config import ActionsConfig, ConfigError
-from agent_webhook.deploy_cli import Progress, default_ansible_dir, run_playbook
 from agent_webhook.metrics import AgentMetrics
 from agent_webhook.model import Alert
+from agent_webhook.playbook_runner import Progress, default_ansible_dir, run_playbook
 from agent_webhook.store import Store, iso
-from exporters.common.logs import redact
 from exporters.runpod.source import MalformedResponse, Pod, default_fetch, parse_pods
+from gpu_watchdog_core.logs import redact
 
 log = logging.getLogger(__name__)
 

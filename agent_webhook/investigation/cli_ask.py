@@ -23,8 +23,8 @@ from agent_webhook.investigation.investigator import (
 )
 from agent_webhook.model import Diagnosis
 from agent_webhook.terminal import terminal_safe
-from exporters.common.cli import fail
-from exporters.common.logs import redact
+from gpu_watchdog_core.cli import fail
+from gpu_watchdog_core.logs import redact
 
 
 def render_markdown(dx: Diagnosis) -> str:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporters.common.logs import redact
+from gpu_watchdog_core.logs import has_userinfo, redact
+from gpu_watchdog_core.sections import reject_unknown
 
 SLURM_MODES = ("metrics", "scontrol")
 # The agent.yml keys this package reads (the service passes these through to from_mapping).
@@ -237,9 +238,7 @@ SLURM_KEYS = {"mode", "bin_dir", "command_timeout_seconds"}
 
 
 def _known(section: Mapping[str, Any], name: str, keys: set[str]) -> None:
-    unknown = sorted(str(k) for k in section if k not in keys)
-    if unknown:
-        raise ValueError(f"{name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(keys))}")
+    reject_unknown(section, keys, name, ValueError, show_known=True)
 
 
 def _mapping(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -274,11 +273,9 @@ def _number(  # noqa: PLR0917 - one call shape, read at a glance
 
 def _server_url(raw: Mapping[str, Any], key: str, auth_key: str) -> str | None:
     url = _url(raw.get(key), key)
-    if url is not None:
-        parsed = urllib.parse.urlsplit(url)
-        # Credentials in a URL end up in logs and evidence; they belong in a password file.
-        if parsed.username is not None or parsed.password is not None:
-            raise ValueError(f"{key} must not carry credentials: set {auth_key} (username, password_file) instead")
+    # Credentials in a URL end up in logs and evidence; they belong in a password file.
+    if url is not None and has_userinfo(url):
+        raise ValueError(f"{key} must not carry credentials: set {auth_key} (username, password_file) instead")
     return url
 
 

@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
-from exporters.common.logs import redact, redact_value
+from gpu_watchdog_core.logs import redact, redact_value
 
 # Slurm NodeNames and Kubernetes-style host names; no shell or PromQL metacharacters.
 NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

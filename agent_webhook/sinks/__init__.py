@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from agent_webhook.config import SinkConfig
-from exporters.common.logs import redact, redact_value, strip_userinfo
+from gpu_watchdog_core.logs import redact, redact_value, strip_userinfo
 
 # 4xx answers that may succeed when retried: a timeout, "too early", rate limiting.
 TRANSIENT_4XX = frozenset({408, 425, 429})

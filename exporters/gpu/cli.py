@@ -12,7 +12,13 @@ from typing import Any
 
 import click
 
-from exporters.common.cli import (
+from exporters.gpu.attribution import JobResolver
+from exporters.gpu.backend import BackendUnavailable, FieldKey, NvmlBackend
+from exporters.gpu.collectors import COLLECTOR_CLASSES, GpuCollector, GpuContext
+from exporters.gpu.collectors.device import DeviceCollector
+from exporters.gpu.sampler import GpuSampler
+from exporters.gpu.xid import XidWatcher
+from gpu_watchdog_core.cli import (
     check_listen_or_exit,
     collectors_option,
     common_options,
@@ -22,14 +28,8 @@ from exporters.common.cli import (
     select_or_exit,
     serve_exporter,
 )
-from exporters.common.logs import setup_logging
-from exporters.common.poller import Collector
-from exporters.gpu.attribution import JobResolver
-from exporters.gpu.backend import BackendUnavailable, FieldKey, NvmlBackend
-from exporters.gpu.collectors import COLLECTOR_CLASSES, GpuCollector, GpuContext
-from exporters.gpu.collectors.device import DeviceCollector
-from exporters.gpu.sampler import GpuSampler
-from exporters.gpu.xid import XidWatcher
+from gpu_watchdog_core.logs import setup_logging
+from gpu_watchdog_core.poller import Collector
 
 log = logging.getLogger("exporters.gpu")
 

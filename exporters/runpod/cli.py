@@ -7,7 +7,11 @@ import os
 
 import click
 
-from exporters.common.cli import (
+from exporters.runpod.collectors.exporter import ExporterCollector
+from exporters.runpod.collectors.pods import PodsCollector
+from exporters.runpod.collectors.spend import SpendCollector
+from exporters.runpod.source import RunPodSource, default_fetch
+from gpu_watchdog_core.cli import (
     collectors_option,
     common_options,
     fail,
@@ -15,12 +19,8 @@ from exporters.common.cli import (
     select_or_exit,
     serve_exporter,
 )
-from exporters.common.logs import setup_logging, strip_userinfo
-from exporters.common.poller import Collector
-from exporters.runpod.collectors.exporter import ExporterCollector
-from exporters.runpod.collectors.pods import PodsCollector
-from exporters.runpod.collectors.spend import SpendCollector
-from exporters.runpod.source import RunPodSource, default_fetch
+from gpu_watchdog_core.logs import setup_logging, strip_userinfo
+from gpu_watchdog_core.poller import Collector
 
 log = logging.getLogger(__name__)
 COLLECTORS = (PodsCollector, SpendCollector)

@@ -12,16 +12,6 @@ from types import FrameType
 
 import click
 
-from exporters.common.cli import (
-    collectors_option,
-    common_options,
-    fail,
-    interval_option,
-    select_or_exit,
-    serve_exporter,
-)
-from exporters.common.logs import setup_logging
-from exporters.common.poller import Collector
 from exporters.slurm.backend import BackendError, select_backend
 from exporters.slurm.collectors.exporter import ExporterCollector
 from exporters.slurm.collectors.fairshare import FairshareCollector
@@ -35,6 +25,16 @@ from exporters.slurm.collectors.scheduler import SchedulerCollector
 from exporters.slurm.collectors.users import DEFAULT_LIMIT, UsersCollector
 from exporters.slurm.commands import DEFAULT_MAX_OUTPUT, CommandError, CommandRunner
 from exporters.slurm.source import SlurmSource
+from gpu_watchdog_core.cli import (
+    collectors_option,
+    common_options,
+    fail,
+    interval_option,
+    select_or_exit,
+    serve_exporter,
+)
+from gpu_watchdog_core.logs import setup_logging
+from gpu_watchdog_core.poller import Collector
 
 log = logging.getLogger(__name__)
 COLLECTORS = (

@@ -23,7 +23,7 @@ import pytest
 
 from agent_webhook.config import PREFIX_ENV, AgentConfig
 from agent_webhook.wiring import make_investigator
-from exporters.common.logs import LogfmtFormatter
+from gpu_watchdog_core.logs import LogfmtFormatter
 from tests.agent.conftest import (  # noqa: F401 - fixtures
     TOKEN,
     FakeHTTP,

@@ -80,8 +80,8 @@ def test_gpu_backlog_with_zero_workers_from_real_slurm(
     """A real slurmctld with no node (the slurm_head role's zero-worker shape), the real exporter
     on the real Slurm commands, the shipped rules time-compressed (30 min -> 10 s): GPU jobs
     queued into the empty partition raise SlurmGPUQueueBacklog; CPU-only ones alone do not."""
+    from scripts.time_compression import compressed_rule_files
     from tests.harness.slurm import SlurmUnavailable, start_cluster
-    from tests.harness.stack import compressed_rule_files
 
     try:
         cluster = start_cluster(procs, zero_nodes=True)

@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 import pytest
 
-from agent_webhook.deploy_cli import Progress, format_summary, parse_extra_vars, summary_rows
+from agent_webhook.deploy_cli import parse_extra_vars
+from agent_webhook.playbook_runner import Progress, format_summary, summary_rows
 
 GPU_WATCHDOG = Path(sys.executable).parent / "gpu-watchdog"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import RunningCluster, wait_for
+from scripts.cluster_client import RunningCluster, wait_for
 
 # The first test's budget includes building the image and provisioning the cluster.
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]

@@ -10,8 +10,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporters.common.poller import CollectorSelectionError, SnapshotPoller, select_collectors
-from exporters.common.snapshot import render_scrape, wants_openmetrics
+from gpu_watchdog_core.poller import CollectorSelectionError, SnapshotPoller, select_collectors
+from gpu_watchdog_core.snapshot import render_scrape, wants_openmetrics
 
 
 class Const:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from exporters.common.logs import has_userinfo, redact, strip_userinfo
+from gpu_watchdog_core.logs import has_userinfo, redact, strip_userinfo
 from tests.fakes.runpod_api import FakeRunPod
 from tests.harness.processes import ProcessManager, http_get
 from tests.runpod.exporter import start_runpod_exporter

@@ -15,9 +15,9 @@ from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from exporters.common.poller import SnapshotPoller
-from exporters.common.server import ListenAddressError, build_exporter_app, parse_listen
-from exporters.common.webconfig import load_web_config
+from gpu_watchdog_core.poller import SnapshotPoller
+from gpu_watchdog_core.server import ListenAddressError, build_exporter_app, parse_listen
+from gpu_watchdog_core.webconfig import load_web_config
 from tests.harness.processes import free_port
 
 

@@ -99,7 +99,7 @@ def test_agent_answers_408_to_a_body_that_stops_coming(procs: ProcessManager, tm
 def test_limits_come_from_the_environment_or_exit_2(tmp_path: Path) -> None:
     import subprocess
 
-    from exporters.common.limits import LimitsError, limits_from_env
+    from gpu_watchdog_core.limits import LimitsError, limits_from_env
 
     assert limits_from_env({"GPU_WATCHDOG_HTTP_MAX_CONNECTIONS": "7"}).cap() == 7
     for bad in ({"GPU_WATCHDOG_HTTP_HEADER_TIMEOUT": "soon"}, {"GPU_WATCHDOG_HTTP_IDLE_TIMEOUT": "-1"}):
@@ -120,13 +120,13 @@ def test_accept_errors_are_logged_once_per_interval(caplog: pytest.LogCaptureFix
     import errno
     import logging
 
-    from exporters.common.limits import AcceptErrorLog
+    from gpu_watchdog_core.limits import AcceptErrorLog
 
     now = [0.0]
     handler = AcceptErrorLog(10.0, clock=lambda: now[0])
     loop = asyncio.new_event_loop()
     try:
-        with caplog.at_level(logging.ERROR, logger="exporters.common.limits"):
+        with caplog.at_level(logging.ERROR, logger="gpu_watchdog_core.limits"):
             for i in range(1000):
                 now[0] = i * 0.025  # 40 failed accepts a second for 25 s
                 handler(
@@ -148,7 +148,7 @@ async def test_at_the_cap_stalled_make_room_and_busy_ones_refuse() -> None:
 
     from aiohttp import web
 
-    from exporters.common.limits import ConnectionLimits, ConnectionTracker
+    from gpu_watchdog_core.limits import ConnectionLimits, ConnectionTracker
 
     release = asyncio.Event()
 

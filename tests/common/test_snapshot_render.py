@@ -26,7 +26,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.openmetrics import exposition as om_exposition
 from prometheus_client.samples import Exemplar
 
-from exporters.common.snapshot import render_openmetrics, render_text
+from gpu_watchdog_core.snapshot import render_openmetrics, render_text
 
 SPECIAL_VALUES = [
     0.0,
@@ -138,10 +138,10 @@ def test_openmetrics_exemplars_fall_back_to_prometheus_client() -> None:
 
 
 def test_gpu_exporter_snapshot_is_byte_identical(tmp_path: Path) -> None:
-    from exporters.common.poller import SnapshotPoller
     from exporters.gpu.backend import NvmlBackend
     from exporters.gpu.cli import build, choose_collectors
     from exporters.gpu.sim import SimNvml
+    from gpu_watchdog_core.poller import SnapshotPoller
 
     backend = NvmlBackend(SimNvml(gpus=4, faults_path=tmp_path / "none.yml"))
     backend.open()

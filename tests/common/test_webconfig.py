@@ -9,7 +9,7 @@ import bcrypt
 import pytest
 import trustme
 
-from exporters.common.webconfig import WebConfigError, load_web_config
+from gpu_watchdog_core.webconfig import WebConfigError, load_web_config
 
 HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
 
@@ -116,7 +116,7 @@ def test_basic_auth_edge_cases_are_refusals_not_errors(tmp_path: Path) -> None:
 async def test_bcrypt_checks_run_one_at_a_time_and_a_flood_is_refused(tmp_path: Path) -> None:
     import asyncio
 
-    from exporters.common.webconfig import AuthBusy
+    from gpu_watchdog_core.webconfig import AuthBusy
 
     slow = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=8)).decode()
     cfg = load_web_config(write(tmp_path, f"basic_auth_users:\n  alice: '{slow}'\n"))

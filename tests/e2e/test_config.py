@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness.stack import (
+from scripts.time_compression import (
     RULES_DIR,
     compressed_alertmanager_config,
     compressed_rule_files,

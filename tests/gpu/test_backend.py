@@ -254,8 +254,8 @@ def test_hung_gpu_does_not_hold_the_gate_shut(backend: NvmlBackend, sim: SimNvml
 def test_real_nvml_every_collector_two_cycles() -> None:
     """Every collector over the real driver, twice (GPM needs two samples); prints what the
     driver lacks, for docs/gpu-exporter.md."""
-    from exporters.common.poller import SnapshotPoller
     from exporters.gpu.cli import build, choose_collectors
+    from gpu_watchdog_core.poller import SnapshotPoller
 
     be = NvmlBackend(pynvml)
     be.open()

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from exporters.common.poller import SnapshotPoller
 from exporters.gpu.backend import NvmlBackend
 from exporters.gpu.cli import build, choose_collectors
 from exporters.gpu.sim import SimNvml
 from exporters.gpu.sim.faults import load_faults, make_fault, save_faults
+from gpu_watchdog_core.poller import SnapshotPoller
 from tests.gpu.conftest import Exporter, samples, sim_cli, value
 from tests.harness.processes import http_get
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from exporters.common.poller import SnapshotPoller
 from exporters.gpu.backend import NvmlBackend
 from exporters.gpu.cli import build, choose_collectors
 from exporters.gpu.fields import FieldIds
 from exporters.gpu.sim import SimNvml
 from exporters.gpu.sim.faults import make_fault, save_faults
 from exporters.gpu.sim.library import H100_RESERVED
+from gpu_watchdog_core.poller import SnapshotPoller
 from tests.gpu.conftest import value
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,7 +103,7 @@ def _floor() -> str:
 FLOOR_SCRIPT = """
 import pynvml, sys
 assert pynvml.__file__.startswith(sys.argv[1]), pynvml.__file__
-from exporters.common.poller import SnapshotPoller
+from gpu_watchdog_core.poller import SnapshotPoller
 from exporters.gpu.backend import NvmlBackend
 from exporters.gpu.cli import build, choose_collectors
 from exporters.gpu.sim import SimNvml

@@ -27,7 +27,7 @@ from typing import Any
 import pynvml
 import yaml
 
-from exporters.common.sections import reject_unknown
+from gpu_watchdog_core.sections import reject_unknown
 
 # Names of `throttle` reasons: the `reason` label values of nvidia_gpu_clocks_event_reasons.
 THROTTLE_REASONS = (

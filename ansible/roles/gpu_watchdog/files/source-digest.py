@@ -8,7 +8,7 @@ from pathlib import Path
 root = Path(sys.argv[1])
 digest = hashlib.sha256()
 files = [root / name for name in ("setup.cfg", "pyproject.toml", "README.md")]
-for package in ("exporters", "agent_webhook"):
+for package in ("gpu_watchdog_core", "exporters", "agent_webhook"):
     files += [p for p in (root / package).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
 for path in sorted(files):
     if path.exists():

@@ -18,9 +18,19 @@ def mapping_section(value: Any, where: str, error: type[Exception]) -> dict[str,
 
 
 def reject_unknown(
-    section: Mapping[Any, Any], allowed: Set[str], where: str, error: type[Exception], *, noun: str = "key"
+    section: Mapping[Any, Any],
+    allowed: Set[str],
+    where: str,
+    error: type[Exception],
+    *,
+    noun: str = "key",
+    show_known: bool = False,
 ) -> None:
-    """An `error` naming every key of `section` not in `allowed` (sorted as text: YAML keys may be numbers)."""
+    """An `error` naming every key of `section` not in `allowed` (sorted as text: YAML keys may be numbers).
+
+    With `show_known` the message lists the allowed keys too, for sections with many of them.
+    """
     unknown = sorted(str(k) for k in set(section) - allowed)
     if unknown:
-        raise error(f"{where}: unknown {noun}(s) {', '.join(unknown)}")
+        known = f"; known: {', '.join(sorted(allowed))}" if show_known else ""
+        raise error(f"{where}: unknown {noun}(s) {', '.join(unknown)}{known}")

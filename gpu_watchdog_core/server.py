@@ -1,7 +1,7 @@
 """HTTP side of an exporter: `/metrics` from the poller's snapshot, `/healthz`, a landing page.
 
 TLS, basic auth and extra headers come from exporter-toolkit's web config
-(:mod:`exporters.common.webconfig`). The agent webhook reuses :func:`install_web_config`
+(:mod:`gpu_watchdog_core.webconfig`). The agent webhook reuses :func:`install_web_config`
 and :func:`run_app` so every service of the suite is secured the same way.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from exporters.common.limits import (
+from gpu_watchdog_core.limits import (
     AcceptErrorLog,
     ConnectionLimits,
     ConnectionTracker,
@@ -25,15 +25,15 @@ from exporters.common.limits import (
     limits_from_env,
     raise_open_file_limit,
 )
-from exporters.common.poller import SnapshotPoller
-from exporters.common.snapshot import (
+from gpu_watchdog_core.poller import SnapshotPoller
+from gpu_watchdog_core.snapshot import (
     TEXT_CONTENT_TYPE,
     render_scrape,
     render_scrape_gzip,
     wants_gzip,
     wants_openmetrics,
 )
-from exporters.common.webconfig import AuthBusy, WebConfig
+from gpu_watchdog_core.webconfig import AuthBusy, WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def run_app(
 ) -> None:
     """Serve until SIGINT/SIGTERM. Blocks; exits cleanly so pid-based supervisors see 0.
 
-    The listener is guarded against slow and many clients (:mod:`exporters.common.limits`).
+    The listener is guarded against slow and many clients (:mod:`gpu_watchdog_core.limits`).
     """
     host, port = parse_listen(listen)
     if limits is None:

@@ -3,7 +3,7 @@
 aiohttp alone holds a connection that never sends a request for its whole keep-alive time and
 accepts connections until the process runs out of file descriptors; then asyncio's accept loop
 logs every failed accept(). So every listener of the suite (the exporters and the agent, through
-:func:`exporters.common.server.run_app`) gets:
+:func:`gpu_watchdog_core.server.run_app`) gets:
 
 - header timeout: a connection must deliver its first request head within this many seconds
   of being accepted, or it is closed; with TLS the handshake gets as long again before that

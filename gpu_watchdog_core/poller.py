@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from exporters.common.snapshot import EMPTY_SNAPSHOT, Snapshot
+from gpu_watchdog_core.snapshot import EMPTY_SNAPSHOT, Snapshot
 
 log = logging.getLogger(__name__)
 

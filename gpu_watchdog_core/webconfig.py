@@ -37,8 +37,8 @@ from typing import Any
 import bcrypt
 import yaml
 
-from exporters.common import openssl
-from exporters.common.sections import mapping_section, reject_unknown
+from gpu_watchdog_core import openssl
+from gpu_watchdog_core.sections import mapping_section, reject_unknown
 
 
 class WebConfigError(ValueError):
@@ -50,7 +50,7 @@ class AuthBusy(RuntimeError):
 
 
 # Go's tls.ClientAuthType values. Go verifies the chain only for the last two; the first two
-# ask for a certificate and take any (see exporters.common.openssl).
+# ask for a certificate and take any (see gpu_watchdog_core.openssl).
 _CLIENT_AUTH_TYPES = (
     "NoClientCert",
     "RequestClientCert",

@@ -9,10 +9,10 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from exporters.common.logs import setup_logging
-from exporters.common.poller import Collector, CollectorSelectionError, SnapshotPoller, select_collectors
-from exporters.common.server import ListenAddressError, build_exporter_app, parse_listen, run_app
-from exporters.common.webconfig import WebConfig, WebConfigError, load_web_config
+from gpu_watchdog_core.logs import setup_logging
+from gpu_watchdog_core.poller import Collector, CollectorSelectionError, SnapshotPoller, select_collectors
+from gpu_watchdog_core.server import ListenAddressError, build_exporter_app, parse_listen, run_app
+from gpu_watchdog_core.webconfig import WebConfig, WebConfigError, load_web_config
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
