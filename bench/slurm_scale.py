@@ -13,6 +13,15 @@ same cluster:
 
 Needs root, munge and slurm-wlm (it starts its own private cluster via tests/harness/slurm.py).
 `--duration` sets each measured phase's length (default 120 s; 60 s keeps the run near 5 min).
+
+`--shapes` measures what a real cluster here cannot run: thousands of running GPU jobs sharing
+nodes (the private cluster has one real slurmd). It writes hand-written shapes of 22.05 output
+(`sinfo`, `squeue`, `scontrol -d show job` at `--nodes`/`--jobs`, `--shared-gpu-jobs` of them
+running two to a node) and serves them through stand-in commands (`--slurm-bin-dir`) that take
+as long as the real commands took on the 100,000-job bench cluster before printing
+(`--squeue-seconds`, `--scontrol-seconds`: a sleep models slurmctld's and the client's time,
+the exporter still reads and parses every byte). It runs the exporter with and without
+`--read-ahead` side by side and prints poll time, scrape p99 and job-table reads per poll.
 """
 
 from __future__ import annotations
@@ -181,6 +190,152 @@ def metric(url: str, name: str) -> list[tuple[str, float]]:
     return out
 
 
+SHAPE_SCRIPT = """#!/bin/sh
+echo "$0 $*" >> "{dir}/calls.log"
+if [ "$1" = "--version" ]; then echo "slurm 22.05.8"; exit 0; fi
+case "$*" in
+    *"show config"*) echo "ClusterName             = shapes"; exit 0 ;;
+    *"show reservation"*) cat "{dir}/reservations.out"; exit 0 ;;
+    *"show license"*) cat "{dir}/licenses.out"; exit 0 ;;
+esac
+sleep {delay}
+cat "{dir}/{name}.out"
+"""
+
+_SHAPE_RECORD = """JobId={id} JobName=job{id}
+   UserId=user{user}(1{user:03d}) GroupId=users(100) MCS_label=N/A
+   Priority=4294{id} Nice=0 Account=acct{acct} QOS=normal
+   JobState={state} Reason={reason} Dependency=(null)
+   Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:0
+   DerivedExitCode=0:0
+   RunTime=00:10:00 TimeLimit=1-00:00:00 TimeMin=N/A
+   SubmitTime=2026-11-23T09:44:31 EligibleTime=2026-11-23T09:44:31
+   AccrueTime=2026-11-23T09:44:31
+   StartTime={start} EndTime=Unknown Deadline=N/A
+   SuspendTime=None SecsPreSuspend=0 LastSchedEval=2026-11-23T09:44:31 Scheduler=Main
+   Partition=gpu AllocNode:Sid=login01:4546
+   ReqNodeList=(null) ExcNodeList=(null)
+   NodeList={nodes}
+   BatchHost={batch}
+   NumNodes=1 NumCPUs=8 NumTasks=1 CPUs/Task=8 ReqB:S:C:T=0:0:*:*
+   TRES=cpu=8,mem=64G,node=1,billing=8,gres/gpu=4
+   Socks/Node=* NtasksPerN:B:S:C=0:0:*:* CoreSpec=*
+   JOB_GRES={job_gres}
+{detail}   MinCPUsNode=8 MinMemoryNode=64G MinTmpDiskNode=0
+   Features=(null) DelayBoot=00:00:00
+   OverSubscribe=OK Contiguous=0 Licenses=(null) Network=(null)
+   Command=/home/user{user}/train.sh
+   WorkDir=/home/user{user}/project-{acct}
+   StdErr=/home/user{user}/slurm-{id}.out
+   StdIn=/dev/null
+   StdOut=/home/user{user}/slurm-{id}.out
+   Power=
+   TresPerNode=gres:gpu:4
+
+"""
+
+
+def write_shapes(directory: Path, nodes: int, jobs: int, shared: int) -> None:
+    """Hand-written shapes of 22.05 output: `shared` running 4-GPU jobs, two per 8-GPU node."""
+    fixtures = REPO / "tests" / "slurm" / "fixtures" / "22.05"
+    for name in ("sdiag", "sshare", "reservations", "licenses"):
+        (directory / f"{name}.out").write_text((fixtures / f"{name}.txt").read_text())
+    busy = (shared + 1) // 2
+    sinfo_lines = []
+    for n in range(nodes):
+        used = "gpu:h100:8(IDX:0-7)" if n < busy else "gpu:h100:0(IDX:N/A)"
+        state = "mixed" if n < busy else "idle"
+        sinfo_lines.append(
+            f"gpu{n:05d}|gpu*|{state}|{state}|16/112/0/128|1024000|131072|gpu:h100:8|{used}|Unknown|none|\n"
+        )
+    (directory / "sinfo.out").write_text("".join(sinfo_lines))
+    squeue_lines, records = [], []
+    for i in range(jobs):
+        job_id, user, acct = 1000 + i, i % 97, i % 13
+        if i < shared:
+            node = f"gpu{i // 2:05d}"
+            squeue_lines.append(
+                f"{job_id}|{job_id}|gpu|user{user}|acct{acct}|RUNNING|2026-11-23T09:44:31|2026-11-23T09:50:00|"
+                f"2026-11-24T09:50:00|1|1|cpu=8,mem=64G,node=1,billing=8,gres/gpu=4|gres:gpu:4|N/A|N/A|{node}|None|\n"
+            )
+            first = 4 * (i % 2)
+            detail = (
+                f"     Nodes={node} CPU_IDs={first}-{first + 7} Mem=65536 GRES=gpu:h100:4(IDX:{first}-{first + 3})\n"
+            )
+            fields = {"state": "RUNNING", "reason": "None", "start": "2026-11-23T09:50:00", "nodes": node}
+            fields |= {"batch": node, "job_gres": "gpu:h100:4", "detail": detail}
+        else:
+            squeue_lines.append(
+                f"{job_id}|{job_id}|gpu|user{user}|acct{acct}|PENDING|2026-11-23T09:44:31|N/A|N/A|1|1|"
+                f"cpu=8,mem=64G,node=1,billing=8|gres:gpu:4|N/A|N/A||Priority|\n"
+            )
+            fields = {"state": "PENDING", "reason": "Priority", "start": "Unknown", "nodes": "(null)"}
+            fields |= {"batch": "(null)", "job_gres": "(null)", "detail": ""}
+        records.append(_SHAPE_RECORD.format(id=job_id, user=user, acct=acct, **fields))
+    (directory / "squeue.out").write_text("".join(squeue_lines))
+    (directory / "scontrol.out").write_text("".join(records))
+
+
+def shape_standins(directory: Path, squeue_s: float, scontrol_s: float) -> None:
+    delays = {"squeue": squeue_s, "scontrol": scontrol_s}
+    for name in ("sinfo", "squeue", "scontrol", "sdiag", "sshare"):
+        script = directory / name
+        script.write_text(SHAPE_SCRIPT.format(dir=directory, name=name, delay=delays.get(name, 0)))
+        script.chmod(0o755)
+
+
+def shapes_main(args: argparse.Namespace) -> int:
+    """Exporter with and without --read-ahead over stand-ins replaying shapes (see the docstring)."""
+    directory = Path(mkdtemp(prefix="slurm-shapes-"))
+    t0 = time.perf_counter()
+    write_shapes(directory, args.nodes, args.jobs, args.shared_gpu_jobs)
+    sizes = {name: (directory / f"{name}.out").stat().st_size / 1e6 for name in ("squeue", "scontrol", "sinfo")}
+    print(
+        f"shapes: {args.nodes} nodes, {args.jobs} jobs, {args.shared_gpu_jobs} running GPU jobs two per node "
+        f"(squeue {sizes['squeue']:.1f} MB, scontrol {sizes['scontrol']:.1f} MB, sinfo {sizes['sinfo']:.1f} MB; "
+        f"written in {time.perf_counter() - t0:.0f}s)"
+    )
+    print(f"stand-in command time: squeue {args.squeue_seconds:g}s, scontrol {args.scontrol_seconds:g}s")
+    shape_standins(directory, args.squeue_seconds, args.scontrol_seconds)
+    procs = ProcessManager(Path(mkdtemp(prefix="slurm-shapes-logs-")))
+    results = {}
+    try:
+        for mode in ("--no-read-ahead", "--read-ahead"):
+            (directory / "calls.log").unlink(missing_ok=True)
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            extra = ["--command-timeout", "60", "--slurm-bin-dir", str(directory)]
+            exporter = procs.start(
+                f"slurm-exporter{mode}",
+                [EXPORTER, "--listen", f"127.0.0.1:{port}", "--interval", str(args.scrape_interval), *extra, mode],
+            )
+            exporter.wait_http(f"{url}/metrics", timeout=180)
+            cycles = []
+            for _ in range(args.polls):
+                align_to_poll(url, args.scrape_interval)
+                cycles.append(metric(url, "slurm_exporter_cycle_duration_seconds")[0][1])
+            rows = len(metric(url, "slurm_job_gpu_info"))
+            with ThreadPoolExecutor(2) as pool:
+                latencies = list(pool.map(scrape_once, [url] * args.scrapes))
+            polls_seen = len(cycles) + 1
+            calls = (directory / "calls.log").read_text().splitlines()
+            exporter.stop()
+            table_reads = sum(1 for c in calls if "/squeue " in c or c.endswith("show job"))
+            results[mode] = (cycles, latencies, rows, table_reads / max(polls_seen, 1))
+            print(
+                f"{mode:16s} poll {min(cycles) * 1000:6.0f}-{max(cycles) * 1000:6.0f} ms over {len(cycles)} polls "
+                f"(after the first); scrape p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
+                f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms; job_gpu_info rows {rows}; "
+                f"job-table reads per poll ~{table_reads / max(polls_seen, 1):.1f}"
+            )
+    finally:
+        procs.stop_all()
+    cycles, latencies, rows, _ = results["--read-ahead"]
+    ok = max(cycles) <= 5.0 and percentile(latencies, 0.99) <= 0.010 and rows == 4 * args.shared_gpu_jobs
+    print(f"aim poll <= 5 s, scrape p99 <= 10 ms, every GPU mapped (read-ahead): {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=1000, help="configured nodes (one real, the rest fake)")
@@ -191,13 +346,22 @@ def main() -> int:
     parser.add_argument(
         "--no-json", action="store_true", help="skip timing squeue --json (about 3 kB per job: 300 MB at 100k jobs)"
     )
+    parser.add_argument("--shapes", action="store_true", help="replay shapes through stand-ins (no cluster)")
+    parser.add_argument("--shared-gpu-jobs", type=int, default=4000, help="--shapes: running GPU jobs, 2 per node")
+    parser.add_argument("--squeue-seconds", type=float, default=1.77, help="--shapes: stand-in squeue's time")
+    parser.add_argument("--scontrol-seconds", type=float, default=3.75, help="--shapes: stand-in scontrol's time")
+    parser.add_argument("--polls", type=int, default=3, help="--shapes: polls measured per mode")
     parser.add_argument("--dry-run", action="store_true", help="check the arguments and exit")
     args = parser.parse_args()
     if args.nodes < 1 or args.jobs < 0 or args.duration <= 0 or args.scrape_interval <= 0:
         parser.error("--nodes >= 1, --jobs >= 0, --duration and --scrape-interval > 0")
+    if args.shapes and not 0 <= args.shared_gpu_jobs <= min(args.jobs, 2 * args.nodes):
+        parser.error("--shared-gpu-jobs must fit in --jobs and two per node of --nodes")
     if args.dry_run:
         print(f"ok: {args.nodes} nodes, {args.jobs} jobs, {args.duration:g}s phases")
         return 0
+    if args.shapes:
+        return shapes_main(args)
 
     procs = ProcessManager(Path(mkdtemp(prefix="slurm-scale-logs-")))
     cluster = start_cluster(

@@ -135,6 +135,13 @@ def build_collectors(
     envvar="SLURM_EXPORTER_USER_METRICS_LIMIT",
     help="Most (user, account) pairs and accounts exported by name; the rest are summed as (other).",
 )
+@click.option(
+    "--read-ahead/--no-read-ahead",
+    default=True,
+    envvar="SLURM_EXPORTER_READ_AHEAD",
+    help="When the last poll needed the full `scontrol -d show job` dump (many GPU jobs sharing "
+    "nodes), start it beside squeue instead of after it (docs/slurm-exporter.md).",
+)
 @collectors_option("SLURM_EXPORTER", COLLECTOR_NAMES)
 def main(  # noqa: PLR0917 - click passes every option
     listen: str,
@@ -149,6 +156,7 @@ def main(  # noqa: PLR0917 - click passes every option
     cluster: str | None,
     user_metrics: bool,
     user_metrics_limit: int,
+    read_ahead: bool,
     collectors: tuple[str, ...],
 ) -> None:
     """Export Slurm metrics for Prometheus from one background poll per interval."""
@@ -172,7 +180,7 @@ def main(  # noqa: PLR0917 - click passes every option
         chosen, version = select_backend(backend, runner)
     except BackendError as exc:
         fail(str(exc))
-    source = SlurmSource(chosen)
+    source = SlurmSource(chosen, read_ahead=read_ahead)
 
     def end_startup_budget() -> None:
         runner.deadline = None

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +35,21 @@ class CommandState:
     error: str = ""
 
 
+# The one command read ahead: the full job dump the GPU map needs when many GPU jobs share nodes.
+AHEAD = "scontrol"
+
+
 class SlurmSource:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, read_ahead: bool = True) -> None:
         self.backend = backend
+        # The full `scontrol -d show job` dump (needed when more than the backend's detail_limit
+        # running GPU jobs share nodes) is only known to be needed after squeue has been read.
+        # Run one after the other they cost squeue + scontrol (7 s at 100k jobs); so when the
+        # last poll needed the dump, this one starts it at the beginning of the cycle, beside
+        # squeue, and the GPU collector takes its result. A dump not needed after all is dropped.
+        self.read_ahead = read_ahead
+        self._want_dump = False
+        self._ahead: Future[tuple[Parsed[Any], float]] | None = None
         self.states: dict[str, CommandState] = {}
         self._ran_this_cycle: set[str] = set()
         self._consumers: set[str] = set()
@@ -49,7 +62,30 @@ class SlurmSource:
         with self._lock:
             if consumer in self._consumers:
                 self._new_cycle()
+            if not self._consumers:
+                self._start_ahead()
             self._consumers.add(consumer)
+
+    def _start_ahead(self) -> None:
+        """Start the full job dump in the background when the last poll needed it."""
+        if not (self.read_ahead and self._want_dump) or self._ahead is not None:
+            return
+        future: Future[tuple[Parsed[Any], float]] = Future()
+
+        def run() -> None:
+            started = time.perf_counter()
+            try:
+                parsed = self.backend.fetch(AHEAD)
+            except BaseException as exc:  # handed to the collector, which fails the command
+                future.set_exception(exc)
+            else:
+                future.set_result((parsed, time.perf_counter() - started))
+
+        self._ahead = future
+        threading.Thread(target=run, name="slurm-read-ahead", daemon=True).start()
+
+    def _full_dump(self, job_ids: Sequence[str] | None) -> bool:
+        return job_ids is None or len(job_ids) > getattr(self.backend, "detail_limit", 0)
 
     def end_cycle(self) -> None:
         with self._lock:
@@ -63,6 +99,9 @@ class SlurmSource:
             return {name: state.error for name, state in sorted(self.states.items()) if state.error}
 
     def _new_cycle(self) -> None:
+        if self._ahead is not None and AHEAD not in self._ran_this_cycle:
+            self._want_dump = False  # nobody asked for it this cycle: stop reading ahead
+        self._ahead = None  # an unused dump is dropped (its thread ends on its own)
         self._consumers.clear()
         self._ran_this_cycle.clear()
         self._unreachable = ""
@@ -79,7 +118,19 @@ class SlurmSource:
                 if self._unreachable:
                     # Every client retries a dead controller for ~9 s: pay that once per cycle.
                     raise CommandError(f"skipped: {self._unreachable}")
-                parsed = self.backend.fetch(command, job_ids) if job_ids is not None else self.backend.fetch(command)
+                ahead = None
+                if command == AHEAD:
+                    full = self._full_dump(job_ids)
+                    self._want_dump = full
+                    ahead, self._ahead = (self._ahead, None) if full else (None, self._ahead)
+                if ahead is not None:
+                    # The command timeout already bounds the dump's own run.
+                    parsed, ran_for = ahead.result()
+                    started = time.perf_counter() - ran_for
+                elif job_ids is not None:
+                    parsed = self.backend.fetch(command, job_ids)
+                else:
+                    parsed = self.backend.fetch(command)
             except CommandError as exc:
                 # The last good data stays (state.data); slurm_up goes 0 and its age shows.
                 state.fresh = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,56 @@ def test_only_the_cli_backend_exists(tmp_path: Path) -> None:
         assert backend.name == "cli" and version == "24.11.1"
     with pytest.raises(BackendError, match="only cli"):
         select_backend("pyslurm", CommandRunner(bin_dir=str(bin_dir)))
+
+
+def _dumps(bin_dir: Path) -> list[str]:
+    return [c for c in calls(bin_dir) if c.endswith("show job")]
+
+
+def test_job_dump_is_read_ahead_only_while_needed(tmp_path: Path) -> None:
+    bin_dir = make_standins(tmp_path / "bin", "23.11")
+    backend = CliBackend(CommandRunner(bin_dir=str(bin_dir)), detail_limit=0)
+    source = SlurmSource(backend)
+    source.begin("gpus")
+    source.get("squeue")
+    first = source.get("scontrol", ["1", "2"])  # past the limit: the full dump, after squeue
+    order = [c.split("/")[-1].split()[0] for c in calls(bin_dir)]
+    assert first.fresh and order == ["squeue", "scontrol"]
+    assert len(_dumps(bin_dir)) == 1
+    source.end_cycle()
+
+    source.begin("gpus")  # the last poll needed the dump: it starts now, before squeue
+    deadline = time.monotonic() + 10
+    while len(_dumps(bin_dir)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(_dumps(bin_dir)) == 2
+    squeue_runs = sum("/squeue " in c for c in calls(bin_dir))
+    assert squeue_runs == 1  # the dump did not wait for squeue
+    source.get("squeue")
+    second = source.get("scontrol", ["1", "2"])
+    assert second.fresh and second.data is not None and second.data.items
+    assert len(_dumps(bin_dir)) == 2  # the dump read ahead was used, not run again
+    source.end_cycle()
+
+    backend.detail_limit = 8  # few shared GPU jobs now: single-job reads, the dump read ahead is dropped
+    source.begin("gpus")
+    source.get("squeue")
+    source.get("scontrol", ["1"])
+    source.end_cycle()
+    dumps = len(_dumps(bin_dir))
+    source.begin("gpus")  # and no longer read ahead
+    source.get("squeue")
+    time.sleep(0.2)
+    assert len(_dumps(bin_dir)) == dumps
+
+
+def test_a_failed_dump_read_ahead_fails_the_command(tmp_path: Path) -> None:
+    bin_dir = make_standins(tmp_path / "bin", "23.11")
+    source = SlurmSource(CliBackend(CommandRunner(bin_dir=str(bin_dir)), detail_limit=0))
+    source.begin("gpus")
+    assert source.get("scontrol", ["1", "2"]).fresh
+    source.end_cycle()
+    (bin_dir / "scontrol.fail").touch()
+    source.begin("gpus")
+    state = source.get("scontrol", ["1", "2"])
+    assert not state.fresh and "Unable to contact" in state.error and state.data is not None

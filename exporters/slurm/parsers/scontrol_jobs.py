@@ -22,6 +22,7 @@ from squeue too; this parser only yields (job id, node, GPU index, GPU type).
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -48,31 +49,37 @@ class JobGpu:
     gpu_type: str
 
 
-def _records(result: Parsed[JobGpu], text: str) -> list[tuple[str, str]]:
-    """(job id, record text) per record; found with one regex pass, since a big queue is 100 MB."""
-    # str.find, not a regex scan: 3x faster over a 100 MB dump.
-    starts = [0] if _START.match(text) else []
-    found = text.find("\nJobId=")
-    while found != -1:
-        if _START.match(text, found + 1):
-            starts.append(found + 1)
-        found = text.find("\nJobId=", found + 1)
+# Anchored on the newline, not on `^` with MULTILINE: a literal prefix lets the regex engine
+# skip ahead at C speed (0.1 s instead of 2 s over 120 MB).
+_STARTS = re.compile(r"\nJobId=(\d+) ")
+
+
+def _records(result: Parsed[JobGpu], text: str) -> list[tuple[str, int, int]]:
+    """(job id, begin, end) per record, found with one regex pass (a big queue is 100 MB).
+
+    Records are not sliced out here: at 100,000 jobs copying each one cost more than the rest
+    of the parse, and only running jobs' records are read at all (see parse).
+    """
+    starts: list[int] = []
+    ids: list[str] = []
+    first = _START.match(text)
+    if first:
+        starts.append(0)
+        ids.append(first.group(1))
+    for number, match in enumerate(_STARTS.finditer(text)):
+        if number % 8192 == 0:
+            result.check_deadline(number)
+        starts.append(match.start() + 1)
+        ids.append(match.group(1))
     head = text[: starts[0]] if starts else text
     for line in head.splitlines():
         if line.strip() and not line.startswith("No jobs"):
             result.lines += 1
             result.skip(line, "not part of a job record")
-    records = []
-    for number, (begin, end) in enumerate(zip(starts, [*starts[1:], len(text)][: len(starts)], strict=True)):
-        if number % 1024 == 0:
-            result.check_deadline(number)
-        record = text[begin:end]
-        match = _START.match(record)
-        assert match  # starts holds only positions where _START matched
-        records.append((match.group(1), record))
-    result.lines += len(records)
-    result.records = len(records)
-    return records
+    ends = [*starts[1:], len(text)] if starts else []
+    result.lines += len(starts)
+    result.records = len(starts)
+    return list(zip(ids, starts, ends, strict=True))
 
 
 def _block(lines: list[str]) -> list[str] | None:
@@ -112,13 +119,29 @@ def parse(text: str, deadline: float | None = None, only: str | None = None) -> 
     result: Parsed[JobGpu] = Parsed(deadline=deadline)
     records = _records(result, text)
     if only is not None:
-        records = [(job_id, record) for job_id, record in records if job_id == only]
-    seen = Counter(job_id for job_id, _ in records)
-    for job_id, record in records:
+        records = [record for record in records if record[0] == only]
+    seen = Counter(job_id for job_id, _, _ in records)
+    # Most of a big queue is pending: find the running records' positions at C speed and read
+    # only those (and the records whose id repeats, which are refused whatever their state).
+    wanted = {number for number, (job_id, _, _) in enumerate(records) if seen[job_id] > 1}
+    begins = [begin for _, begin, _ in records]
+    found = text.find(_RUNNING)
+    while found != -1:
+        number = bisect.bisect_right(begins, found) - 1
+        if number >= 0:
+            wanted.add(number)
+            found = text.find(_RUNNING, max(records[number][2], found + 1))
+        else:
+            found = text.find(_RUNNING, found + 1)
+    for number in sorted(wanted):
+        if number % 1024 == 0:
+            result.check_deadline(number)
+        job_id, begin, end = records[number]
+        record = text[begin:end]
         if seen[job_id] > 1:
             result.skip(record[:200], f"job {job_id} appears in {seen[job_id]} records")
             continue
-        if _RUNNING not in record:  # most of a big queue is pending: skip it at C speed
+        if _RUNNING not in record:
             continue
         lines = record.splitlines()
         states = [m.group(1) for m in map(_STATE.match, lines) if m]
