@@ -42,7 +42,9 @@ def test_a_second_xid79_on_one_gpu_within_30_days_says_rma(
     agent_config: Callable[..., AgentConfig], start_service: StartService
 ) -> None:
     investigator = Investigation(InvestigationConfig.from_mapping({}), source=RecordedPrometheus(SERIES))
-    svc = start_service(agent_config(), investigator)
+    # The first alert is days old but posted a moment before the others: without incidents
+    # (window 0) they are not one incident, as they would not be three days apart.
+    svc = start_service(agent_config(incident_window_seconds=0), investigator)
     day = 86400.0
     post_alerts(svc.url, make_payload([make_alert("first", node="gpu-h1", gpu="2", xid="79", starts_at=_iso(3 * day))]))
     svc.wait_idle()
