@@ -35,19 +35,19 @@ class Scontrol:
         self.bin_dir = bin_dir
         self.timeout_seconds = timeout_seconds
 
-    def _binary(self) -> str:
+    def _binary(self, program: str = "scontrol") -> str:
         if self.bin_dir:
-            path = os.path.join(self.bin_dir, "scontrol")
+            path = os.path.join(self.bin_dir, program)
             if os.access(path, os.X_OK):
                 return path
-            raise SlurmUnavailable(f"scontrol not found in slurm.bin_dir {self.bin_dir}")
-        found = shutil.which("scontrol")
+            raise SlurmUnavailable(f"{program} not found in slurm.bin_dir {self.bin_dir}")
+        found = shutil.which(program)
         if not found:
-            raise SlurmUnavailable("scontrol not found on PATH")
+            raise SlurmUnavailable(f"{program} not found on PATH")
         return found
 
-    async def _run(self, *args: str) -> ScontrolResult:
-        argv = [self._binary(), *args]
+    async def _run(self, *args: str, program: str = "scontrol") -> ScontrolResult:
+        argv = [self._binary(program), *args]
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdout=asyncio.subprocess.PIPE,
@@ -62,10 +62,10 @@ class Scontrol:
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), 2)
-            raise SlurmUnavailable(f"scontrol {' '.join(args)} timed out after {self.timeout_seconds:g}s") from None
+            raise SlurmUnavailable(f"{program} {' '.join(args)} timed out after {self.timeout_seconds:g}s") from None
         if proc.returncode != 0:
             detail = err.decode(errors="replace").strip()[:300]
-            raise SlurmUnavailable(f"scontrol {' '.join(args)} failed (exit {proc.returncode}): {detail}")
+            raise SlurmUnavailable(f"{program} {' '.join(args)} failed (exit {proc.returncode}): {detail}")
         text = out[:MAX_OUTPUT_BYTES].decode(errors="replace").strip()
         return ScontrolResult(text=text, fields=parse_scontrol(text))
 
@@ -74,6 +74,44 @@ class Scontrol:
 
     async def show_job(self, job_id: str) -> ScontrolResult:
         return await self._run("show", "job", check_job_id(job_id), "--oneliner")
+
+    async def jobs_on_node(self, node: str) -> list[dict[str, str]]:
+        """The jobs running (or completing, suspended, configuring) on `node`, from squeue."""
+        out = await self._run(
+            "--noheader",
+            "--nodelist",
+            check_node(node),
+            "--states",
+            "RUNNING,COMPLETING,SUSPENDED,CONFIGURING",
+            "--format",
+            SQUEUE_RUNNING_FORMAT,
+            program="squeue",
+        )
+        return parse_squeue(out.text, SQUEUE_RUNNING_FIELDS)
+
+    async def pending_gpu_jobs(self) -> list[dict[str, str]]:
+        """Pending jobs that ask for GPUs (a `gpu` GRES per node), from squeue."""
+        out = await self._run("--noheader", "--states", "PENDING", "--format", SQUEUE_PENDING_FORMAT, program="squeue")
+        return [j for j in parse_squeue(out.text, SQUEUE_PENDING_FIELDS) if "gpu" in j["gres"]]
+
+
+# Fields a job's owner cannot fill with free text (no job name, comment or command): a row
+# cannot be forged into another job's or node's, and no secret from a command line comes out.
+SQUEUE_RUNNING_FIELDS = ("job_id", "user", "account", "partition", "state", "elapsed", "nodes", "gres")
+SQUEUE_RUNNING_FORMAT = "%i|%u|%a|%P|%T|%M|%D|%b"
+SQUEUE_PENDING_FIELDS = ("job_id", "user", "account", "partition", "reason", "gres", "submitted")
+SQUEUE_PENDING_FORMAT = "%i|%u|%a|%P|%r|%b|%V"
+MAX_JOB_ROWS = 50
+
+
+def parse_squeue(text: str, fields: tuple[str, ...]) -> list[dict[str, str]]:
+    """`a|b|c` rows in `fields` order; lines with another number of fields are skipped."""
+    rows = []
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == len(fields):
+            rows.append(dict(zip(fields, (p.strip() for p in parts), strict=True)))
+    return rows
 
 
 _KEY = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_:/]*)=")

@@ -56,7 +56,7 @@ from agent_webhook.investigation.safety import (
     label_value,
     validate_arguments,
 )
-from agent_webhook.investigation.slurm import Scontrol, SlurmUnavailable
+from agent_webhook.investigation.slurm import MAX_JOB_ROWS, Scontrol, SlurmUnavailable
 from agent_webhook.model import Alert, Evidence
 
 log = logging.getLogger(__name__)
@@ -235,6 +235,13 @@ class ToolBox:
                 "Detail of one Slurm job (user, account, node, GPUs).",
                 _obj({"job_id": {"type": "string", "pattern": JOB_ID_RE.pattern}}, ["job_id"]),
                 self._slurm_job,
+            ),
+            ToolSpec(
+                "slurm_jobs",
+                "The Slurm jobs on a node (running, completing, suspended) and the cluster's pending GPU "
+                "jobs with their reasons: who is affected by a node's fault, and whether work waits for GPUs.",
+                _obj({"node": NODE_SCHEMA}, ["node"]),
+                self._slurm_jobs,
             ),
             ToolSpec(
                 "gpu_nodes",
@@ -592,6 +599,38 @@ class ToolBox:
         result = await self.source.instant(f"slurm_job_gpu_info{{job_id={label_value(job_id)}}}")
         return ToolOutput(self._render(result), [dict(s.labels) for s in result.series])
 
+    async def _slurm_jobs(self, args: dict[str, Any]) -> ToolOutput:
+        node = check_node(args["node"])
+        if self.cfg.slurm.mode == "scontrol":
+            slurm = self.scontrol or Scontrol(self.cfg.slurm.bin_dir, self.cfg.slurm.command_timeout_seconds)
+            running = await slurm.jobs_on_node(node)
+            pending = await slurm.pending_gpu_jobs()
+            data = {"node": node, "jobs": running[:MAX_JOB_ROWS], "pending_gpu_jobs": pending[:MAX_JOB_ROWS]}
+            text = "\n".join(
+                [
+                    f"jobs on {node} ({len(running)}):",
+                    *(_job_row(j) for j in running[:MAX_JOB_ROWS]),
+                    *([f"... {len(running) - MAX_JOB_ROWS} more"] if len(running) > MAX_JOB_ROWS else []),
+                    f"pending GPU jobs ({len(pending)}):",
+                    *(_job_row(j) for j in pending[:MAX_JOB_ROWS]),
+                    *([f"... {len(pending) - MAX_JOB_ROWS} more"] if len(pending) > MAX_JOB_ROWS else []),
+                ]
+            )
+            return ToolOutput(text, data)
+        # From the Slurm exporter: the GPU jobs on the node and the pending jobs by partition and reason.
+        gpu_jobs = await self.source.instant(f"slurm_job_gpu_info{{node={label_value(node)}}}")
+        queued = await self.source.instant('{__name__=~"slurm_jobs_pending|slurm_jobs_pending_gpus"}')
+        text = (
+            f"GPU jobs on {node} (slurm_job_gpu_info):\n{self._render(gpu_jobs)}\n"
+            f"pending jobs by partition and reason:\n{self._render(queued)}"
+        )
+        data = {
+            "node": node,
+            "jobs": [dict(s.labels) for s in gpu_jobs.series],
+            "pending": [{**s.labels, "value": s.last} for s in queued.series],
+        }
+        return ToolOutput(text, data)
+
     async def _slurm_cluster(self, args: dict[str, Any]) -> ToolOutput:
         result = await self.source.instant(f'{{__name__=~"{SLURM_CLUSTER}"}}')
         up = await self.source.instant("up")
@@ -680,3 +719,7 @@ def gpu_indexed_jobs(jobs: PromResult, gpus: PromResult) -> list[dict[str, str]]
             job["gpu_index"] = next(iter(found))
         out.append(job)
     return out
+
+
+def _job_row(job: dict[str, str]) -> str:
+    return "  " + " ".join(f"{key}={value}" for key, value in job.items())

@@ -38,6 +38,7 @@ BASE_TOOLS = {
     "slurm_node",
     "gpu_nodes",
     "slurm_job",
+    "slurm_jobs",
     "slurm_cluster",
     "metric_series",
 }
