@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent_webhook.investigation.toolsets import DeclaredTool, load_toolsets
 from gpu_watchdog_core.logs import has_userinfo, redact
 from gpu_watchdog_core.sections import reject_unknown
 
@@ -27,6 +28,7 @@ CONFIG_KEYS = (
     "tool_output_chars",
     "max_series",
     "max_points",
+    "toolsets",
 )
 
 
@@ -145,6 +147,8 @@ class InvestigationConfig:
     tool_output_chars: int = 6000
     max_series: int = 50
     max_points: int = 500
+    # Read-only PromQL tools declared in YAML files (agent_webhook.investigation.toolsets).
+    toolsets: tuple[DeclaredTool, ...] = ()
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any] | None) -> InvestigationConfig:
@@ -163,6 +167,10 @@ class InvestigationConfig:
         bin_dir = _opt_str(slurm_raw, "bin_dir", "slurm.bin_dir")
         if bin_dir is not None and not Path(bin_dir).is_dir():
             raise ValueError(f"slurm.bin_dir: {bin_dir} is not a directory")
+        toolset_files = raw.get("toolsets") or []
+        if not isinstance(toolset_files, list) or not all(isinstance(f, str) for f in toolset_files):
+            raise ValueError("toolsets must be a list of YAML file paths")
+        toolsets = tuple(load_toolsets(toolset_files))
         allowed = raw.get("allowed_urls") or []
         if not isinstance(allowed, list):
             raise ValueError("allowed_urls must be a list of http(s) URLs")
@@ -209,6 +217,7 @@ class InvestigationConfig:
                 ),
             ),
             allowed_urls=tuple(str(_url(u, "allowed_urls entry")) for u in allowed),
+            toolsets=toolsets,
             tool_timeout_seconds=_number(raw, "tool_timeout_seconds", "tool_timeout_seconds", 10.0, 0.1, 600),
             tool_output_chars=int(
                 _number(raw, "tool_output_chars", "tool_output_chars", 6000, 200, 200_000, integer=True)

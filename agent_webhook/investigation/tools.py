@@ -8,6 +8,7 @@ they reach only the configured Prometheus/Alertmanager base URLs (and the allowl
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -57,6 +58,7 @@ from agent_webhook.investigation.safety import (
     validate_arguments,
 )
 from agent_webhook.investigation.slurm import MAX_JOB_ROWS, Scontrol, SlurmUnavailable
+from agent_webhook.investigation.toolsets import DeclaredTool
 from agent_webhook.model import Alert, Evidence
 
 log = logging.getLogger(__name__)
@@ -293,6 +295,10 @@ class ToolBox:
                     self._active_alerts,
                 )
             )
+        # Operators' own read-only PromQL tools (toolsets: in agent.yml), validated at start.
+        specs += [
+            ToolSpec(t.name, t.description, t.schema, functools.partial(self._declared, t)) for t in self.cfg.toolsets
+        ]
         self._specs = {s.name: s for s in specs}
         self._allowlist = URLAllowlist([self.cfg.prometheus_url, self.cfg.alertmanager_url, *self.cfg.allowed_urls])
 
@@ -381,6 +387,10 @@ class ToolBox:
 
     async def _prometheus_query(self, args: dict[str, Any]) -> ToolOutput:
         result = await self.source.instant(args["query"])
+        return ToolOutput(self._render(result), result)
+
+    async def _declared(self, tool: DeclaredTool, args: dict[str, Any]) -> ToolOutput:
+        result = await self.source.instant(tool.render(args))
         return ToolOutput(self._render(result), result)
 
     async def _prometheus_range_query(self, args: dict[str, Any]) -> ToolOutput:
