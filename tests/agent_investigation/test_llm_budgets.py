@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent_webhook.investigation import Investigation
-from agent_webhook.investigation.llm import BUDGET_NOTE, DROPPED_NOTE, REPEAT_NOTE
+from agent_webhook.investigation.llm import BUDGET_NOTE, DROPPED_NOTE, REPEAT_NOTE, TokenCounter
 from tests.agent_investigation.conftest import LiveCluster
 from tests.agent_investigation.test_llm_loop import ANSWER, tool_messages, xid48_alert
 from tests.fakes.openai_server import FakeOpenAIServer, Turn, text, tool_calls
@@ -187,3 +188,21 @@ async def test_huge_tool_arguments_stay_out_of_findings_and_requests(
     assert max(llm.sizes[1:]) < 100_000, llm.sizes
     rejected = [e for e in dx.evidence if not e.ok]
     assert len(rejected) == 2 and all("longer than 4096 characters" in e.excerpt for e in rejected)
+
+
+def test_a_tokenizer_file_counts_tokens_exactly(tmp_path: Path) -> None:
+    """llm.tokenizer_file with the `tokenizers` package: the model's own count, not the estimate."""
+    import tokenizers  # a test dependency (setup.cfg [test]): no skip
+
+    vocab = {"[UNK]": 0, "gpu": 1, "xid": 2, "79": 3}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+    counter = TokenCounter(str(path))
+    assert counter.exact
+    text = "gpu xid 79 " * 100  # 300 words: 300 tokens; the estimate says 440
+    assert counter.count(text) == 300
+    assert TokenCounter(None).count(text) == 440
+    trimmed = counter.trim(text, 50)
+    assert counter.count(trimmed) <= 50 < counter.count(text)
