@@ -85,14 +85,23 @@ class FindingsClient:
         url = f"{self.server}{path}"
         if params:
             url += "?" + urllib.parse.urlencode(params)
+        return self.request(url)
+
+    def request(
+        self, url: str, body: dict[str, Any] | None = None, *, method: str = "GET", timeout: float | None = None
+    ) -> Any:
+        """One JSON call to the agent; errors become a ClickException naming the server, redacted."""
         headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         elif self.basic:
             headers["Authorization"] = f"Basic {self.basic}"
-        request = urllib.request.Request(url, headers=headers)
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout, context=self.context) as resp:
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout, context=self.context) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             try:
@@ -106,20 +115,23 @@ class FindingsClient:
             reason = redact(str(getattr(exc, "reason", exc)))
             raise click.ClickException(f"cannot reach {self.server}: {reason}") from None
 
-    def findings(self, filters: dict[str, str], limit: int) -> list[dict[str, Any]]:
-        """Newest first, following cursors until `limit` findings or the end."""
+    def paged(self, path: str, key: str, filters: dict[str, str], limit: int) -> list[dict[str, Any]]:
+        """Newest first, following cursors until `limit` items or the end."""
         out: list[dict[str, Any]] = []
         cursor: str | None = None
         while len(out) < limit:
             params = dict(filters, limit=str(min(_PAGE, limit - len(out))))
             if cursor:
                 params["cursor"] = cursor
-            page = self.get("/findings", params)
-            out.extend(page.get("findings", []))
+            page = self.get(path, params)
+            out.extend(page.get(key, []))
             cursor = page.get("next_cursor")
             if not cursor:
                 break
         return out
+
+    def findings(self, filters: dict[str, str], limit: int) -> list[dict[str, Any]]:
+        return self.paged("/findings", "findings", filters, limit)
 
 
 def _line(finding: dict[str, Any]) -> str:

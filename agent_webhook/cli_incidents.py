@@ -10,56 +10,19 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import urllib.error
-import urllib.request
 from typing import Any
 
 import click
 
 from agent_webhook.cli_findings import ENV, FindingsClient, _config, config_option, default_server
-from gpu_watchdog_core.logs import redact
-
-_PAGE = 1000
 
 
 class AgentClient(FindingsClient):
     def post(self, path: str, body: dict[str, Any]) -> Any:
-        headers = {"Accept": "application/json", "Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        elif self.basic:
-            headers["Authorization"] = f"Basic {self.basic}"
-        request = urllib.request.Request(
-            f"{self.server}{path}", data=json.dumps(body).encode(), headers=headers, method="POST"
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30, context=self.context) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            try:
-                reason = json.loads(exc.read()).get("error", "")
-            except (ValueError, AttributeError):
-                reason = ""
-            raise click.ClickException(
-                f"{self.server} answered {exc.code}{': ' + redact(reason) if reason else ''}"
-            ) from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = redact(str(getattr(exc, "reason", exc)))
-            raise click.ClickException(f"cannot reach {self.server}: {reason}") from None
+        return self.request(f"{self.server}{path}", body, method="POST", timeout=30)
 
     def incidents(self, filters: dict[str, str], limit: int) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        cursor: str | None = None
-        while len(out) < limit:
-            params = dict(filters, limit=str(min(_PAGE, limit - len(out))))
-            if cursor:
-                params["cursor"] = cursor
-            page = self.get("/incidents", params)
-            out.extend(page.get("incidents", []))
-            cursor = page.get("next_cursor")
-            if not cursor:
-                break
-        return out
+        return self.paged("/incidents", "incidents", filters, limit)
 
 
 def _client(config_path: str | None, server: str | None, token_file: str | None, ca_file: str | None) -> AgentClient:
