@@ -955,18 +955,21 @@ class Store:
         if since is not None:
             where.append("updated_at>=?")
             args.append(since)
+        rows, next_cursor = self._page("SELECT * FROM findings", "seq", where, args, cursor=cursor, limit=limit)
+        return [finding_json(r) for r in rows], next_cursor
+
+    def _page(
+        self, select: str, seq: str, where: list[str], args: list[Any], *, cursor: str | None, limit: int
+    ) -> tuple[list[sqlite3.Row], str | None]:
+        """One page of `select` under `where`, newest `seq` first, and the cursor of the next."""
         if cursor:
-            where.append("seq<?")
-            args.append(_decode_cursor(cursor))
-        sql = "SELECT * FROM findings"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq DESC LIMIT ?"
+            where = [*where, f"{seq}<?"]
+            args = [*args, _decode_cursor(cursor)]
+        sql = select + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {seq} DESC LIMIT ?"
         rows = self.conn.execute(sql, [*args, limit + 1]).fetchall()
         more = len(rows) > limit
         rows = rows[:limit]
-        next_cursor = _encode_cursor(int(rows[-1]["seq"])) if more and rows else None
-        return [finding_json(r) for r in rows], next_cursor
+        return rows, _encode_cursor(int(rows[-1]["seq"])) if more and rows else None
 
     # -- incidents and acknowledgements ------------------------------------------------------
 
@@ -999,17 +1002,7 @@ class Store:
         if since is not None:
             where.append("i.updated_at>=?")
             args.append(since)
-        if cursor:
-            where.append("i.seq<?")
-            args.append(_decode_cursor(cursor))
-        sql = "SELECT i.* FROM incidents i"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY i.seq DESC LIMIT ?"
-        rows = self.conn.execute(sql, [*args, limit + 1]).fetchall()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        next_cursor = _encode_cursor(int(rows[-1]["seq"])) if more and rows else None
+        rows, next_cursor = self._page("SELECT i.* FROM incidents i", "i.seq", where, args, cursor=cursor, limit=limit)
         return [incidents.incident_json(self.conn, r) for r in rows], next_cursor
 
     def ack_targets(self, target: str) -> list[dict[str, Any]] | None:
