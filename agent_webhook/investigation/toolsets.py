@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from agent_webhook.investigation.safety import MAX_QUERY_CHARS, check_query, validate_arguments
+from gpu_watchdog_core.sections import reject_unknown
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{2,47}$")
 TOOL_KEYS = {"name", "description", "parameters", "required", "query"}
@@ -103,9 +104,7 @@ def load_toolsets(paths: list[str] | tuple[str, ...], reserved: frozenset[str] =
 def _tool(item: Any, where: str, path: str) -> DeclaredTool:
     if not isinstance(item, dict):
         raise ToolsetError(f"{where}: expected a mapping")
-    unknown = set(item) - TOOL_KEYS
-    if unknown:
-        raise ToolsetError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    reject_unknown(item, TOOL_KEYS, where, ToolsetError)
     name = item.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ToolsetError(f"{where}: name must match {NAME_RE.pattern}")
@@ -159,9 +158,7 @@ def _tool(item: Any, where: str, path: str) -> DeclaredTool:
 def _parameter(spec: Any, where: str, name: str) -> tuple[dict[str, Any], Any]:
     if not isinstance(spec, dict):
         raise ToolsetError(f"{where}: expected a mapping (type, description, ...)")
-    unknown = set(spec) - PARAM_KEYS
-    if unknown:
-        raise ToolsetError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    reject_unknown(spec, PARAM_KEYS, where, ToolsetError)
     kind = spec.get("type")
     out: dict[str, Any] = {"type": kind, "description": str(spec.get("description") or name)[:200]}
     if kind == "string":
