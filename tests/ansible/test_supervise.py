@@ -169,3 +169,21 @@ def test_the_program_gets_the_open_files_limit(supervisor: Supervisor, tmp_path:
     supervisor.ensure("nofile")
     wait_until(lambda: out.exists() and out.read_text(), 20, what="the probe's limits")
     assert out.read_text() == "(4096, 4096)"
+
+
+def test_a_service_run_as_another_user_gets_that_users_home_not_roots(supervisor: Supervisor) -> None:
+    """Inherited from root, HOME=/root made Ansible's `~/.ansible/tmp` fail for the agent (user
+    gpu-watchdog) when it ran scale.yml; like systemd's User=, the service gets its user's own."""
+    if os.geteuid() != 0:
+        pytest.skip("switching user needs root")
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    # Printed to the log (opened by the keeper): nobody cannot write under pytest's 0700 tmp.
+    probe = "import os, time; print('seen', os.environ['HOME'], os.environ['USER'], flush=True); time.sleep(60)"
+    # /usr/bin/python3: a venv under /root would not be executable for nobody.
+    supervisor.define("whoami", ["/usr/bin/python3", "-c", probe], user="nobody", env={"KEEP": "1"})
+    supervisor.ensure("whoami")
+    log = supervisor.log_dir / "whoami.log"
+    wait_until(lambda: "seen " in log.read_text(), 20, what="the probe's environment")
+    assert f"seen {nobody.pw_dir} nobody\n" in log.read_text()

@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pwd
 import resource
 import signal
 import socket
@@ -177,11 +178,24 @@ def set_open_files(limit: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (min(limit, hard), hard))
 
 
+def user_env(user: str | int | None) -> dict[str, str]:
+    """HOME, USER and LOGNAME of the account a service runs as (what systemd's User= sets):
+    inherited from root, a service's `~` would be /root, which it cannot write."""
+    if user is None:
+        return {}
+    try:
+        entry = pwd.getpwuid(user) if isinstance(user, int) or str(user).isdigit() else pwd.getpwnam(str(user))
+    except KeyError:
+        return {}  # Popen reports the unknown user when it starts the program
+    return {"HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name}
+
+
 def run_keeper(conf_dir: Path, run_dir: Path, name: str) -> int:
     """Runs detached (own session): start the program, restart it when it exits, stop on TERM."""
     definition = load_definition(conf_dir, name)
     digest = definition_digest(definition)
     env = dict(os.environ)
+    env.update(user_env(definition.get("user") or None))
     env.update({str(k): str(v) for k, v in (definition.get("env") or {}).items()})
     env.update(read_env_file(definition.get("env_file")))
     log_path = Path(definition["log"])
