@@ -7,10 +7,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages: real Slurm + munge, Prometheus/promtool, Alertmanager/amtool, shellcheck.
 # python3-venv: the checkout's venv (ansible comes from pip); python3-apt: Ansible's apt module.
-# podman (runc, netavark + aardvark-dns for pod DNS names), mmdebstrap: the pods of `make cluster-up`.
+# podman (runc, netavark + aardvark-dns for pod DNS names, iptables for netavark's bridge rules), mmdebstrap:
+# the pods of `make cluster-up`.
 # victoria-metrics (long-term storage), postgresql (the agent replicas' shared store): docs/scaling.md.
 APT_PACKAGES := munge slurm-wlm slurm-client prometheus prometheus-alertmanager shellcheck procps curl \
-	python3-venv python3-apt podman runc netavark aardvark-dns catatonit mmdebstrap openssh-client \
+	python3-venv python3-apt podman runc netavark aardvark-dns catatonit iptables mmdebstrap openssh-client \
 	victoria-metrics postgresql
 # Extra ansible-playbook variables for make up/down/status, e.g. UP_ARGS="-e agent_webhook_port=9195".
 UP_ARGS ?=
