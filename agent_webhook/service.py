@@ -157,6 +157,7 @@ class Service:
         )
         self.workers.start()
         self.delivery.start()
+        self.actions.start(on_posted=self.delivery.wake)
         am_url = self.config.alertmanager_url
         if self.config.reconcile_interval_seconds > 0 and am_url:
             self.reconciler = Reconciler(
@@ -177,6 +178,7 @@ class Service:
             )
 
     async def stop(self) -> None:
+        await self.actions.stop()
         if self.reconciler:
             await self.reconciler.stop()
         if self.workers:

@@ -64,8 +64,9 @@ from gpu_watchdog_core.logs import redact, redact_value
 P = ParamSpec("P")
 T = TypeVar("T")
 # "new" is an incident's first post; the rest are threaded under it (agent_webhook.incidents).
-SinkEvent = Literal["new", "joined", "resolved", "acked", "unacked"]
-_EVENTS: tuple[SinkEvent, ...] = ("new", "joined", "resolved", "acked", "unacked")
+# "acted" reports a scale decision taken after the finding was posted (a deferred one).
+SinkEvent = Literal["new", "joined", "resolved", "acked", "unacked", "acted"]
+_EVENTS: tuple[SinkEvent, ...] = ("new", "joined", "resolved", "acked", "unacked", "acted")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -170,6 +171,8 @@ CREATE TABLE IF NOT EXISTS sink_refs (
 );
 """
 
+# A scale decision refused only for the cooldown: nothing was done, decided again when it ends.
+DEFERRED = ("refused", "cooldown")
 MAX_PAGE = 1000
 # Work priorities on the store thread (lower runs first).
 INGEST, READ, BACKGROUND = 0, 1, 2
@@ -790,7 +793,8 @@ class Store:
         Returns None when this call reserved it (the caller decides and then calls
         :meth:`action_record`), or the earlier decision's row when one exists: a re-run after a
         crash, or a re-delivery, must never act twice. A row still `pending` is one whose
-        process died mid-action; it is reported, not retried.
+        process died mid-action; it is reported, not retried. A row refused for the cooldown
+        (nothing was done) is deferred, not final: it is reserved again.
         """
         key = canonical_time(starts_at, "startsAt")
         with self._tx(durable=True) as c:
@@ -799,6 +803,13 @@ class Store:
                 " WHERE fingerprint=? AND starts_at_key=?",
                 (fingerprint, key),
             ).fetchone()
+            if row is not None and (row["outcome"], row["reason"]) == DEFERRED:
+                c.execute(
+                    "UPDATE action_decisions SET outcome='pending', reason=NULL, decided_at=?, finished_at=NULL"
+                    " WHERE fingerprint=? AND starts_at_key=?",
+                    (_now(), fingerprint, key),
+                )
+                return None
             if row is not None:
                 return {
                     "action": row["action"],
@@ -823,6 +834,43 @@ class Store:
                 " WHERE fingerprint=? AND starts_at_key=?",
                 (outcome, reason, json.dumps(decision, default=str), _now(), fingerprint, key),
             )
+
+    def deferred_actions(self, limit: int = 20) -> list[Alert]:
+        """Alerts still firing whose decision was deferred by the cooldown, oldest first.
+
+        Only alerts whose finding is stored: the finding is where the new decision goes.
+        """
+        rows = self.conn.execute(
+            "SELECT a.id FROM action_decisions d"
+            " JOIN alerts a ON a.fingerprint=d.fingerprint AND a.starts_at_key=d.starts_at_key"
+            " JOIN findings f ON f.alert_id=a.id"
+            " WHERE d.outcome=? AND d.reason=? AND a.status='firing'"
+            " ORDER BY d.decided_at, d.id LIMIT ?",
+            (*DEFERRED, limit),
+        ).fetchall()
+        return [self._load_alert(self.conn, int(row["id"])) for row in rows]
+
+    def record_deferred_action(self, alert: Alert, decision: dict[str, Any]) -> str | None:
+        """Put a deferred alert's new decision in its finding; when it did something (anything
+        but another deferral), post an `acted` event to the finding's thread. Returns the
+        finding's id."""
+        now = _now()
+        key = canonical_time(alert.starts_at, "startsAt")
+        with self._tx(durable=True) as c:
+            row = c.execute(
+                "SELECT f.seq, f.id FROM findings f JOIN alerts a ON a.id=f.alert_id"
+                " WHERE a.fingerprint=? AND a.starts_at_key=?",
+                (alert.fingerprint, key),
+            ).fetchone()
+            if row is None:
+                return None
+            c.execute(
+                "UPDATE findings SET action=?, updated_at=? WHERE seq=?",
+                (json.dumps(redact_value("action", decision)), now, row["seq"]),
+            )
+            if (decision.get("outcome"), decision.get("reason")) != DEFERRED:
+                self._enqueue_event(c, int(row["seq"]), f"acted:{secrets.token_hex(4)}", now, {"action": decision})
+        return str(row["id"])
 
     def last_action_at(self, outcomes: Sequence[str], exclude: tuple[str, str] | None = None) -> float | None:
         """When the latest decision with one of these outcomes was taken (the cooldown's start).

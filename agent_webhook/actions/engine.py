@@ -9,7 +9,11 @@ Order of the guards, each a recorded refusal when it stops the action:
 3. ``actions.partitions``: a backlog in a partition the RunPod workers do not serve is refused
    (``other_partition``; no ``partition`` label: ``bad_alert``), needing neither cooldown nor API.
 4. The cooldown since the last action taken, dry-run, failed or interrupted (from SQLite, so a
-   restart does not reset it).
+   restart does not reset it). A cooldown refusal did nothing, so it is deferred, not final:
+   every few seconds :meth:`ActionEngine.retry_deferred` decides such alerts again, oldest
+   first, once the cooldown has passed and while they still fire (two pods idle at once: the
+   second is terminated one cooldown after the first). The new decision replaces the one in
+   the finding and is posted to its thread (sink event ``acted``).
 5. The RunPod API (the real ``runpod`` SDK): the worker count and the account's hourly burn; an
    API error refuses (``runpod_api``). For a scale-up without ``actions.worker_cost_dollars_per_hour``
    also RunPod's price of what scale-pods.yml will create (:func:`worker_spec`), so a cluster
@@ -27,6 +31,7 @@ raises into the worker: an unexpected error is recorded as ``failed`` (``interna
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -43,7 +48,7 @@ from agent_webhook.config import ActionsConfig, ConfigError
 from agent_webhook.metrics import AgentMetrics
 from agent_webhook.model import Alert
 from agent_webhook.playbook_runner import Progress, default_ansible_dir, run_playbook
-from agent_webhook.store import Store, iso
+from agent_webhook.store import DEFERRED, Store, iso
 from exporters.runpod.source import MalformedResponse, Pod, default_fetch, parse_pods
 from gpu_watchdog_core.logs import redact
 
@@ -90,6 +95,9 @@ class ActionEngine:
         self.store = store
         self.metrics = metrics
         self._lock = asyncio.Lock()
+        self._retry_task: asyncio.Task[None] | None = None
+        # Set when a deferred decision enqueued a sink post (the delivery loop's wake event).
+        self.on_posted: asyncio.Event | None = None
         self.ansible_dir = (config.ansible_dir or default_ansible_dir() or Path("ansible")).resolve()
         self.inventory = config.inventory or self.ansible_dir / "inventory" / "cluster.runpod.yml"
         if config.enabled and not config.dry_run:
@@ -105,6 +113,60 @@ class ActionEngine:
     def lease_seconds(self) -> float:
         """How much longer than an investigation a job may take when it also acts."""
         return self.config.playbook_timeout_seconds + 60 if self.config.enabled else 0.0
+
+    def start(self, on_posted: asyncio.Event | None = None) -> None:
+        """Start deciding deferred alerts again (only when actions are enabled)."""
+        self.on_posted = on_posted
+        if self.config.enabled and self._retry_task is None:
+            self._retry_task = asyncio.create_task(self._retry_loop(), name="deferred-actions")
+
+    async def stop(self) -> None:
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry_task
+            self._retry_task = None
+
+    @property
+    def retry_interval_seconds(self) -> float:
+        """How often deferred alerts are looked at: a tenth of the cooldown, 1 to 30 s."""
+        return min(30.0, max(1.0, self.config.cooldown_seconds / 10))
+
+    async def _retry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.retry_interval_seconds)
+            try:
+                await self.retry_deferred()
+            except Exception:  # a dead store must not end the loop; the next round tries again
+                log.exception("cannot decide deferred scale actions")
+
+    async def retry_deferred(self) -> list[dict[str, Any]]:
+        """Decide again, oldest first, the alerts a cooldown deferred, once it has passed.
+
+        Stops at the first decision that starts a new cooldown (the rest would only be deferred
+        again). Returns the new decisions.
+        """
+        if not self.config.enabled:
+            return []
+        last = await self.store.run(self.store.last_action_at, COOLDOWN_OUTCOMES)
+        if last is not None and time.time() - last < self.config.cooldown_seconds:
+            return []
+        decided: list[dict[str, Any]] = []
+        for alert in await self.store.run(self.store.deferred_actions):
+            decision = await self.handle(alert)
+            if decision is None:
+                continue
+            finding = await self.store.run(self.store.record_deferred_action, alert, decision)
+            log.info(
+                "deferred scale decision made",
+                extra={"finding": finding, "alertname": alert.alertname, "outcome": decision["outcome"]},
+            )
+            decided.append(decision)
+            if self.on_posted is not None:
+                self.on_posted.set()
+            if decision["outcome"] in COOLDOWN_OUTCOMES or (decision["outcome"], decision["reason"]) == DEFERRED:
+                break
+        return decided
 
     async def handle(self, alert: Alert) -> dict[str, Any] | None:
         """The decision for a firing alert (as stored in its finding), or None if it never leads to one."""
@@ -191,7 +253,8 @@ class ActionEngine:
                 kind,
                 "refused",
                 "cooldown",
-                f"last action {now - last:.0f}s ago; cooldown is {self.config.cooldown_seconds:g}s",
+                f"last action {now - last:.0f}s ago; cooldown is {self.config.cooldown_seconds:g}s:"
+                " deferred, decided again when it ends if the alert still fires",
             )
         try:
             pods = await asyncio.to_thread(self._pods)

@@ -1,7 +1,8 @@
 """Text of incident events (agent_webhook.incidents) for the chat-like sinks.
 
 `new` is the incident's one top-level post (the first finding's full text and what the incident
-is); `joined`, `resolved`, `acked` and `unacked` are short updates meant for its thread. A
+is); `joined`, `resolved`, `acked`, `unacked` and `acted` (a scale decision made after the
+cooldown deferred it) are short updates meant for its thread. A
 finding without an incident (stored before incidents existed) gets the old per-finding text.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from agent_webhook.sinks.render import finding_link, full_text, headline
+from agent_webhook.sinks.render import action_text, finding_link, full_text, headline
 
 
 def _where(incident: dict[str, Any]) -> str:
@@ -104,4 +105,7 @@ def event_text(
                 escape(incident_line(incident)),
             ]
         )
+    if event == "acted":
+        what = action_text(detail.get("action")) or "Action: (no detail)"
+        return "\n".join([escape(f"{what} (decided after the cooldown)"), escape(incident_line(incident)), *tail])
     return full_text(event, finding, public_url, escape)

@@ -1,8 +1,9 @@
 """A generic JSON webhook, optional bearer token.
 
 `{"event": ..., "incident_id": ..., "finding": {...}, "incident": {...}, "detail": {...}}`: `event`
-is `new` (an incident's first finding), `joined`, `resolved`, `acked` or `unacked`; `incident`
-is the incident with its alerts at delivery time; `detail` the acknowledgement, for acks.
+is `new` (an incident's first finding), `joined`, `resolved`, `acked`, `unacked` or `acted`;
+`incident` is the incident with its alerts at delivery time; `detail` the acknowledgement, for
+acks, and `{"action": decision}` for `acted` (a scale decision the cooldown had deferred).
 """
 
 from __future__ import annotations

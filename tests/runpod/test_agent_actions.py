@@ -9,6 +9,7 @@ new pods over SSH, which cannot run here.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,15 @@ import pytest
 import runpod
 
 from agent_webhook.config import AgentConfig, build_config
-from tests.agent.conftest import TOKEN, ScriptedInvestigator, ServiceThread, get_json, make_payload, post_alerts
+from tests.agent.conftest import (
+    TOKEN,
+    FakeHTTP,
+    ScriptedInvestigator,
+    ServiceThread,
+    get_json,
+    make_payload,
+    post_alerts,
+)
 from tests.fakes.runpod_api import DEFAULT_API_KEY, FakeRunPod
 from tests.harness.processes import wait_until
 from tests.harness.promstack import AlertmanagerServer
@@ -70,7 +79,13 @@ class Agents:
             f"[slurm_head]\nlocalhost ansible_connection=local ansible_python_interpreter={sys.executable}\n"
         )
 
-    def config(self, db: str = "agent.db", extra_vars: dict[str, Any] | None = None, **actions: Any) -> AgentConfig:
+    def config(
+        self,
+        db: str = "agent.db",
+        extra_vars: dict[str, Any] | None = None,
+        sinks: list[dict[str, Any]] | None = None,
+        **actions: Any,
+    ) -> AgentConfig:
         section: dict[str, Any] = {
             "enabled": True,
             "dry_run": False,
@@ -92,7 +107,13 @@ class Agents:
             },
             **actions,
         }
-        raw = {"db": str(self.tmp_path / db), "token_file": str(self.token_file), "workers": 2, "actions": section}
+        raw = {
+            "db": str(self.tmp_path / db),
+            "token_file": str(self.token_file),
+            "workers": 2,
+            "actions": section,
+            "sinks": sinks or [],
+        }
         return build_config(raw, self.tmp_path)
 
     def start(self, config: AgentConfig) -> ServiceThread:
@@ -361,6 +382,70 @@ def test_idle_pod_is_drained_then_terminated_busy_never_and_dry_run_changes_noth
     assert sorted(p["name"] for p in sdk.pods()) == ["t-head", "t-worker-1", "t-worker-3"]
     assert metric(svc, 'agent_webhook_actions_total{action="scale_down",outcome="taken"}') == 1
     assert metric(svc, 'agent_webhook_actions_not_taken_total{action="scale_down",reason="busy_node"}') == 1
+
+
+def test_a_scale_down_deferred_by_the_cooldown_is_taken_when_it_ends_unless_resolved(
+    agents: Agents, sdk: FakeRunPod, cluster: SlurmCluster
+) -> None:
+    """Three pods go idle at once: one is terminated, the cooldown defers the other two (a
+    cooldown refusal did nothing, so it is not the alert's final decision). One of those stops
+    firing; when the cooldown ends the other is terminated and that is posted to the finding's
+    thread; the resolved one is left alone."""
+    hook = FakeHTTP().start()
+    try:
+        deferred_scale_down(agents, sdk, cluster, hook)
+    finally:
+        hook.stop()
+
+
+def deferred_scale_down(agents: Agents, sdk: FakeRunPod, cluster: SlurmCluster, hook: FakeHTTP) -> None:
+    pods = create_pods("t-head", "t-worker-1", "t-worker-2", "t-worker-3")
+    idle_node = cluster.fake_nodes[0]
+    extra = {
+        "scale_slurm_node_names": {f"t-worker-{i}": idle_node for i in (1, 2, 3)},
+        "scale_slurm_environment": {"SLURM_CONF": str(cluster.conf)},
+    }
+    cooldown = 60
+    svc = agents.start(
+        agents.config(
+            extra_vars=extra, cooldown_seconds=cooldown, sinks=[{"type": "webhook", "url": f"{hook.url}/hook"}]
+        )
+    )
+    alerts = {f"def-{i}": idle(f"def-{i}", pods[f"t-worker-{i}"]) for i in (1, 2, 3)}
+    post_alerts(svc.url, make_payload(list(alerts.values())))
+    svc.wait_idle(PLAYBOOK_WAIT)
+    first = {fp: decision(svc, fp)[0] for fp in alerts}
+    taken = [fp for fp, d in first.items() if d["outcome"] == "taken"]
+    deferred = sorted(fp for fp, d in first.items() if (d["outcome"], d["reason"]) == ("refused", "cooldown"))
+    assert len(taken) == 1 and len(deferred) == 2, first
+    assert "deferred, decided again when it ends" in first[deferred[0]]["detail"]
+    assert len(sdk.state()["terminated"]) == 1
+
+    # One deferred alert resolves before the cooldown ends: it must not be acted on later.
+    stays, resolves = deferred
+    gone = {**alerts[resolves], "status": "resolved", "endsAt": "2026-11-23T10:01:00Z"}
+    post_alerts(svc.url, make_payload([gone]))
+
+    def decided_again() -> bool:
+        return decision(svc, stays)[0]["outcome"] != "refused"
+
+    wait_until(decided_again, timeout=cooldown + PLAYBOOK_WAIT, interval=1.0, what="the deferred decision")
+    (later,) = decision(svc, stays)
+    assert later["outcome"] == "taken" and later["remove"] == [alerts[stays]["labels"]["name"]], later
+    terminated = sorted(p["name"] for p in sdk.state()["terminated"])
+    assert terminated == sorted([alerts[taken[0]]["labels"]["name"], alerts[stays]["labels"]["name"]])
+    # The cooldown held: the second termination came a full cooldown after the first decision.
+    first_at = datetime.fromisoformat(first[taken[0]]["decided_at"])
+    assert datetime.fromisoformat(later["decided_at"]) - first_at >= timedelta(seconds=cooldown)
+    # Posted to the thread, with the decision.
+    wait_until(lambda: any(r.json().get("event") == "acted" for r in hook.requests), timeout=30, what="acted")
+    acted = [r.json() for r in hook.requests if r.json().get("event") == "acted"]
+    assert len(acted) == 1 and acted[0]["detail"]["action"]["outcome"] == "taken", acted
+    # The resolved one: still the cooldown refusal, its pod still there, and no further decision.
+    time.sleep(svc.service.actions.retry_interval_seconds * 2)
+    assert decision(svc, resolves)[0]["reason"] == "cooldown"
+    assert alerts[resolves]["labels"]["name"] in {p["name"] for p in sdk.pods()}
+    assert metric(svc, 'agent_webhook_actions_total{action="scale_down",outcome="taken"}') == 2
 
 
 def test_runpod_api_down_and_a_failing_playbook_degrade(agents: Agents, sdk: FakeRunPod) -> None:
