@@ -298,7 +298,7 @@ class Cluster:
                 "plugin": "runpod",
                 "name_prefix": f"{self.prefix}-",
                 "ssh_common_args": ssh_args,
-                "compose": {"ansible_host": "gpu_watchdog_scrape_host", "ansible_port": 22},
+                "compose": {"ansible_host": "gpu_watchdog_scrape_host", "ansible_port": "22"},
             },
         }
         if self.time_factor > 1:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import runpod
+import yaml
 
 from tests.fakes.runpod_api import DEFAULT_API_KEY, FakeRunPod
 from tests.runpod.conftest import ANSIBLE_DIR, VENV_BIN
@@ -104,3 +105,20 @@ def test_bad_key_is_a_clear_parse_error(fake_runpod: FakeRunPod, tmp_path: Path)
     combined = result.stdout + result.stderr
     assert "RunPod rejected the API key" in combined, combined
     assert "rpa_BADKEY_1234567890abcdef" not in combined
+
+
+def test_the_heads_inventory_reaches_pods_at_their_internal_name_on_port_22(
+    fake_runpod: FakeRunPod, sdk: FakeRunPod, tmp_path: Path
+) -> None:
+    """The agent_webhook role's default inventory for a head that runs scale.yml itself,
+    written as the role writes it (to_nice_yaml): compose must replace the public NAT port."""
+    fake_runpod.control({"start_delay": 0})
+    worker = runpod.create_pod("gw-worker-1", "img", "NVIDIA L4", ports="22/tcp")
+    defaults = yaml.safe_load((ANSIBLE_DIR / "roles/agent_webhook/defaults/main.yml").read_text())
+    inventory = {**defaults["agent_webhook_actions_inventory"], "name_prefix": "gw-", "ssh_common_args": "-o X=y"}
+    config = tmp_path / "cluster.runpod.yml"
+    config.write_text(yaml.safe_dump(inventory))
+    result = inventory_list(config, fake_runpod)
+    assert result.returncode == 0, result.stderr
+    hv = unwrap(json.loads(result.stdout))["_meta"]["hostvars"]["gw-worker-1"]
+    assert (hv["ansible_host"], hv["ansible_port"]) == (f"{worker['id']}.runpod.internal", 22), hv
