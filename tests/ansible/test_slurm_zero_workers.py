@@ -10,8 +10,9 @@ touches /etc/slurm or the system munged. Then:
 2. a worker joins as site.yml/scale.yml add one (its NodeName line written, slurmctld restarted
    by gw-supervise, `scontrol reconfigure`), its slurmd registers, and the waiting job runs;
 3. the worker is removed again: slurmctld comes back with zero nodes (Slurm 22.05 crashes on
-   the saved state of the vanished node unless the role clears it) and queues the next job;
-   a re-run at zero changes nothing.
+   the saved state of the vanished node unless the role clears it, and on a finished job that
+   named it with -w unless the role waits until slurmctld has forgotten that job) and queues
+   the next job; a re-run at zero changes nothing.
 """
 
 from __future__ import annotations
@@ -132,7 +133,10 @@ def head(procs: ProcessManager) -> Iterator[Head]:
         "slurm_head_slurmd_pid_file": str(root / "run" / "slurmd.pid"),
         "slurm_head_sim_gpu_device_prefix": str(root / "dev" / "gpu"),
         "slurm_head_slurmd_timeout": 10,
-        "slurm_head_extra_conf": f"AuthInfo=socket={munge_socket}",
+        # MinJobAge: finished jobs forgotten after 30 s, not 300 (the last worker's removal
+        # waits for that when a job named a node).
+        "slurm_head_extra_conf": f"AuthInfo=socket={munge_socket}\nMinJobAge=30",
+        "slurm_head_named_jobs_timeout": 150,
         # The worker that joins later is this machine (the inventory's host variables of a pod).
         "slurm_node_name": HOSTNAME,
         "slurm_node_address": "127.0.0.1",
@@ -193,9 +197,15 @@ def test_head_with_zero_workers_queues_gpu_jobs_until_a_worker_joins(head: Head)
         what=f"job {job} to run on the new worker",
     )
 
+    # A job that named the worker (sbatch -w): once finished, its record still names it, and
+    # 22.05's slurmctld crashes at start with no node while it exists: the role waits it out.
+    named = head.slurm("sbatch", "--parsable", "-w", HOSTNAME, "-o", "/dev/null", "--wrap", "true")
+    wait_until(lambda: head.job(named).startswith("JobState=COMPLETED"), 60, interval=1, what=f"job {named}")
+
     # The last worker goes: slurmctld must come back with no node and keep queueing.
     head.slurmd.stop()
     head.slurmd = None
+    assert head.job(named).startswith("JobState=COMPLETED")  # still remembered
     emptied = head.deploy(workers=[])
     assert emptied.returncode == 0, _passed(emptied)
     assert "NodeName=" not in head.conf.read_text()

@@ -186,10 +186,6 @@ def action_decisions(c: RunningCluster, kind: str) -> list[dict[str, Any]]:
     return [f["action"] for f in c.findings() if (f.get("action") or {}).get("action") == kind]
 
 
-@pytest.mark.skip(
-    reason="not passing yet (issue 15): RunPodPodIdle fired for the idle workers but the head's agent did"
-    " not terminate them within 20 minutes; the cause is not yet found"
-)
 @pytest.mark.timeout(2700)
 def test_agent_on_the_head_scales_down_idle_workers_never_a_busy_one_and_up_from_zero(cluster: RunningCluster) -> None:
     """Actions on: RunPodPodIdle drains then terminates idle workers (never the busy one), down
