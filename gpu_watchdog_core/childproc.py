@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 CHILD_ENV = "GPU_WATCHDOG_COLLECTION_CHILD"  # set (to the serving process's pid) in the child
 DEADLINE_ENV = "GPU_WATCHDOG_STARTUP_DEADLINE"  # time.monotonic() value: shared across processes
+HANG_ENV = "GPU_WATCHDOG_COLLECTION_HANG_AFTER"  # seconds without a snapshot before a restart
 FRAME_VERSION = 1
 MAX_HEADER = 64 * 1024
 KILL_GRACE_S = 5.0
@@ -183,6 +184,12 @@ class ChildProcessPoller:
         self.startup_budget = startup_budget
         self.stale_after = stale_after if stale_after is not None else max(3 * interval, interval + 30)
         self.hang_after = hang_after if hang_after is not None else self.stale_after
+        override = os.environ.get(HANG_ENV, "").strip()
+        if override:
+            try:
+                self.hang_after = max(0.5, float(override))
+            except ValueError:
+                log.warning("ignoring %s=%r: not a number of seconds", HANG_ENV, override)
         self._snapshot: Snapshot = EMPTY_SNAPSHOT
         self._child_health: tuple[bool, str] = (False, "no collection cycle has finished yet")
         self._lock = threading.Lock()
@@ -210,7 +217,10 @@ class ChildProcessPoller:
             self._spawned_at = time.monotonic()
             self._up = True
         threading.Thread(target=self._reader, args=(proc,), name=f"{self.prefix}-frames", daemon=True).start()
-        log.info("collection process started", extra={"pid": proc.pid})
+        # Quiet the first time: a start-up error should be the one line on stderr (the child's).
+        log.log(
+            logging.INFO if self._restarts else logging.DEBUG, "collection process started", extra={"pid": proc.pid}
+        )
 
     def _reader(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None

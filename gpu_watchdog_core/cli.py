@@ -8,15 +8,20 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from gpu_watchdog_core.childproc import ChildProcessPoller, ChildStartupFailed, is_child, run_child
 from gpu_watchdog_core.logs import setup_logging
 from gpu_watchdog_core.poller import Collector, CollectorSelectionError, SnapshotPoller, select_collectors
-from gpu_watchdog_core.server import ListenAddressError, build_exporter_app, parse_listen, run_app
-from gpu_watchdog_core.webconfig import WebConfig, WebConfigError, load_web_config
+
+if TYPE_CHECKING:
+    from gpu_watchdog_core.webconfig import WebConfig
+
+# The server (aiohttp, ~25 MiB of a process's RSS) and the web config (ssl, bcrypt) are imported
+# where they are used: the collection process (childproc.py) needs neither, and it is counted
+# in the exporter's memory.
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -95,6 +100,8 @@ def collectors_option(envvar_prefix: str, names: Sequence[str], note: str = "") 
 
 
 def load_web_config_or_exit(path: str | None) -> WebConfig:
+    from gpu_watchdog_core.webconfig import WebConfigError, load_web_config
+
     try:
         return load_web_config(path)
     except WebConfigError as exc:
@@ -102,6 +109,10 @@ def load_web_config_or_exit(path: str | None) -> WebConfig:
 
 
 def check_listen_or_exit(listen: str) -> None:
+    if is_child():  # the serving process checked it
+        return
+    from gpu_watchdog_core.server import ListenAddressError, parse_listen
+
     try:
         parse_listen(listen)
     except ListenAddressError as exc:
@@ -166,7 +177,6 @@ def serve_exporter(
     """
     setup_logging(log_level, log_format)
     check_listen_or_exit(listen)
-    web_config = load_web_config_or_exit(web_config_path)
     if build is None:
         assert collectors is not None
         parts = ExporterParts(collectors, extra_health, on_shutdown)
@@ -179,6 +189,9 @@ def serve_exporter(
             built.on_shutdown,
         )
         return
+    from gpu_watchdog_core.server import build_exporter_app, run_app
+
+    web_config = load_web_config_or_exit(web_config_path)
     if collection_process:
         _serve_from_child(prefix, title, interval, listen, web_config, startup_budget, hang_after)
         return
@@ -209,6 +222,8 @@ def _serve_from_child(  # noqa: PLR0917 - private helper of serve_exporter
     startup_budget: float | None,
     hang_after: float | None,
 ) -> None:
+    from gpu_watchdog_core.server import build_exporter_app, run_app
+
     poller = ChildProcessPoller(prefix, interval, startup_budget=startup_budget, hang_after=hang_after)
     # Until the server's own handlers are in place: SIGTERM stops the collection process too.
     signal.signal(signal.SIGTERM, _raise_exit)

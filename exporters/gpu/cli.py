@@ -18,6 +18,7 @@ from exporters.gpu.collectors import COLLECTOR_CLASSES, GpuCollector, GpuContext
 from exporters.gpu.collectors.device import DeviceCollector
 from exporters.gpu.sampler import GpuSampler
 from exporters.gpu.xid import XidWatcher
+from gpu_watchdog_core.childproc import is_child
 from gpu_watchdog_core.cli import (
     ExporterParts,
     check_listen_or_exit,
@@ -181,7 +182,8 @@ def main(  # noqa: PLR0917 - click passes every flag
     setup_logging(log_level, log_format)
     # Cheap checks first: a typo should not wait for NVML to initialise.
     check_listen_or_exit(listen)
-    load_web_config_or_exit(web_config_path)
+    if not is_child():  # the collection process serves nothing (and need not load ssl for it)
+        load_web_config_or_exit(web_config_path)
     classes = choose_collectors(collectors)
 
     def build_parts() -> ExporterParts:
