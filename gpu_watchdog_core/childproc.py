@@ -174,6 +174,7 @@ class ChildProcessPoller:
         *,
         argv: list[str] | None = None,
         startup_budget: float | None = None,
+        startup_deadline: float | None = None,
         hang_after: float | None = None,
         stale_after: float | None = None,
     ) -> None:
@@ -181,7 +182,12 @@ class ChildProcessPoller:
         self.interval = interval
         # The same command line, so the collection process parses the same flags and environment.
         self.argv = argv or [sys.executable, *sys.orig_argv[1:]]
+        # Monotonic deadline of the first start-up (port open within one budget of the exporter's
+        # start); a restarted collection process gets the same budget from its own start.
         self.startup_budget = startup_budget
+        self.startup_deadline = startup_deadline
+        if startup_deadline is None and startup_budget is not None:
+            self.startup_deadline = time.monotonic() + startup_budget
         self.stale_after = stale_after if stale_after is not None else max(3 * interval, interval + 30)
         self.hang_after = hang_after if hang_after is not None else self.stale_after
         override = os.environ.get(HANG_ENV, "").strip()
@@ -210,7 +216,9 @@ class ChildProcessPoller:
         env = dict(os.environ)
         env[CHILD_ENV] = str(os.getpid())
         if self.startup_budget is not None:
-            env[DEADLINE_ENV] = repr(time.monotonic() + self.startup_budget)
+            first = self._restarts == 0 and self.startup_deadline is not None
+            deadline = self.startup_deadline if first else time.monotonic() + self.startup_budget
+            env[DEADLINE_ENV] = repr(deadline)
         proc = subprocess.Popen(self.argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         with self._lock:
             self._proc = proc
@@ -299,8 +307,10 @@ class ChildProcessPoller:
         see an empty exporter at start-up. A process that exits before it sent anything is a
         start-up error (bad flags, no driver): ChildStartupFailed with its exit status."""
         self._spawn()
-        limit = (self.startup_budget + 0.5) if self.startup_budget is not None else self.hang_after
-        deadline = time.monotonic() + limit
+        if self.startup_deadline is not None:
+            deadline = self.startup_deadline + 0.5  # the frame's own way here
+        else:
+            deadline = time.monotonic() + self.hang_after
         proc = self._proc
         assert proc is not None
         while not self._first.wait(0.05):

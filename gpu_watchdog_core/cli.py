@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
@@ -175,6 +176,7 @@ def serve_exporter(
     same command line, see childproc.py) and serves what that sends. Started as that collection
     process, this collects and sends instead of serving.
     """
+    started = time.monotonic()  # the start-up budget counts from here, not from the child's start
     setup_logging(log_level, log_format)
     check_listen_or_exit(listen)
     if build is None:
@@ -189,12 +191,13 @@ def serve_exporter(
             built.on_shutdown,
         )
         return
-    from gpu_watchdog_core.server import build_exporter_app, run_app
-
     web_config = load_web_config_or_exit(web_config_path)
     if collection_process:
-        _serve_from_child(prefix, title, interval, listen, web_config, startup_budget, hang_after)
+        budget = (startup_budget, started + startup_budget) if startup_budget is not None else None
+        _serve_from_child(prefix, title, interval, listen, web_config, budget, hang_after)
         return
+    from gpu_watchdog_core.server import build_exporter_app, run_app
+
     built = build()
     poller = SnapshotPoller(prefix, built.collectors, interval, cycle_duration_name=cycle_duration_name)
     # First cycle before listening: Prometheus never sees an empty exporter at start-up.
@@ -219,12 +222,17 @@ def _serve_from_child(  # noqa: PLR0917 - private helper of serve_exporter
     interval: float,
     listen: str,
     web_config: WebConfig,
-    startup_budget: float | None,
+    budget: tuple[float, float] | None,
     hang_after: float | None,
 ) -> None:
-    from gpu_watchdog_core.server import build_exporter_app, run_app
-
-    poller = ChildProcessPoller(prefix, interval, startup_budget=startup_budget, hang_after=hang_after)
+    """`budget`: the start-up budget and its deadline (from the exporter's start)."""
+    poller = ChildProcessPoller(
+        prefix,
+        interval,
+        startup_budget=budget[0] if budget else None,
+        startup_deadline=budget[1] if budget else None,
+        hang_after=hang_after,
+    )
     # Until the server's own handlers are in place: SIGTERM stops the collection process too.
     signal.signal(signal.SIGTERM, _raise_exit)
     try:
@@ -233,6 +241,10 @@ def _serve_from_child(  # noqa: PLR0917 - private helper of serve_exporter
         except ChildStartupFailed as exc:
             # It said why on the shared stderr (bad flags, no driver): exit as it did.
             sys.exit(exc.code if exc.code > 0 else 1)
+        # Imported only now: aiohttp takes a while to import, and the collection process was
+        # doing its first cycle meanwhile.
+        from gpu_watchdog_core.server import build_exporter_app, run_app
+
         app = build_exporter_app(poller, web_config, title)
         try:
             run_app(app, listen, web_config, on_started=poller.start, on_shutdown=poller.stop)
