@@ -54,6 +54,11 @@ KILL_GRACE_S = 5.0
 WATCH_EVERY_S = 0.25
 MAX_BACKOFF_S = 30.0
 PR_SET_PDEATHSIG = 1
+NICE_ENV = "GPU_WATCHDOG_COLLECTION_NICE"
+# Separate processes compete for CPU, not for the GIL: on a small or busy node a collection
+# burst would still delay a scrape by a scheduler slice. At nice 10 the kernel runs the
+# serving process first whenever both want a core; collection takes what is left.
+DEFAULT_NICE = 10
 
 
 def is_child() -> bool:
@@ -114,6 +119,10 @@ def run_child(
     os.dup2(2, 1)  # print() and friends go to stderr, never into the frame pipe
     sys.stdout = sys.stderr
     _die_with_parent(int(os.environ.get(CHILD_ENV) or 0))
+    try:
+        os.nice(int(os.environ.get(NICE_ENV) or DEFAULT_NICE))
+    except (OSError, ValueError) as exc:
+        log.warning("cannot lower the collection process's priority", extra={"error": str(exc)})
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     lock = threading.Lock()
