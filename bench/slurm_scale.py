@@ -326,6 +326,9 @@ def shapes_main(args: argparse.Namespace) -> int:
             rows = len(metric(url, "slurm_job_gpu_info"))
             with ThreadPoolExecutor(2) as pool:
                 latencies = list(pool.map(scrape_once, [url] * args.scrapes))
+            request = urllib.request.Request(f"{url}/metrics", headers={"Accept-Encoding": "gzip"})
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                served = (resp.read(), resp.headers.get("Content-Encoding") or "")
             polls_seen = len(cycles) + 1
             calls = (directory / "calls.log").read_text().splitlines()
             exporter.stop()
@@ -337,6 +340,26 @@ def shapes_main(args: argparse.Namespace) -> int:
                 f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms; job_gpu_info rows {rows}; "
                 f"job-table reads per poll ~{table_reads / max(polls_seen, 1):.1f}"
             )
+        # The baseline: a plain aiohttp server (no collection) serving the bytes the exporter
+        # served last, scraped the same way: what the body's size and the client cost alone.
+        body_file = directory / "served.body"
+        body_file.write_bytes(served[0])
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        plain = procs.start(
+            "plain-server",
+            [sys.executable, str(REPO / "bench" / "support" / "plain_server.py"), str(port), str(body_file), served[1]],
+        )
+        plain.wait_http(f"{url}/metrics", timeout=60)
+        with ThreadPoolExecutor(2) as pool:
+            base = list(pool.map(scrape_once, [url] * args.scrapes))
+        plain.stop()
+        text_size = len(gzip.decompress(served[0])) if served[1] == "gzip" else len(served[0])
+        print(
+            f"{'plain server, same bytes':23s} scrape p50 {percentile(base, 0.5) * 1000:.1f} ms, "
+            f"p99 {percentile(base, 0.99) * 1000:.1f} ms; body {len(served[0]) / 1024:.0f} KiB {served[1] or 'plain'} "
+            f"({text_size / 1024:.0f} KiB text)"
+        )
     finally:
         procs.stop_all()
     cycles, latencies, rows, _ = results["--read-ahead"]
