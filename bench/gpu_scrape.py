@@ -74,17 +74,46 @@ def wait_http(port: int, timeout: float = 60) -> None:
     raise SystemExit(f"nothing answered on port {port}")
 
 
+def tree(pid: int) -> list[int]:
+    """pid and its live descendants: the exporter's collection process counts too."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for kid in kids:
+            found.extend(tree(int(kid)))
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # utime + stime + the waited-for children's (the nvidia-smi subprocesses of the model)
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    """CPU of pid and its live descendants, plus what their waited-for children used (the
+    nvidia-smi subprocesses of the model)."""
+    total = 0.0
+    for one in tree(pid):
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def memory_mib(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) summed over pid and its live descendants. RSS counts the pages two Python
+    processes share twice (the honest upper bound); PSS splits shared pages between them."""
+    rss = pss = 0.0
+    for one in tree(pid):
+        try:
+            for line in Path(f"/proc/{one}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1]) / 1024
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return rss, pss
 
 
 def scrape_many(port: int, count: int, pace: float) -> list[float]:
@@ -134,7 +163,9 @@ class Served:
         self.proc.wait(10)
 
 
-def exporter_argv(backend: str, gpus: int, interval: float, port: int, faults: str) -> list[str]:
+def exporter_argv(
+    backend: str, gpus: int, interval: float, port: int, faults: str, in_process: bool = False
+) -> list[str]:
     return [
         str(BIN / "gpu-exporter"),
         f"--backend={backend}",
@@ -143,6 +174,7 @@ def exporter_argv(backend: str, gpus: int, interval: float, port: int, faults: s
         f"--interval={interval}",
         f"--listen=127.0.0.1:{port}",
         "--log-level=warning",
+        *(["--no-collection-process"] if in_process else []),
     ]
 
 
@@ -177,11 +209,11 @@ def collection_cost(gpus: int, backend: str, cycles: int = 20) -> dict[str, floa
     }
 
 
-def idle_cost(backend: str, seconds: float) -> dict[str, float]:
-    """RSS and CPU of the exporter at 8 GPUs / 5 s interval, scraped every 15 s like Prometheus."""
+def idle_cost(backend: str, seconds: float, in_process: bool = False) -> dict[str, float]:
+    """RSS and CPU of the exporter (both processes) at 8 GPUs / 5 s interval, scraped every 15 s."""
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        served = Served(exporter_argv(backend, 8, 5.0, port, f"{tmp}/faults.yml"), port)
+        served = Served(exporter_argv(backend, 8, 5.0, port, f"{tmp}/faults.yml", in_process), port)
         try:
             time.sleep(6)  # past start-up and the first cycles
             cpu0, t0 = cpu_seconds(served.proc.pid), time.monotonic()
@@ -193,10 +225,11 @@ def idle_cost(backend: str, seconds: float) -> dict[str, float]:
                 time.sleep(0.5)
             cpu = cpu_seconds(served.proc.pid) - cpu0
             wall = time.monotonic() - t0
-            rss = rss_mib(served.proc.pid)
+            rss, pss = memory_mib(served.proc.pid)
+            processes = len(tree(served.proc.pid))
         finally:
             served.stop()
-    return {"cpu_pct": cpu / wall * 100, "rss_mib": rss, "seconds": wall}
+    return {"cpu_pct": cpu / wall * 100, "rss_mib": rss, "pss_mib": pss, "seconds": wall, "processes": processes}
 
 
 def main() -> int:
@@ -207,6 +240,9 @@ def main() -> int:
     parser.add_argument("--backend", choices=["sim", "nvml"], default="sim")
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="RSS/CPU window at 8 GPUs / 5 s")
     parser.add_argument("--no-smi-model", action="store_true", help="skip the nvidia-smi model rows")
+    parser.add_argument(
+        "--no-thread-row", action="store_true", help="skip the --no-collection-process rows (collection in a thread)"
+    )
     args = parser.parse_args()
     rows = []
     floor_ok = True
@@ -221,6 +257,16 @@ def main() -> int:
                 ours = exporter.measure(args.scrapes, PACE_S)
             finally:
                 exporter.stop()
+            thread = None
+            if not args.no_thread_row:  # the same exporter collecting in a thread (before #16 §5)
+                port = free_port()
+                argv = exporter_argv(args.backend, gpus, args.interval, port, f"{tmp}/faults.yml", True)
+                in_process = Served(argv, port)
+                try:
+                    time.sleep(2 * args.interval)
+                    thread = in_process.measure(args.scrapes, PACE_S)
+                finally:
+                    in_process.stop()
             body_file = Path(tmp) / "body"
             body_file.write_bytes(packed)
             base_port = free_port()
@@ -247,10 +293,11 @@ def main() -> int:
                 model.stop()
         cost = collection_cost(gpus, args.backend)
         ratio = ours["p99"] / base["p99"]
-        rows.append((gpus, ours, base, smi, cost, len(plain), len(packed), ratio))
+        rows.append((gpus, ours, base, smi, cost, len(plain), len(packed), ratio, thread))
         if gpus >= 64 and ratio > FLOOR_RATIO:
             floor_ok = False
     idle = idle_cost(args.backend, args.idle_seconds)
+    idle_thread = None if args.no_thread_row else idle_cost(args.backend, args.idle_seconds, in_process=True)
 
     print(f"GPU scrape benchmark: backend {args.backend}, collection every {args.interval:g} s, {args.scrapes} scrapes")
     print(f"per row over one keep-alive connection, ~{PACE_S * 1000:.0f} ms apart, Accept-Encoding: gzip")
@@ -258,25 +305,32 @@ def main() -> int:
     header = f"{'GPUs':>4}  {'server':<38}  {'p50 ms':>7}  {'p99 ms':>7}  {'max ms':>7}  {'CPU ms/scrape':>13}"
     print(header)
     print("-" * len(header))
-    for gpus, ours, base, smi, _cost, _plain, _packed, ratio in rows:
-        named = [("gpu-exporter (snapshot, gzip)", ours), ("plain aiohttp server, same bytes", base)]
+    for gpus, ours, base, smi, _cost, _plain, _packed, ratio, thread in rows:
+        named = [("gpu-exporter (collection process)", ours), ("plain aiohttp server, same bytes", base)]
+        if thread:
+            named.append(("gpu-exporter --no-collection-process", thread))
         if smi:
             named.append(("nvidia-smi per scrape (model, 200)", smi))
         for name, r in named:
             print(f"{gpus:>4}  {name:<38}  {r['p50']:>7.2f}  {r['p99']:>7.2f}  {r['max']:>7.2f}  {r['cpu_ms']:>13.3f}")
         print(f"{gpus:>4}  {'p99 ratio exporter / plain server':<38}  {ratio:>7.2f}x")
+        if thread:
+            print(f"{gpus:>4}  {'  (--no-collection-process / plain)':<38}  {thread['p99'] / base['p99']:>7.2f}x")
     print("\nBody size per scrape:")
     print(f"{'GPUs':>4}  {'text KiB':>9}  {'gzip KiB':>9}")
-    for gpus, _ours, _base, _smi, _cost, plain, packed, _ratio in rows:
+    for gpus, _ours, _base, _smi, _cost, plain, packed, _ratio, _thread in rows:
         print(f"{gpus:>4}  {plain / 1024:>9.1f}  {packed / 1024:>9.1f}")
     print("\nCollection cost per cycle (gpu-exporter, all collectors, off the scrape path):")
     print(f"{'GPUs':>4}  {'cycle ms (median)':>17}  {'NVML read ms':>12}  {'NVML calls/GPU':>14}")
     for gpus, _ours, _base, _smi, cost, *_rest in rows:
         print(f"{gpus:>4}  {cost['cycle_ms']:>17.2f}  {cost['sample_ms']:>12.2f}  {cost['calls_per_gpu']:>14.0f}")
-    print(
-        f"\nExporter at 8 GPUs, 5 s interval, scraped every 15 s, over {idle['seconds']:.0f} s: "
-        f"RSS {idle['rss_mib']:.1f} MiB, CPU {idle['cpu_pct']:.2f} % of one core"
-    )
+    print(f"\nExporter at 8 GPUs, 5 s interval, scraped every 15 s, over {idle['seconds']:.0f} s (all its processes):")
+    for name, cost in (("collection process (default)", idle), ("--no-collection-process", idle_thread)):
+        if cost:
+            print(
+                f"  {name:<30} {cost['processes']:.0f} processes: RSS {cost['rss_mib']:.1f} MiB "
+                f"(PSS {cost['pss_mib']:.1f} MiB), CPU {cost['cpu_pct']:.2f} % of one core"
+            )
     print(f"\nfloor: p99 at 64 GPUs <= {FLOOR_RATIO:g}x the plain server's: {'met' if floor_ok else 'MISSED'}")
     return 0 if floor_ok else 1
 

@@ -21,12 +21,15 @@ running two to a node) and serves them through stand-in commands (`--slurm-bin-d
 as long as the real commands took on the 100,000-job bench cluster before printing
 (`--squeue-seconds`, `--scontrol-seconds`: a sleep models slurmctld's and the client's time,
 the exporter still reads and parses every byte). It runs the exporter with and without
-`--read-ahead` side by side and prints poll time, scrape p99 and job-table reads per poll.
+`--read-ahead` (and with collection in a thread, `--no-collection-process`) side by side and prints
+poll time, scrape p99 (scrapes sent with `Accept-Encoding: gzip`, as Prometheus does) and
+job-table reads per poll.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import statistics
 import sys
 import threading
@@ -111,9 +114,13 @@ def timed(cluster: SlurmCluster, argv: list[str], runs: int = 3) -> tuple[float,
 
 
 def scrape_once(url: str) -> float:
+    """One scrape as Prometheus makes it (it sends Accept-Encoding: gzip), body decompressed."""
     t0 = time.perf_counter()
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
-        resp.read()
+    request = urllib.request.Request(f"{url}/metrics", headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        body = resp.read()
+        if resp.headers.get("Content-Encoding") == "gzip":
+            gzip.decompress(body)
     return time.perf_counter() - t0
 
 
@@ -300,7 +307,9 @@ def shapes_main(args: argparse.Namespace) -> int:
     procs = ProcessManager(Path(mkdtemp(prefix="slurm-shapes-logs-")))
     results = {}
     try:
-        for mode in ("--no-read-ahead", "--read-ahead"):
+        # Collection in a thread of the serving process (before issue #17 §5), then in the
+        # collection process (the default) without and with read-ahead.
+        for mode in ("--no-collection-process", "--no-read-ahead", "--read-ahead"):
             (directory / "calls.log").unlink(missing_ok=True)
             port = free_port()
             url = f"http://127.0.0.1:{port}"
@@ -317,17 +326,40 @@ def shapes_main(args: argparse.Namespace) -> int:
             rows = len(metric(url, "slurm_job_gpu_info"))
             with ThreadPoolExecutor(2) as pool:
                 latencies = list(pool.map(scrape_once, [url] * args.scrapes))
+            request = urllib.request.Request(f"{url}/metrics", headers={"Accept-Encoding": "gzip"})
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                served = (resp.read(), resp.headers.get("Content-Encoding") or "")
             polls_seen = len(cycles) + 1
             calls = (directory / "calls.log").read_text().splitlines()
             exporter.stop()
             table_reads = sum(1 for c in calls if "/squeue " in c or c.endswith("show job"))
             results[mode] = (cycles, latencies, rows, table_reads / max(polls_seen, 1))
             print(
-                f"{mode:16s} poll {min(cycles) * 1000:6.0f}-{max(cycles) * 1000:6.0f} ms over {len(cycles)} polls "
+                f"{mode:23s} poll {min(cycles) * 1000:6.0f}-{max(cycles) * 1000:6.0f} ms over {len(cycles)} polls "
                 f"(after the first); scrape p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
                 f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms; job_gpu_info rows {rows}; "
                 f"job-table reads per poll ~{table_reads / max(polls_seen, 1):.1f}"
             )
+        # The baseline: a plain aiohttp server (no collection) serving the bytes the exporter
+        # served last, scraped the same way: what the body's size and the client cost alone.
+        body_file = directory / "served.body"
+        body_file.write_bytes(served[0])
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        plain = procs.start(
+            "plain-server",
+            [sys.executable, str(REPO / "bench" / "support" / "plain_server.py"), str(port), str(body_file), served[1]],
+        )
+        plain.wait_http(f"{url}/metrics", timeout=60)
+        with ThreadPoolExecutor(2) as pool:
+            base = list(pool.map(scrape_once, [url] * args.scrapes))
+        plain.stop()
+        text_size = len(gzip.decompress(served[0])) if served[1] == "gzip" else len(served[0])
+        print(
+            f"{'plain server, same bytes':23s} scrape p50 {percentile(base, 0.5) * 1000:.1f} ms, "
+            f"p99 {percentile(base, 0.99) * 1000:.1f} ms; body {len(served[0]) / 1024:.0f} KiB {served[1] or 'plain'} "
+            f"({text_size / 1024:.0f} KiB text)"
+        )
     finally:
         procs.stop_all()
     cycles, latencies, rows, _ = results["--read-ahead"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -30,6 +30,19 @@ class Collector(Protocol):
     name: str
 
     def collect(self) -> Iterable[Metric]: ...
+
+
+@runtime_checkable
+class SnapshotSource(Protocol):
+    """What the HTTP side reads: the poller in this process, or the one fed by a collection
+    process (childproc.py)."""
+
+    @property
+    def snapshot(self) -> Snapshot: ...
+
+    def dynamic_families(self, snapshot: Snapshot) -> list[Metric]: ...
+
+    def health(self) -> tuple[bool, str]: ...
 
 
 class CollectorSelectionError(ValueError):
@@ -66,6 +79,7 @@ class SnapshotPoller:
         *,
         cycle_duration_name: str | None = None,
         stale_after: float | None = None,
+        publish: Callable[[Snapshot], None] | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
@@ -80,6 +94,9 @@ class SnapshotPoller:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._cycles = 0
+        # Called with every new snapshot, in the collecting thread (the collection process
+        # sends it to the serving process from there).
+        self.publish = publish
 
     # -- collection ---------------------------------------------------------------------
 
@@ -132,6 +149,8 @@ class SnapshotPoller:
         snapshot.text()  # render now, in this thread, so no scrape pays for it
         self._snapshot = snapshot
         self._cycles += 1
+        if self.publish is not None:
+            self.publish(snapshot)
         return snapshot
 
     @property

@@ -25,8 +25,9 @@ from gpu_watchdog_core.limits import (
     limits_from_env,
     raise_open_file_limit,
 )
-from gpu_watchdog_core.poller import SnapshotPoller
+from gpu_watchdog_core.poller import SnapshotSource
 from gpu_watchdog_core.snapshot import (
+    OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
     render_scrape,
     render_scrape_gzip,
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 WEB_CONFIG_KEY: web.AppKey[WebConfig] = web.AppKey("web_config", WebConfig)
-POLLER_KEY: web.AppKey[SnapshotPoller] = web.AppKey("poller", SnapshotPoller)
+POLLER_KEY: web.AppKey[SnapshotSource] = web.AppKey("poller", SnapshotSource)
 
 
 class ListenAddressError(ValueError):
@@ -121,7 +122,7 @@ def install_web_config(app: web.Application, config: WebConfig, own_auth: tuple[
 
 
 def build_exporter_app(
-    poller: SnapshotPoller,
+    poller: SnapshotSource,
     web_config: WebConfig,
     title: str,
     extra_health: Callable[[], tuple[bool, str]] | None = None,
@@ -133,10 +134,10 @@ def build_exporter_app(
 
     async def metrics(request: web.Request) -> web.Response:
         om = wants_openmetrics(request.headers.get("Accept"))
-        if not om and wants_gzip(request.headers.get("Accept-Encoding")):
+        if wants_gzip(request.headers.get("Accept-Encoding")):
             # Pre-compressed once per cycle: gzip costs the scrape nothing (snapshot.py).
-            resp = web.Response(body=render_scrape_gzip(poller.snapshot, poller.dynamic_families))
-            resp.headers["Content-Type"] = TEXT_CONTENT_TYPE
+            resp = web.Response(body=render_scrape_gzip(poller.snapshot, poller.dynamic_families, om))
+            resp.headers["Content-Type"] = OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE
             resp.headers["Content-Encoding"] = "gzip"
             resp.headers["Vary"] = "Accept-Encoding"
             return resp

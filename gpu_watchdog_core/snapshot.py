@@ -8,12 +8,12 @@ rendered per request.
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as om_exposition
@@ -179,45 +179,69 @@ def wants_openmetrics(accept: str | None) -> bool:
     return any(part.split(";")[0].strip() == "application/openmetrics-text" for part in accept.split(","))
 
 
+@dataclass(frozen=True)
+class Packed:
+    """One exposition body, plus its gzip stream compressed once up to a sync flush.
+
+    A scrape that accepts gzip gets ``gzip_prefix`` (gzip header and the body's deflate blocks,
+    ending byte-aligned and not final), the per-request tail deflated on its own as the final
+    block, and the trailer: the tail's CRC is combined with the body's (``crc``), so no
+    compressor state has to survive the cycle. That keeps it to plain bytes and ints, which is
+    what lets a collection process hand it to the serving process (childproc.py).
+    """
+
+    body: bytes
+    gzip_prefix: bytes
+    crc: int
+
+    @classmethod
+    def of(cls, body: bytes) -> Packed:
+        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: gzip wrapper
+        return cls(body, compressor.compress(body) + compressor.flush(zlib.Z_SYNC_FLUSH), zlib.crc32(body))
+
+    def gzip_with(self, tail: bytes) -> bytes:
+        """One gzip member (a reader that stops after the first, like curl's, gets it all)."""
+        raw = zlib.compressobj(1, zlib.DEFLATED, -15)  # raw deflate: no header, BFINAL on flush
+        size = (len(self.body) + len(tail)) & 0xFFFFFFFF
+        trailer = struct.pack("<II", zlib.crc32(tail, self.crc), size)
+        return b"".join((self.gzip_prefix, raw.compress(tail), raw.flush(), trailer))
+
+
 @dataclass
 class Snapshot:
     families: Sequence[Metric]
     collected_at: float  # unix time the cycle finished
-    _text: bytes | None = field(default=None, repr=False)
-    _openmetrics: bytes | None = field(default=None, repr=False)
-    _text_gzip: bytes | None = field(default=None, repr=False)
-    _gzip_state: Any = field(default=None, repr=False)  # zlib compressor right after _text_gzip
+    _text: Packed | None = field(default=None, repr=False)
+    _openmetrics: Packed | None = field(default=None, repr=False)  # without the final "# EOF"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def text(self) -> bytes:
+    @classmethod
+    def prerendered(cls, collected_at: float, text: Packed, openmetrics: Packed) -> Snapshot:
+        """A snapshot rendered elsewhere (the collection process): bytes only, no families."""
+        return cls(families=(), collected_at=collected_at, _text=text, _openmetrics=openmetrics)
+
+    def packed_text(self) -> Packed:
         if self._text is None:
             with self._lock:
                 if self._text is None:
-                    text = render_text(self.families)
                     # Compressed here too, once per cycle in the collection thread (text() is
-                    # called there), up to a sync flush: a scrape only finishes the stream
-                    # (render_scrape_gzip), so gzip costs it next to nothing.
-                    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: gzip wrapper
-                    self._text_gzip = compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH)
-                    self._gzip_state = compressor
-                    self._text = text
+                    # called there): a gzip scrape only finishes the stream (Packed.gzip_with).
+                    self._text = Packed.of(render_text(self.families))
         return self._text
 
-    def gzip_with(self, tail: bytes) -> bytes:
-        """One gzip stream of the text exposition followed by `tail` (the per-request series):
-        the pre-compressed prefix, then a copy of the compressor finishes the stream."""
-        self.text()
-        finish = self._gzip_state.copy()
-        prefix = self._text_gzip or b""
-        return prefix + finish.compress(tail) + finish.flush()
-
-    def openmetrics(self) -> bytes:
+    def packed_openmetrics(self) -> Packed:
         if self._openmetrics is None:
             with self._lock:
                 if self._openmetrics is None:
                     body = render_openmetrics(self.families)
-                    self._openmetrics = body[: -len(_OM_EOF)] if body.endswith(_OM_EOF) else body
+                    self._openmetrics = Packed.of(body[: -len(_OM_EOF)] if body.endswith(_OM_EOF) else body)
         return self._openmetrics
+
+    def text(self) -> bytes:
+        return self.packed_text().body
+
+    def openmetrics(self) -> bytes:
+        return self.packed_openmetrics().body
 
     def age_seconds(self, now: float | None = None) -> float:
         return max(0.0, (time.time() if now is None else now) - self.collected_at)
@@ -259,8 +283,10 @@ def wants_gzip(accept_encoding: str | None) -> bool:
     return False
 
 
-def render_scrape_gzip(snapshot: Snapshot, dynamic: DynamicFamilies | None = None) -> bytes:
-    """A gzip body for one text-format scrape: the snapshot as compressed once per cycle, the
-    per-request tail compressed onto it, as one gzip member any client reads."""
+def render_scrape_gzip(snapshot: Snapshot, dynamic: DynamicFamilies | None = None, openmetrics: bool = False) -> bytes:
+    """A gzip body for one scrape: the snapshot as compressed once per cycle, the per-request
+    tail compressed onto it, as one gzip member any client reads."""
     extra = list(dynamic(snapshot)) if dynamic else []
-    return snapshot.gzip_with(render_text(extra) if extra else b"")
+    if openmetrics:
+        return snapshot.packed_openmetrics().gzip_with(render_openmetrics(extra) if extra else _OM_EOF)
+    return snapshot.packed_text().gzip_with(render_text(extra) if extra else b"")

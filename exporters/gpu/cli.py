@@ -18,8 +18,11 @@ from exporters.gpu.collectors import COLLECTOR_CLASSES, GpuCollector, GpuContext
 from exporters.gpu.collectors.device import DeviceCollector
 from exporters.gpu.sampler import GpuSampler
 from exporters.gpu.xid import XidWatcher
+from gpu_watchdog_core.childproc import is_child
 from gpu_watchdog_core.cli import (
+    ExporterParts,
     check_listen_or_exit,
+    collection_process_option,
     collectors_option,
     common_options,
     fail,
@@ -29,7 +32,6 @@ from gpu_watchdog_core.cli import (
     serve_exporter,
 )
 from gpu_watchdog_core.logs import setup_logging
-from gpu_watchdog_core.poller import Collector
 
 log = logging.getLogger("exporters.gpu")
 
@@ -155,6 +157,7 @@ def open_backend(backend_name: str, sim_gpus: int, sim_faults: str | None) -> tu
     envvar="GPU_EXPORTER_NVLINK_PER_LINK",
     help="NVLink error counters per link (18 links x 3 types per H100) instead of summed per GPU.",
 )
+@collection_process_option("GPU_EXPORTER")
 def main(  # noqa: PLR0917 - click passes every flag
     listen: str,
     web_config_path: str | None,
@@ -168,6 +171,7 @@ def main(  # noqa: PLR0917 - click passes every flag
     nvml_timeout: float | None,
     nvml_parallelism: int,
     nvlink_per_link: bool,
+    collection_process: bool,
 ) -> None:
     """Export NVIDIA GPU metrics for Prometheus from a background NVML poll."""
     # The collection thread renders thousands of series per cycle in pure Python; with the
@@ -178,53 +182,59 @@ def main(  # noqa: PLR0917 - click passes every flag
     setup_logging(log_level, log_format)
     # Cheap checks first: a typo should not wait for NVML to initialise.
     check_listen_or_exit(listen)
-    load_web_config_or_exit(web_config_path)
+    if not is_child():  # the collection process serves nothing (and need not load ssl for it)
+        load_web_config_or_exit(web_config_path)
     classes = choose_collectors(collectors)
-    gpu_backend, proc_roots = open_backend(backend, sim_gpus, sim_faults)
-    timeout = nvml_timeout if nvml_timeout is not None else interval / 2
-    ctx, chosen = build(gpu_backend, classes, timeout=timeout, proc_roots=proc_roots, nvlink_per_link=nvlink_per_link)
-    log.info(
-        "GPUs found",
-        extra={
-            "backend": backend,
-            "gpus": gpu_backend.count,
-            "driver": gpu_backend.driver_version,
-            "collectors": ",".join(c.name for c in chosen),
-        },
-    )
-    if ctx.xid is not None:
-        ctx.xid.start()
-    # Each cycle allocates tens of thousands of short-lived objects (families, samples, label
-    # lists). With the default thresholds that is ~20 collections a cycle, and a full one of
-    # 40-100 ms now and then at 64 GPUs: the GIL is held throughout, so scrapes stall (the p99).
-    # Nearly all of it is freed by reference counting, not by the collector. So: freeze what
-    # start-up built (never collected again) and collect young objects far less often.
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
-    def health() -> tuple[bool, str]:
-        down = [str(s.index) for s in ctx.sampler.samples if not s.up]
-        total = gpu_backend.count
-        if not down:
-            return True, f"ok; {total}/{total} GPUs up"
-        return True, f"ok; {total - len(down)}/{total} GPUs up (down: {', '.join(down)})"
-
-    def shutdown() -> None:
+    def build_parts() -> ExporterParts:
+        # Where collection runs: the collection process by default (gpu_watchdog_core/childproc.py).
+        gpu_backend, proc_roots = open_backend(backend, sim_gpus, sim_faults)
+        timeout = nvml_timeout if nvml_timeout is not None else interval / 2
+        ctx, chosen = build(
+            gpu_backend, classes, timeout=timeout, proc_roots=proc_roots, nvlink_per_link=nvlink_per_link
+        )
+        log.info(
+            "GPUs found",
+            extra={
+                "backend": backend,
+                "gpus": gpu_backend.count,
+                "driver": gpu_backend.driver_version,
+                "collectors": ",".join(c.name for c in chosen),
+            },
+        )
         if ctx.xid is not None:
-            ctx.xid.stop()
-        ctx.sampler.close()
-        gpu_backend.close()
+            ctx.xid.start()
+        # Each cycle allocates tens of thousands of short-lived objects (families, samples, label
+        # lists). With the default thresholds that is ~20 collections a cycle, and a full one of
+        # 40-100 ms now and then at 64 GPUs: the GIL is held throughout, so scrapes stall (the p99).
+        # Nearly all of it is freed by reference counting, not by the collector. So: freeze what
+        # start-up built (never collected again) and collect young objects far less often.
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
 
-    exported: list[Collector] = list(chosen)
+        def health() -> tuple[bool, str]:
+            down = [str(s.index) for s in ctx.sampler.samples if not s.up]
+            total = gpu_backend.count
+            if not down:
+                return True, f"ok; {total}/{total} GPUs up"
+            return True, f"ok; {total - len(down)}/{total} GPUs up (down: {', '.join(down)})"
+
+        def shutdown() -> None:
+            if ctx.xid is not None:
+                ctx.xid.stop()
+            ctx.sampler.close()
+            gpu_backend.close()
+
+        return ExporterParts(list(chosen), health, shutdown)
+
     serve_exporter(
         prefix="gpu_exporter",
         title="gpu-exporter",
-        collectors=exported,
+        build=build_parts,
         interval=interval,
         listen=listen,
         web_config_path=web_config_path,
         log_level=log_level,
         log_format=log_format,
-        extra_health=health,
-        on_shutdown=shutdown,
+        collection_process=collection_process,
     )

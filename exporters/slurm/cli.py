@@ -6,7 +6,6 @@ import logging
 import os
 import re
 import signal
-import time
 from pathlib import Path
 from types import FrameType
 
@@ -25,7 +24,10 @@ from exporters.slurm.collectors.scheduler import SchedulerCollector
 from exporters.slurm.collectors.users import DEFAULT_LIMIT, UsersCollector
 from exporters.slurm.commands import DEFAULT_MAX_OUTPUT, CommandError, CommandRunner
 from exporters.slurm.source import SlurmSource
+from gpu_watchdog_core.childproc import startup_deadline
 from gpu_watchdog_core.cli import (
+    ExporterParts,
+    collection_process_option,
     collectors_option,
     common_options,
     fail,
@@ -143,6 +145,7 @@ def build_collectors(
     "nodes), start it beside squeue instead of after it (docs/slurm-exporter.md).",
 )
 @collectors_option("SLURM_EXPORTER", COLLECTOR_NAMES)
+@collection_process_option("SLURM_EXPORTER")
 def main(  # noqa: PLR0917 - click passes every option
     listen: str,
     web_config_path: str | None,
@@ -158,61 +161,71 @@ def main(  # noqa: PLR0917 - click passes every option
     user_metrics_limit: int,
     read_ahead: bool,
     collectors: tuple[str, ...],
+    collection_process: bool,
 ) -> None:
     """Export Slurm metrics for Prometheus from one background poll per interval."""
     setup_logging(log_level, log_format)
-    # Everything before the port opens (version, cluster name, first poll) shares one command
-    # timeout, so a hung slurmctld delays the port by at most that.
-    runner = CommandRunner(
-        bin_dir=slurm_bin_dir,
-        timeout=command_timeout,
-        max_output=command_max_output,
-        deadline=time.monotonic() + command_timeout,
-    )
 
-    def terminate(signum: int, _frame: FrameType | None) -> None:
-        # Before the server's own handlers are in place: a hung command must not outlive us.
-        runner.kill_all()
-        raise SystemExit(128 + signum)
+    def build_parts() -> ExporterParts:
+        # Where collection runs: the collection process by default (gpu_watchdog_core/childproc.py).
+        # Everything before the port opens (version, cluster name, first poll) shares one command
+        # timeout, so a hung slurmctld delays the port by at most that. In the collection
+        # process the deadline is the serving process's (startup_deadline).
+        runner = CommandRunner(
+            bin_dir=slurm_bin_dir,
+            timeout=command_timeout,
+            max_output=command_max_output,
+            deadline=startup_deadline(command_timeout),
+        )
 
-    signal.signal(signal.SIGTERM, terminate)
-    try:
-        chosen, version = select_backend(backend, runner)
-    except BackendError as exc:
-        fail(str(exc))
-    source = SlurmSource(chosen, read_ahead=read_ahead)
+        def terminate(signum: int, _frame: FrameType | None) -> None:
+            # Before the server's own handlers are in place: a hung command must not outlive us.
+            runner.kill_all()
+            raise SystemExit(128 + signum)
 
-    def end_startup_budget() -> None:
-        runner.deadline = None
+        signal.signal(signal.SIGTERM, terminate)
+        try:
+            chosen, version = select_backend(backend, runner)
+        except BackendError as exc:
+            fail(str(exc))
+        source = SlurmSource(chosen, read_ahead=read_ahead)
 
-    source.after_cycle.append(end_startup_budget)
-    info = {
-        "backend": chosen.name,
-        "slurm_version": version or "",
-        "cluster": cluster if cluster is not None else cluster_name(runner),
-    }
-    log.info("slurm backend", extra=info)
+        def end_startup_budget() -> None:
+            runner.deadline = None
 
-    def slurm_health() -> tuple[bool, str]:
-        failing = source.failing()
-        if not failing:
-            return True, "ok"
-        # Still 200: Slurm being down is not the exporter being broken; the last good data is
-        # served and slurm_up says 0. The text says which commands fail and why.
-        return True, "degraded: " + "; ".join(f"{name}: {why}" for name, why in failing.items())
+        source.after_cycle.append(end_startup_budget)
+        info = {
+            "backend": chosen.name,
+            "slurm_version": version or "",
+            "cluster": cluster if cluster is not None else cluster_name(runner),
+        }
+        log.info("slurm backend", extra=info)
+
+        def slurm_health() -> tuple[bool, str]:
+            failing = source.failing()
+            if not failing:
+                return True, "ok"
+            # Still 200: Slurm being down is not the exporter being broken; the last good data is
+            # served and slurm_up says 0. The text says which commands fail and why.
+            return True, "degraded: " + "; ".join(f"{name}: {why}" for name, why in failing.items())
+
+        chosen_collectors = build_collectors(
+            source, list(collectors) or None, info, user_metrics_limit if user_metrics else None
+        )
+        return ExporterParts(chosen_collectors, slurm_health, runner.kill_all)
 
     serve_exporter(
         prefix="slurm_exporter",
         title="Slurm exporter",
-        collectors=build_collectors(
-            source, list(collectors) or None, info, user_metrics_limit if user_metrics else None
-        ),
+        build=build_parts,
         interval=interval,
         listen=listen,
         web_config_path=web_config_path,
         log_level=log_level,
         log_format=log_format,
         cycle_duration_name="slurm_exporter_cycle_duration_seconds",
-        extra_health=slurm_health,
-        on_shutdown=runner.kill_all,
+        collection_process=collection_process,
+        startup_budget=command_timeout,
+        # A poll may legitimately take a few command timeouts (a timeout skips the rest).
+        hang_after=max(3 * interval, interval + 3 * command_timeout + 30),
     )

@@ -286,3 +286,70 @@ def test_user_and_account_metrics_are_capped(tmp_path: Path, slurm_exporter: Exp
     samples, _ = scrape(url)
     assert series(samples, "slurm_user_jobs") == [] and series(samples, "slurm_account_cpus_allocated") == []
     assert value(samples, "slurm_node_gpus", node="h100-01", gpu_type="h100") == 8
+
+
+def _collection_process(pid: int) -> int:
+    kids = [int(k) for task in Path(f"/proc/{pid}/task").iterdir() for k in (task / "children").read_text().split()]
+    assert len(kids) == 1, kids
+    return kids[0]
+
+
+def test_killed_collection_process_is_restarted_and_data_stays(tmp_path: Path, slurm_exporter: ExporterFactory) -> None:
+    bin_dir = make_standins(tmp_path / "bin", "22.05")
+    proc, url = slurm_exporter(["--slurm-bin-dir", str(bin_dir), "--interval", "1"])
+    samples, _ = scrape(url)
+    assert value(samples, "slurm_exporter_collection_process_up") == 1
+    assert value(samples, "slurm_exporter_collection_process_restarts_total") == 0
+    child = _collection_process(proc.pid)
+    os.kill(child, signal.SIGKILL)
+    wait_until(
+        lambda: value(scrape(url)[0], "slurm_exporter_collection_process_restarts_total") == 1,
+        10,
+        what="the restart to be counted",
+    )
+    samples, _ = scrape(url)
+    assert value(samples, "slurm_node_state", node="vm", state="draining") == 1  # never dark
+    assert _collection_process(proc.pid) != child
+    # The new one polls again (its start-up budget is its own, not the long-spent first one).
+    wait_until(
+        lambda: (value(scrape(url)[0], "slurm_exporter_snapshot_age_seconds") or 99) < 1.5, 15, what="fresh data"
+    )
+    assert value(scrape(url)[0], "slurm_up") == 1
+    assert proc.alive()
+
+
+def test_hung_collection_process_is_restarted_and_its_hung_command_killed(tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex[:12]
+    bin_dir = make_standins(tmp_path / "bin", "23.11", marker=marker)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, GPU_WATCHDOG_COLLECTION_HANG_AFTER="4")
+    timeout = ["--command-timeout", "600"]
+    proc = subprocess.Popen(
+        [EXPORTER, "--slurm-bin-dir", str(bin_dir), "--listen", f"127.0.0.1:{port}", "--interval", "1", *timeout],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: http_get(f"{url}/metrics", timeout=1)[0] == 200, 30, interval=0.05)
+        assert value(scrape(url)[0], "slurm_up") == 1
+        (bin_dir / "squeue.hang").touch()  # the next poll hangs for up to the 600 s timeout
+        wait_until(lambda: hung_children(marker), 10, what="a poll to hang in squeue")
+        first = hung_children(marker)
+        wait_until(
+            lambda: value(scrape(url)[0], "slurm_exporter_collection_process_restarts_total") == 1,
+            20,
+            what="the hung collection process to be restarted",
+        )
+        # SIGTERM let it kill the command it was waiting on.
+        wait_until(lambda: not set(first) & set(hung_children(marker)), 10, what="the hung squeue to be killed")
+        samples, _ = scrape(url)
+        assert value(samples, "slurm_nodes", state="draining") == 1  # the last good data, never dark
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        assert not hung_children(marker)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

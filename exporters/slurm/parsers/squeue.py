@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -88,6 +89,18 @@ def job_gpus(alloc: str, per_node: str, per_job: str, per_task: str, *, nodes: i
     return total, gtype
 
 
+@functools.lru_cache(maxsize=1 << 14)
+def _resources(  # noqa: PLR0917 - positional for lru_cache
+    alloc: str, per_node: str, per_job: str, per_task: str, nodes: int, tasks: int
+) -> tuple[int, str, int, float]:
+    """GPUs, GPU type, CPUs and memory of a job's TRES columns. Cached: jobs come in a few
+    shapes, and parsing these strings was half of a 100k-job squeue's parse (bench/slurm_scale.py
+    --shapes, in the collection process)."""
+    gpus, gtype = job_gpus(alloc, per_node, per_job, per_task, nodes=nodes, tasks=tasks)
+    cpus, memory = tres_cpus_memory(alloc)
+    return gpus, gtype, cpus, memory
+
+
 def parse(text: str, deadline: float | None = None) -> Parsed[Job]:
     result: Parsed[Job] = Parsed(deadline=deadline)
     for line, cols in result.rows(text, len(FIELDS)):
@@ -98,8 +111,7 @@ def parse(text: str, deadline: float | None = None) -> Parsed[Job]:
         if not job_id or not state.strip() or nodes_n is None:
             result.skip(line, "missing job id, state or node count")
             continue
-        gpus, gtype = job_gpus(alloc, per_node, per_job, per_task, nodes=nodes_n, tasks=tasks_n or 1)
-        cpus, memory = tres_cpus_memory(alloc)
+        gpus, gtype, cpus, memory = _resources(alloc, per_node, per_job, per_task, nodes_n, tasks_n or 1)
         reason = reason[:-1] if reason.endswith("|") else reason
         result.items.append(
             Job(
