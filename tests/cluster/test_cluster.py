@@ -230,8 +230,12 @@ def test_agent_on_the_head_scales_down_idle_workers_never_a_busy_one_and_up_from
         10,
     )
     assert job_state(cluster, jobs[busy]) == "RUNNING"
+    every = [
+        {k: d.get(k) for k in ("outcome", "reason", "detail", "remove", "playbook", "decided_at")}
+        for d in action_decisions(cluster, "scale_down")
+    ]
     downs = [d for d in action_decisions(cluster, "scale_down") if d["outcome"] == "taken"]
-    assert sorted(name for d in downs for name in d["remove"]) == idle, downs
+    assert sorted(name for d in downs for name in d["remove"]) == idle, every
     assert all(d["playbook"]["status"] == "successful" for d in downs), downs
     # Drained, then gone from Slurm's node list with their pods (site.yml from the head).
     wait_for("Slurm lists only the busy worker", lambda: set(cluster.sinfo()) == {busy}, 120)
