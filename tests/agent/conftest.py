@@ -366,3 +366,14 @@ def fake_http() -> Iterator[Callable[..., FakeHTTP]]:
     for server in servers:
         with contextlib.suppress(Exception):
             server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a store-level test keeps its database, once per engine: a SQLite file, then a fresh
+    database on the session's real PostgreSQL (tests/harness/postgres.py). Reopening the same
+    target is a restart."""
+    if request.param == "sqlite":
+        return tmp_path / "agent.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
