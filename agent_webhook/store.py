@@ -731,6 +731,14 @@ class Store:
             external_url=a["external_url"],
         )
 
+    def renew(self, job: Job, lease_seconds: float) -> None:
+        """Extend a live job's lease (its worker is still at it)."""
+        with self._tx() as c:
+            c.execute(
+                "UPDATE jobs SET lease_until=? WHERE alert_id=? AND state='leased'",
+                (_now() + lease_seconds, job.alert_id),
+            )
+
     def release(self, job: Job) -> None:
         """Put a leased job back, uncounted: the service is stopping, not crashing."""
         with self._tx() as c:

@@ -101,11 +101,6 @@ class ActionEngine:
             if not Path(self.inventory).exists():
                 raise ConfigError(f"actions.inventory: {self.inventory} does not exist")
 
-    @property
-    def lease_seconds(self) -> float:
-        """How much longer than an investigation a job may take when it also acts."""
-        return self.config.playbook_timeout_seconds + 60 if self.config.enabled else 0.0
-
     async def handle(self, alert: Alert) -> dict[str, Any] | None:
         """The decision for a firing alert (as stored in its finding), or None if it never leads to one."""
         kind = ALERT_ACTIONS.get(alert.alertname)
