@@ -189,8 +189,9 @@ def pg_schema(script: str) -> str:
 class PostgresDatabase(Database):
     """A psycopg 3 connection in autocommit mode; the store's transactions are explicit BEGINs.
 
-    A connection lost between transactions (a PostgreSQL restart, a failover) is re-opened at
-    the next BEGIN; a statement on a lost connection fails like any other (StoreError upstream).
+    A lost connection (a PostgreSQL restart, a failover) fails the statement that finds out, like
+    any other error (StoreError upstream: a 503, a retry); the next statement outside a
+    transaction, or the next BEGIN, opens a new one.
     """
 
     dialect = "postgresql"
@@ -199,11 +200,14 @@ class PostgresDatabase(Database):
     def __init__(self, url: str) -> None:
         self.url = url
         self.conn = self._connect()
+        self._in_tx = False
 
     def _connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.url, autocommit=True, row_factory=_pg_rows, connect_timeout=10)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        if not self._in_tx and (self.conn.broken or self.conn.closed):
+            self.conn = self._connect()  # a read after a lost connection (inside a transaction: its error)
         # Without parameters the driver reads the SQL as is (a `%` is no placeholder then).
         return Cursor(self.conn.execute(_pg_sql(sql) if params else sql.encode(), params or None))
 
@@ -228,13 +232,21 @@ class PostgresDatabase(Database):
         self.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))
 
     def begin(self, durable: bool) -> None:
-        if self.conn.broken or self.conn.closed:
-            self.conn = self._connect()
-        self.execute("BEGIN")
+        self.execute("BEGIN")  # reconnects first if the connection was lost
+        self._in_tx = True
+
+    def commit(self) -> None:
+        try:
+            self.execute("COMMIT")
+        finally:
+            self._in_tx = False
 
     def rollback(self) -> None:
-        if not (self.conn.broken or self.conn.closed):
-            self.execute("ROLLBACK")
+        try:
+            if not (self.conn.broken or self.conn.closed):
+                self.execute("ROLLBACK")
+        finally:
+            self._in_tx = False
 
     def migration_lock(self, held: bool) -> None:
         """Replicas starting together migrate the schema one after the other."""

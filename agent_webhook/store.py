@@ -1,5 +1,13 @@
 """Durable state of the agent in one SQLite database: alerts, the work queue, findings, the sink outbox.
 
+Or in PostgreSQL (`db` a postgresql:// URL), shared by agent replicas: the same SQL through
+:mod:`agent_webhook.db`, which holds what differs between the engines. Where SQLite relies on
+being the only process on its file, the queries decide between replicas themselves: unique keys
+with ``ON CONFLICT DO NOTHING`` (alerts, findings, outbox rows, action decisions), ``FOR UPDATE
+SKIP LOCKED`` where work is taken (jobs, sink posts), leases that expire when a replica dies
+(taken over by :meth:`Store.claim`), and advisory locks where a choice spans rows (an alert's
+incident). See docs/scaling.md.
+
 Why SQLite in WAL mode with ``synchronous=FULL`` by default: the receiver answers 202 only after
 the alerts are committed, and Alertmanager never re-sends a notification it got a 2xx for. With
 ``NORMAL``, a WAL commit survives a crash of this process (kill -9) but not a power loss or
@@ -619,7 +627,11 @@ class Store:
                         c.execute("DELETE FROM alert_absence WHERE alert_id=?", (alert_id,))
                     continue
                 if row["absent_since"] is None:
-                    c.execute("INSERT INTO alert_absence (alert_id, absent_since) VALUES (?,?)", (alert_id, now))
+                    # ON CONFLICT: another replica's reconciliation may record it at the same time.
+                    c.execute(
+                        "INSERT INTO alert_absence (alert_id, absent_since) VALUES (?,?) ON CONFLICT DO NOTHING",
+                        (alert_id, now),
+                    )
                     continue
                 since = float(row["absent_since"])
                 if now - since < stale_after:

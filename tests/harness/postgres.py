@@ -57,7 +57,8 @@ def _as_postgres(argv: list[str]) -> list[str]:
     return ["setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups", "--", *argv]
 
 
-def start_postgres(procs: ProcessManager, *, timeout: float = 60.0) -> PostgresServer:
+def start_postgres(procs: ProcessManager, *, timeout: float = 60.0, durable: bool = False) -> PostgresServer:
+    """`durable`: fsync on, as a deployment runs it (benchmarks); tests run without."""
     initdb, postgres = PG_BIN / "initdb", PG_BIN / "postgres"
     if not initdb.exists() or not postgres.exists():
         raise MissingBinary(f"PostgreSQL 15 not found at {PG_BIN}: install Debian's postgresql-15")
@@ -105,7 +106,7 @@ def start_postgres(procs: ProcessManager, *, timeout: float = 60.0) -> PostgresS
                 "-c",
                 f"listen_addresses={LOOPBACK}",
                 "-c",
-                "fsync=off",  # test data; the server's durability is not what is tested
+                f"fsync={'on' if durable else 'off'}",
                 "-c",
                 "max_connections=200",
             ]
