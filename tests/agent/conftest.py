@@ -295,6 +295,20 @@ class Recorded:
 FakeHandler = Callable[[Recorded], Awaitable[web.StreamResponse] | web.StreamResponse]
 
 
+class SlowPrometheus:
+    """A FakeHTTP handler: a Prometheus with no data that answers each query after `delay`
+    seconds until `slow` is cleared, so investigations are in flight when a test kills an agent."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.slow = True
+
+    async def __call__(self, r: Recorded) -> web.Response:
+        if self.slow:
+            await asyncio.sleep(self.delay)
+        return web.json_response({"status": "success", "data": {"resultType": "vector", "result": []}})
+
+
 class FakeHTTP:
     """A loopback HTTP server that records requests and answers through `handler`."""
 

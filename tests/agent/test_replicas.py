@@ -10,7 +10,6 @@ investigations finished by the others once its leases expired.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
@@ -22,9 +21,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from aiohttp import web
 
-from tests.agent.conftest import FakeHTTP, Recorded, get_json
+from tests.agent.conftest import FakeHTTP, SlowPrometheus, get_json
 from tests.harness.postgres import PostgresServer
 from tests.harness.processes import ManagedProcess, ProcessManager, free_port, http_get, wait_until
 from tests.harness.promstack import AlertmanagerServer
@@ -32,13 +30,6 @@ from tests.harness.promstack import AlertmanagerServer
 pytestmark = pytest.mark.slow
 AGENT = str(Path(sys.executable).parent / "agent-webhook")
 NODES = 9
-SLOW = {"on": True}
-
-
-async def _slow_prometheus(r: Recorded) -> web.Response:
-    if SLOW["on"]:
-        await asyncio.sleep(1.0)
-    return web.json_response({"status": "success", "data": {"resultType": "vector", "result": []}})
 
 
 def _in_progress(url: str) -> float:
@@ -66,8 +57,8 @@ def test_three_replicas_ha_alertmanagers_kill_9_one_finding_and_one_post_per_ale
     postgres_server: PostgresServer,
     postgres_url: str,
 ) -> None:
-    SLOW["on"] = True
-    prometheus = fake_http(_slow_prometheus)
+    slow = SlowPrometheus(1.0)
+    prometheus = fake_http(slow)
     sink = fake_http()
     replicas: list[tuple[str, ManagedProcess]] = []
     for i in range(3):
@@ -134,7 +125,7 @@ def test_three_replicas_ha_alertmanagers_kill_9_one_finding_and_one_post_per_ale
     with psycopg.connect(postgres_url) as conn:
         leased = conn.execute("SELECT COUNT(*) FROM jobs WHERE state='leased'").fetchone()
         assert leased is not None and leased[0] >= 1
-    SLOW["on"] = False
+    slow.slow = False
 
     expected = len(alerts)
     survivor = survivors[0][0]
