@@ -59,6 +59,8 @@ class Database:
     """One connection, used from the store's single thread."""
 
     dialect: str = ""
+    # Other processes (replicas) work on this database: work must be taken, not just read.
+    shared: bool = False
     # Appended to a SELECT of a row the transaction will update: other replicas wait for it.
     for_update: str = ""
 
@@ -195,6 +197,7 @@ class PostgresDatabase(Database):
     """
 
     dialect = "postgresql"
+    shared = True
     for_update = " FOR UPDATE"
 
     def __init__(self, url: str) -> None:

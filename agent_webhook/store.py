@@ -903,24 +903,28 @@ class Store:
         """Pending posts for one sink whose time has come, each only after the earlier events of
         its finding and of its incident (a thread reply needs its parent's reference)."""
         now = _now()
-        with self._tx() as c:
-            rows = c.execute(
-                "SELECT o.id, o.event, o.attempts, o.finding_seq, o.incident_id, o.detail,"  # noqa: S608
-                " COALESCE(ir.ref, r.ref) AS ref FROM outbox o"
-                " LEFT JOIN sink_refs r ON r.finding_seq=o.finding_seq AND r.sink=o.sink"
-                " LEFT JOIN incident_refs ir ON ir.incident_id=o.incident_id AND ir.sink=o.sink"
-                " WHERE o.sink=? AND o.state='pending' AND o.next_attempt_at<=?"
-                " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.sink=o.sink AND p.state='pending' AND p.id<o.id"
-                "   AND (p.finding_seq=o.finding_seq OR p.incident_id=o.incident_id))"
-                " ORDER BY o.next_attempt_at, o.id LIMIT ?" + c.skip_locked("o"),
-                (sink, now, limit),
-            ).fetchall()
-            # Taken: due again only if this process dies before it records the outcome
-            # (delivered, failed, dead-lettered), so another replica does not post them too.
-            c.executemany(
-                "UPDATE outbox SET next_attempt_at=? WHERE id=?",
-                [(now + DELIVERY_LEASE_SECONDS, int(row["id"])) for row in rows],
-            )
+        sql = (
+            "SELECT o.id, o.event, o.attempts, o.finding_seq, o.incident_id, o.detail,"  # noqa: S608
+            " COALESCE(ir.ref, r.ref) AS ref FROM outbox o"
+            " LEFT JOIN sink_refs r ON r.finding_seq=o.finding_seq AND r.sink=o.sink"
+            " LEFT JOIN incident_refs ir ON ir.incident_id=o.incident_id AND ir.sink=o.sink"
+            " WHERE o.sink=? AND o.state='pending' AND o.next_attempt_at<=?"
+            " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.sink=o.sink AND p.state='pending' AND p.id<o.id"
+            "   AND (p.finding_seq=o.finding_seq OR p.incident_id=o.incident_id))"
+            " ORDER BY o.next_attempt_at, o.id LIMIT ?" + self.conn.skip_locked("o")
+        )
+        if not self.conn.shared:
+            # The only process on this database: nobody to take them from, a plain read.
+            rows = self.conn.execute(sql, (sink, now, limit)).fetchall()
+        else:
+            with self._tx() as c:
+                rows = c.execute(sql, (sink, now, limit)).fetchall()
+                # Taken: due again only if this replica dies before it records the outcome
+                # (delivered, failed, dead-lettered), so another replica does not post them too.
+                c.executemany(
+                    "UPDATE outbox SET next_attempt_at=? WHERE id=?",
+                    [(now + DELIVERY_LEASE_SECONDS, int(row["id"])) for row in rows],
+                )
         items = []
         for row in rows:
             finding = self._finding_by_seq(int(row["finding_seq"]))
@@ -974,6 +978,8 @@ class Store:
 
     def release_deliveries(self, items: Sequence[OutboxItem]) -> None:
         """Hand back taken posts that were not attempted (their batch stopped at a failure)."""
+        if not self.conn.shared:
+            return  # nothing was taken (due_deliveries): they are due as they were
         with self._tx() as c:
             c.executemany(
                 "UPDATE outbox SET next_attempt_at=? WHERE id=? AND state='pending'", [(_now(), i.id) for i in items]
