@@ -4,7 +4,7 @@ Both Alertmanagers (clustered, gossiping on loopback) notify every replica, so e
 reaches the replicas up to six times. Investigations are held open the honest way (the
 Prometheus the agents query for evidence answers slowly), and one replica with investigations
 in flight is killed with SIGKILL. Afterwards: exactly one finding per alert, exactly one sink
-post per finding, and the dead replica's
+post per finding, one scale decision for the one alert that leads to one, and the dead replica's
 investigations finished by the others once its leases expired.
 """
 
@@ -73,6 +73,14 @@ def test_three_replicas_ha_alertmanagers_kill_9_one_finding_and_one_post_per_ale
                     "workers": 2,
                     "prometheus_url": prometheus.url,
                     "sinks": [{"type": "webhook", "url": f"{sink.url}/findings"}],
+                    # On, so that a decision is reserved; a backlog outside `partitions` is
+                    # refused before the RunPod API, which this test has none of.
+                    "actions": {
+                        "enabled": True,
+                        "dry_run": True,
+                        "partitions": ["gpu"],
+                        "spend_cap_dollars_per_hour": 10,
+                    },
                 }
             )
         )
@@ -106,9 +114,8 @@ def test_three_replicas_ha_alertmanagers_kill_9_one_finding_and_one_post_per_ale
 
     started = datetime.now(UTC) - timedelta(seconds=5)
     alerts = [_alert({"alertname": "GPUXidError", "node": f"gpu-{n}", "gpu": "0"}, started) for n in range(NODES)]
-    # One alert that leads to a scale decision (actions are off: refused, in its one finding; that
-    # replicas reserve an enabled decision once is tests/agent/test_store_replicas.py's).
-    alerts.append(_alert({"alertname": "SlurmGPUQueueBacklog", "partition": "gpu"}, started))
+    # One alert that leads to a scale decision, reserved once across the replicas and all copies.
+    alerts.append(_alert({"alertname": "SlurmGPUQueueBacklog", "partition": "cpu"}, started))
     # Prometheus sends every alert to both members of the pair.
     am1.post_alerts(alerts)
     am2.post_alerts(alerts)
@@ -139,8 +146,9 @@ def test_three_replicas_ha_alertmanagers_kill_9_one_finding_and_one_post_per_ale
     assert len(found) == expected
     assert set(Counter(f["fingerprints"][0] for f in found).values()) == {1}
     (backlog,) = [f for f in found if f["alertname"] == "SlurmGPUQueueBacklog"]
-    assert backlog["action"]["outcome"] == "refused" and backlog["action"]["reason"] == "disabled"
+    assert backlog["action"]["outcome"] == "refused" and backlog["action"]["reason"] == "other_partition"
     with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT COUNT(*), MIN(reason) FROM action_decisions").fetchone() == (1, "other_partition")
         assert conn.execute("SELECT COUNT(*) FROM jobs WHERE state<>'done'").fetchone() == (0,)
         # The dead replica's investigations were taken over once their leases expired.
         retaken = conn.execute("SELECT COUNT(*) FROM jobs WHERE attempts>=2").fetchone()
