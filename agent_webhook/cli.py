@@ -30,7 +30,10 @@ def _option(*decls: str, **kwargs: Any) -> Any:
 @_option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="agent.yml")
 @_option("--listen", default=None, help=f"HOST:PORT to serve on [default: {DEFAULT_LISTEN}]")
 @_option(
-    "--db", type=click.Path(dir_okay=False), default=None, help="SQLite database (WAL) [default: agent-webhook.db]"
+    "--db",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="SQLite database (WAL), or a postgresql:// URL replicas share [default: agent-webhook.db]",
 )
 @_option("--token-file", type=click.Path(dir_okay=False), default=None, help="Bearer token Alertmanager sends.")
 @_option("--web-config", type=click.Path(dir_okay=False), default=None, help="exporter-toolkit web config (TLS).")
@@ -59,7 +62,7 @@ def main(config_path: str | None, log_level: str, log_format: str, **overrides: 
     log.info(
         "starting agent-webhook",
         extra={
-            "db": str(config.db),
+            "db": strip_userinfo(config.db_url) if config.db_url else str(config.db),
             "workers": config.workers,
             "sinks": [s.name for s in config.sinks],
             "prometheus_url": strip_userinfo(config.prometheus_url) if config.prometheus_url else None,

@@ -140,10 +140,20 @@ class ActionsConfig:
     api_key: str | None = field(default=None, repr=False)
 
 
+DATABASE_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_database_url(value: str) -> bool:
+    """A `db` that names a PostgreSQL server rather than a SQLite file."""
+    return value.startswith(DATABASE_URL_SCHEMES)
+
+
 @dataclass
 class AgentConfig:
     listen: str = DEFAULT_LISTEN
     db: Path = Path("agent-webhook.db")
+    # `db` given as a postgresql:// URL: replicas share that database (it may hold a password).
+    db_url: str | None = field(default=None, repr=False)
     db_synchronous: Synchronous = "full"
     token: str | None = field(default=None, repr=False)
     token_file: Path | None = None
@@ -447,7 +457,12 @@ def build_config(raw: Mapping[str, Any], base: Path, overrides: Mapping[str, Any
     except ListenAddressError as exc:
         raise ConfigError(str(exc)) from None
     cfg.listen = listen
-    if merged.get("db"):
+    db = merged.get("db")
+    if isinstance(db, str) and is_database_url(db):
+        cfg.db_url = db
+    elif isinstance(db, str) and "://" in db:
+        raise ConfigError("db: expected a SQLite file path or a postgresql:// URL")
+    elif db:
         cfg.db = path_of("db")
     elif base != Path.cwd():
         cfg.db = base / cfg.db

@@ -73,7 +73,7 @@ class Delivery:
                 log.error("cannot read the sink outbox", extra={"sink": sink.name, "error": str(exc)})
                 items = []
             failed = False
-            for item in items:
+            for n, item in enumerate(items):
                 try:
                     ref = await sink.post(item.event, item.finding, item.ref)
                 except SinkError as exc:
@@ -92,7 +92,11 @@ class Delivery:
                 await self._failed(sink, item, error)
                 consecutive_failures += 1
                 failed = True
-                break  # the rest of the batch waits for the sink to answer again
+                # The rest of the batch waits for the sink to answer again; it was taken
+                # (Store.due_deliveries) and goes back, due now, not after the delivery lease.
+                with contextlib.suppress(Exception):
+                    await self.store.run(self.store.release_deliveries, items[n + 1 :])
+                break
             if failed:
                 await asyncio.sleep(backoff(consecutive_failures, self.initial, self.maximum))
                 continue

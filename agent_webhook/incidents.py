@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent_webhook.model import Alert, Diagnosis
+
+if TYPE_CHECKING:
+    from agent_webhook.db import Database
 
 DEFAULT_WINDOW_SECONDS = 600.0
 
@@ -71,10 +73,10 @@ _COLUMNS = (
 )
 
 
-def migrate(conn: sqlite3.Connection) -> None:
+def migrate(conn: Database) -> None:
     conn.executescript(INCIDENT_SCHEMA)
     for table, column, kind in _COLUMNS:
-        if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+        if column not in conn.columns(table):
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     conn.execute("CREATE INDEX IF NOT EXISTS alerts_by_incident ON alerts (incident_id)")
     conn.execute("CREATE INDEX IF NOT EXISTS findings_by_incident ON findings (incident_id)")
@@ -89,7 +91,7 @@ def incident_key(alert: Alert) -> str:
     return "alert:" + alert.fingerprint
 
 
-def assign(c: sqlite3.Connection, alert_id: int, alert: Alert, now: float, window: float) -> str:
+def assign(c: Database, alert_id: int, alert: Alert, now: float, window: float) -> str:
     """Put a new firing alert into its incident (joining one within the window, or a new one)."""
     key = incident_key(alert)
     row = None
@@ -116,7 +118,7 @@ def assign(c: sqlite3.Connection, alert_id: int, alert: Alert, now: float, windo
     return incident_id
 
 
-def refresh_status(c: sqlite3.Connection, incident_id: str, now: float) -> None:
+def refresh_status(c: Database, incident_id: str, now: float) -> None:
     """Resolved once none of its alerts fires any more."""
     firing = c.execute(
         "SELECT COUNT(*) FROM alerts WHERE incident_id=? AND status='firing'", (incident_id,)
@@ -130,27 +132,27 @@ def refresh_status(c: sqlite3.Connection, incident_id: str, now: float) -> None:
         )
 
 
-def lead_for(c: sqlite3.Connection, incident_id: str, alertname: str) -> sqlite3.Row | None:
+def lead_for(c: Database, incident_id: str, alertname: str) -> Any:
     """The finding of the incident that was investigated for this alertname, if any."""
-    row: sqlite3.Row | None = c.execute(
+    row: Any = c.execute(
         "SELECT * FROM findings WHERE incident_id=? AND alertname=? AND derived_from IS NULL ORDER BY seq LIMIT 1",
         (incident_id, alertname),
     ).fetchone()
     return row
 
 
-def first_event(c: sqlite3.Connection, incident_id: str) -> bool:
+def first_event(c: Database, incident_id: str) -> bool:
     """True when the incident has no finding yet: its finding is the incident's first post."""
     return c.execute("SELECT 1 FROM findings WHERE incident_id=? LIMIT 1", (incident_id,)).fetchone() is None
 
 
-def snapshot(c: sqlite3.Connection, incident_id: str) -> dict[str, Any] | None:
+def snapshot(c: Database, incident_id: str) -> dict[str, Any] | None:
     """The incident with its alerts (and their findings), as the API and the sinks show it."""
     row = c.execute("SELECT * FROM incidents WHERE id=?", (incident_id,)).fetchone()
     return None if row is None else incident_json(c, row)
 
 
-def incident_json(c: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
+def incident_json(c: Database, row: Any) -> dict[str, Any]:
     from agent_webhook.store import iso  # the store imports this module
 
     alerts = []

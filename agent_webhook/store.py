@@ -1,5 +1,13 @@
 """Durable state of the agent in one SQLite database: alerts, the work queue, findings, the sink outbox.
 
+Or in PostgreSQL (`db` a postgresql:// URL), shared by agent replicas: the same SQL through
+:mod:`agent_webhook.db`, which holds what differs between the engines. Where SQLite relies on
+being the only process on its file, the queries decide between replicas themselves: unique keys
+with ``ON CONFLICT DO NOTHING`` (alerts, findings, outbox rows, action decisions), ``FOR UPDATE
+SKIP LOCKED`` where work is taken (jobs, sink posts), leases that expire when a replica dies
+(taken over by :meth:`Store.claim`), and advisory locks where a choice spans rows (an alert's
+incident). See docs/scaling.md.
+
 Why SQLite in WAL mode with ``synchronous=FULL`` by default: the receiver answers 202 only after
 the alerts are committed, and Alertmanager never re-sends a notification it got a 2xx for. With
 ``NORMAL``, a WAL commit survives a crash of this process (kill -9) but not a power loss or
@@ -56,7 +64,8 @@ from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from agent_webhook import incidents
-from agent_webhook.config import Synchronous
+from agent_webhook.config import Synchronous, is_database_url
+from agent_webhook.db import DB_ERRORS, Database, PostgresDatabase, SqliteDatabase, describe
 from agent_webhook.model import Alert, Diagnosis
 from agent_webhook.payload import canonical_time
 from gpu_watchdog_core.logs import redact, redact_value
@@ -176,7 +185,10 @@ DEFERRED = ("refused", "cooldown")
 MAX_PAGE = 1000
 # Work priorities on the store thread (lower runs first).
 INGEST, READ, BACKGROUND = 0, 1, 2
-_CHECKPOINT_EVERY = 500  # commits between background WAL checkpoints
+# How long a replica owns the sink posts it took (due_deliveries): one post's time, with margin.
+# A replica killed mid-post leaves them to another after this.
+DELIVERY_LEASE_SECONDS = 120.0
+_PAYLOAD_ERRORS: tuple[type[Exception], ...] = (*DB_ERRORS, ValueError)
 
 
 _Item = tuple[int, int, Callable[[], Any] | None, Future[Any] | None, Any]
@@ -253,6 +265,9 @@ class _PriorityThread:
 
 class StoreError(RuntimeError):
     """The database cannot be opened or written (a 503 for the request that hit it)."""
+
+
+_BATCH_ERRORS: tuple[type[Exception], ...] = (*DB_ERRORS, StoreError)
 
 
 class DatabaseLocked(StoreError):
@@ -334,23 +349,38 @@ class Store:
         sinks: Sequence[str] = (),
         incident_window: float = incidents.DEFAULT_WINDOW_SECONDS,
     ) -> None:
-        self.path = Path(path)
+        # A postgresql:// URL: a server shared by replicas; anything else: a SQLite file of one process.
+        self.url = str(path) if is_database_url(str(path)) else None
+        self.path = Path(path) if self.url is None else Path()
+        self.where = describe(self.url) if self.url is not None else str(self.path)
         self.incident_window = incident_window
         self.synchronous = synchronous
         self.sinks = list(sinks)
         self._executor: _PriorityThread | None = None
-        self._sync_now = ""
-        self._commits = 0
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Database | None = None
         self._lock_fd: int | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def open(self, *, recover: bool = True) -> int:
-        """Open (creating) the database, take the lock, re-queue leases of a dead process.
+        """Open (creating) the database, migrate its schema, re-queue leases of a dead process.
 
         Returns how many interrupted investigations went back to the queue (0 without `recover`).
+        On PostgreSQL nothing is re-queued at start: the other replicas' leases are live, and an
+        expired lease (its replica died) is taken over by :meth:`claim`.
         """
+        if self.url is not None:
+            try:
+                self._conn = PostgresDatabase(self.url)
+                self._conn.migration_lock(True)
+                try:
+                    _migrate(self._conn)
+                finally:
+                    self._conn.migration_lock(False)
+            except DB_ERRORS as exc:
+                self.close()
+                raise StoreError(f"database {self.where}: {redact(str(exc).strip())}") from None
+            return 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._take_lock()
@@ -360,31 +390,17 @@ class Store:
             if str(mode).lower() != "wal":
                 raise StoreError(f"database {self.path}: cannot switch to WAL mode (got {mode})")
             conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-            self._sync_now = self.synchronous
             conn.execute("PRAGMA wal_autocheckpoint=0")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.executescript(_SCHEMA)
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(findings)")}
-            if "action" not in columns:  # databases created before actions existed
-                conn.execute("ALTER TABLE findings ADD COLUMN action TEXT")
-            # Databases created before reconciliation existed.
-            for table in ("findings", "alerts"):
-                if "resolved_reason" not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
-                    conn.execute(f"ALTER TABLE {table} ADD COLUMN resolved_reason TEXT")
-            incidents.migrate(conn)  # databases created before incidents existed
-            # Databases created before the GPU history: the GPU's identity on each finding.
-            for column in ("gpu_uuid", "gpu_serial"):
-                if column not in {row[1] for row in conn.execute("PRAGMA table_info(findings)")}:
-                    conn.execute(f"ALTER TABLE findings ADD COLUMN {column} TEXT")
-            conn.execute("CREATE INDEX IF NOT EXISTS findings_by_gpu_uuid ON findings (gpu_uuid, seq)")
-            conn.execute("CREATE INDEX IF NOT EXISTS findings_by_gpu_serial ON findings (gpu_serial, seq)")
+            db = SqliteDatabase(conn, self.synchronous)
+            _migrate(db)
         except sqlite3.Error as exc:
             self._release_lock()
             raise StoreError(f"database {self.path}: {exc}") from None
         except OSError as exc:
             self._release_lock()
             raise StoreError(f"database {self.path}: {exc.strerror or exc}") from None
-        self._conn = conn
+        self._conn = db
         if not recover:
             return 0
         with self._tx() as c:
@@ -439,12 +455,11 @@ class Store:
             self.close()
 
     def checkpoint(self) -> None:
-        """Fold the WAL back into the database (background; ingest never pays for it)."""
-        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        self._commits = 0
+        """Background maintenance (SQLite: fold the WAL back into the database)."""
+        self.conn.checkpoint()
 
     @property
-    def conn(self) -> sqlite3.Connection:
+    def conn(self) -> Database:
         if self._conn is None:
             raise StoreError("database is not open")
         return self._conn
@@ -452,20 +467,14 @@ class Store:
     @contextlib.contextmanager
     def _tx(self, *, durable: bool = False) -> Any:
         conn = self.conn
-        wanted = self.synchronous if durable else "normal"
-        if wanted != self._sync_now:
-            conn.execute(f"PRAGMA synchronous={wanted.upper()}")
-            self._sync_now = wanted
-        conn.execute("BEGIN IMMEDIATE")
+        conn.begin(durable)
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            with contextlib.suppress(*DB_ERRORS):  # a lost connection has no transaction to roll back
+                conn.rollback()
             raise
-        conn.execute("COMMIT")
-        self._commits += 1
-        if not durable and self._commits >= _CHECKPOINT_EVERY:
-            self.checkpoint()
+        conn.commit()
 
     # -- ingest -----------------------------------------------------------------------------
 
@@ -474,10 +483,12 @@ class Store:
         result = IngestResult()
         now = _now()
         try:
+            alerts = list(alerts)
             with self._tx(durable=True) as c:
+                self._lock_incidents(c, alerts)
                 for alert in alerts:
                     self._ingest_one(c, alert, now, result)
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StoreError(f"cannot store alerts: {exc}") from None
         return result
 
@@ -487,33 +498,45 @@ class Store:
         out: list[IngestResult | BaseException] = []
         try:
             with self._tx(durable=True) as c:
+                self._lock_incidents(c, [a for alerts in batches for a in alerts])
                 for alerts in batches:
                     result = IngestResult()
                     c.execute("SAVEPOINT payload")
                     try:
                         for alert in alerts:
                             self._ingest_one(c, alert, now, result)
-                    except (sqlite3.Error, ValueError) as exc:
+                    except _PAYLOAD_ERRORS as exc:
                         c.execute("ROLLBACK TO payload")
                         c.execute("RELEASE payload")
                         out.append(StoreError(f"cannot store alerts: {exc}"))
                         continue
                     c.execute("RELEASE payload")
                     out.append(result)
-        except (sqlite3.Error, StoreError) as exc:
+        except _BATCH_ERRORS as exc:
             return [StoreError(f"cannot store alerts: {exc}")] * len(batches)
         return out
 
-    def _ingest_one(self, c: sqlite3.Connection, alert: Alert, now: float, result: IngestResult) -> None:
+    @staticmethod
+    def _lock_incidents(c: Database, alerts: Sequence[Alert]) -> None:
+        """Replicas assign a node's alerts to its incident one at a time (PostgreSQL; SQLite has
+        one writer). Every transaction takes its keys sorted, so two never wait on each other."""
+        for key in sorted({incidents.incident_key(a) for a in alerts if a.status == "firing"}):
+            c.lock("incident:" + key)
+
+    def _ingest_one(self, c: Database, alert: Alert, now: float, result: IngestResult) -> None:
         key = canonical_time(alert.starts_at, "startsAt")
-        row = c.execute(
-            "SELECT id, status FROM alerts WHERE fingerprint=? AND starts_at_key=?", (alert.fingerprint, key)
-        ).fetchone()
+        # FOR UPDATE on PostgreSQL: two replicas handling one alert's resolve do it one after the other.
+        find = "SELECT id, status FROM alerts WHERE fingerprint=? AND starts_at_key=?" + c.for_update  # noqa: S608
+        row = c.execute(find, (alert.fingerprint, key)).fetchone()
+        inserted = None
         if row is None:
-            cur = c.execute(
+            # ON CONFLICT: another replica may store the same alert (an HA peer's copy) right now;
+            # the unique key keeps one, and this copy counts as the duplicate it is.
+            inserted = c.execute(
                 "INSERT INTO alerts (fingerprint, starts_at_key, starts_at, ends_at, status, alertname, node, gpu,"
                 " labels, annotations, generator_url, receiver, group_key, external_url, first_seen, last_seen)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (fingerprint, starts_at_key) DO NOTHING RETURNING id",
                 (
                     alert.fingerprint,
                     key,
@@ -532,12 +555,14 @@ class Store:
                     now,
                     now,
                 ),
-            )
+            ).fetchone()
+            if inserted is None:
+                row = c.execute(find, (alert.fingerprint, key)).fetchone()
+        if inserted is not None:
+            new_id = int(inserted[0])
             if alert.status == "firing":
-                c.execute(
-                    "INSERT INTO jobs (alert_id, state, enqueued_at) VALUES (?, 'queued', ?)", (cur.lastrowid, now)
-                )
-                incidents.assign(c, int(cur.lastrowid or 0), alert, now, self.incident_window)
+                c.execute("INSERT INTO jobs (alert_id, state, enqueued_at) VALUES (?, 'queued', ?)", (new_id, now))
+                incidents.assign(c, new_id, alert, now, self.incident_window)
                 result.new += 1
             else:
                 result.resolved_unseen += 1
@@ -552,9 +577,7 @@ class Store:
         c.execute("UPDATE alerts SET last_seen=?, times_seen=times_seen+1 WHERE id=?", (now, alert_id))
         result.duplicates += 1
 
-    def _resolve(
-        self, c: sqlite3.Connection, alert_id: int, ends_at: str | None, now: float, reason: str | None
-    ) -> None:
+    def _resolve(self, c: Database, alert_id: int, ends_at: str | None, now: float, reason: str | None) -> None:
         """Mark a firing alert and its finding resolved and enqueue the 'resolved' sink posts.
 
         The one resolve path: a resolved notification and reconciliation both come here, so a
@@ -607,7 +630,11 @@ class Store:
                         c.execute("DELETE FROM alert_absence WHERE alert_id=?", (alert_id,))
                     continue
                 if row["absent_since"] is None:
-                    c.execute("INSERT INTO alert_absence (alert_id, absent_since) VALUES (?,?)", (alert_id, now))
+                    # ON CONFLICT: another replica's reconciliation may record it at the same time.
+                    c.execute(
+                        "INSERT INTO alert_absence (alert_id, absent_since) VALUES (?,?) ON CONFLICT DO NOTHING",
+                        (alert_id, now),
+                    )
                     continue
                 since = float(row["absent_since"])
                 if now - since < stale_after:
@@ -619,7 +646,7 @@ class Store:
 
     def _enqueue_sinks(
         self,
-        c: sqlite3.Connection,
+        c: Database,
         finding_seq: int,
         event: str,
         now: float,
@@ -630,8 +657,8 @@ class Store:
         """One outbox row per sink. `event` is a SinkEvent, made unique with a suffix after ':'
         where one finding may have several (each acknowledgement: `acked:<silence id>`)."""
         c.executemany(
-            "INSERT OR IGNORE INTO outbox (finding_seq, sink, event, state, next_attempt_at, created_at,"
-            " incident_id, detail) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
+            "INSERT INTO outbox (finding_seq, sink, event, state, next_attempt_at, created_at,"
+            " incident_id, detail) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [
                 (finding_seq, sink, event, now, now, incident_id, json.dumps(detail) if detail is not None else None)
                 for sink in self.sinks
@@ -648,17 +675,24 @@ class Store:
             # One alert of an incident at a time (agent_webhook.incidents): skip alerts whose
             # incident has a live lease, so the next one of its kind finds the first one's finding.
             # (The busy incidents are computed once, from the few leased jobs: not per candidate.)
+            # Replicas on PostgreSQL: SKIP LOCKED passes over a job another replica is claiming.
             pick = c.execute(
-                "SELECT j.alert_id FROM jobs j JOIN alerts a ON a.id=j.alert_id WHERE j.state='queued'"
+                "SELECT j.alert_id, a.incident_id FROM jobs j JOIN alerts a ON a.id=j.alert_id"  # noqa: S608
+                " WHERE j.state='queued'"
                 " AND (a.incident_id IS NULL OR a.incident_id NOT IN (SELECT b.incident_id FROM jobs l"
                 "   JOIN alerts b ON b.id=l.alert_id WHERE l.state='leased' AND l.lease_until>=?"
                 "   AND b.incident_id IS NOT NULL))"
-                " ORDER BY j.alert_id LIMIT 1",
+                " ORDER BY j.alert_id LIMIT 1" + c.skip_locked("j"),
                 (now,),
             ).fetchone()
+            if pick is not None and pick[1] is not None and not self._incident_free(c, str(pick[1]), now):
+                return None  # another replica leased one of its alerts since the pick: the next poll
             if pick is None:
+                # An expired lease: its process died (on PostgreSQL, possibly another replica).
                 pick = c.execute(
-                    "SELECT alert_id FROM jobs WHERE state='leased' AND lease_until < ? LIMIT 1", (now,)
+                    "SELECT alert_id FROM jobs WHERE state='leased' AND lease_until < ? LIMIT 1"  # noqa: S608
+                    + c.skip_locked(),
+                    (now,),
                 ).fetchone()
             if pick is None:
                 return None
@@ -677,6 +711,18 @@ class Store:
             incident_id=incident,
         )
 
+    @staticmethod
+    def _incident_free(c: Database, incident_id: str, now: float) -> bool:
+        """No live lease in the incident, checked under its lock: a replica that picked a job of
+        it in the same instant as another sees that one's lease here and backs off."""
+        c.lock("claim:" + incident_id)
+        busy = c.execute(
+            "SELECT 1 FROM jobs l JOIN alerts b ON b.id=l.alert_id WHERE b.incident_id=? AND l.state='leased'"
+            " AND l.lease_until>=? LIMIT 1",
+            (incident_id, now),
+        ).fetchone()
+        return busy is None
+
     def incident_lead(self, job: Job) -> dict[str, Any] | None:
         """The finding already investigated for this alert's kind (alertname) in its incident, if any."""
         if job.incident_id is None:
@@ -685,7 +731,7 @@ class Store:
         return None if row is None else finding_json(row)
 
     @staticmethod
-    def _load_alert(c: sqlite3.Connection, alert_id: int) -> Alert:
+    def _load_alert(c: Database, alert_id: int) -> Alert:
         a = c.execute("SELECT * FROM alerts WHERE id=?", (alert_id,)).fetchone()
         return Alert(
             fingerprint=a["fingerprint"],
@@ -700,12 +746,20 @@ class Store:
             external_url=a["external_url"],
         )
 
+    def renew(self, job: Job, lease_seconds: float) -> None:
+        """Extend a live job's lease (its worker is still at it)."""
+        with self._tx() as c:
+            c.execute(
+                "UPDATE jobs SET lease_until=? WHERE alert_id=? AND state='leased'",
+                (_now() + lease_seconds, job.alert_id),
+            )
+
     def release(self, job: Job) -> None:
         """Put a leased job back, uncounted: the service is stopping, not crashing."""
         with self._tx() as c:
             c.execute(
-                "UPDATE jobs SET state='queued', lease_until=NULL, attempts=MAX(0, attempts-1)"
-                " WHERE alert_id=? AND state='leased'",
+                "UPDATE jobs SET state='queued', lease_until=NULL,"
+                " attempts=CASE WHEN attempts>0 THEN attempts-1 ELSE 0 END WHERE alert_id=? AND state='leased'",
                 (job.alert_id,),
             )
 
@@ -725,10 +779,6 @@ class Store:
         """
         now = _now()
         with self._tx() as c:
-            existing = c.execute("SELECT id FROM findings WHERE alert_id=?", (job.alert_id,)).fetchone()
-            if existing is not None:
-                c.execute("UPDATE jobs SET state='done', finished_at=? WHERE alert_id=?", (now, job.alert_id))
-                return str(existing["id"]), False
             alert = c.execute("SELECT * FROM alerts WHERE id=?", (job.alert_id,)).fetchone()
             if alert is None:
                 return None
@@ -742,12 +792,15 @@ class Store:
             }
             finding_id = "f-" + secrets.token_hex(8)
             evidence = [redact_value("evidence", asdict(e)) for e in diagnosis.evidence]
-            cur = c.execute(
+            # ON CONFLICT: a replica whose lease ran out may finish the same alert at the same
+            # time; the unique alert_id keeps the first finding and this one is dropped.
+            inserted = c.execute(
                 "INSERT INTO findings (id, alert_id, fingerprint, starts_at, alertname, node, gpu, status, severity,"
                 " summary, likely_cause, diagnosis, evidence, actions, llm_used, llm_model, triage_rule, degraded,"
                 " timings, labels, created_at, updated_at, resolved_at, action, resolved_reason, incident_id,"
                 " derived_from, gpu_uuid, gpu_serial)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (alert_id) DO NOTHING RETURNING seq",
                 (
                     finding_id,
                     job.alert_id,
@@ -779,8 +832,12 @@ class Store:
                     diagnosis.gpu_uuid,
                     diagnosis.gpu_serial,
                 ),
-            )
-            seq = int(cur.lastrowid or 0)
+            ).fetchone()
+            if inserted is None:
+                c.execute("UPDATE jobs SET state='done', finished_at=? WHERE alert_id=?", (now, job.alert_id))
+                other = c.execute("SELECT id FROM findings WHERE alert_id=?", (job.alert_id,)).fetchone()
+                return str(other["id"]), False
+            seq = int(inserted[0])
             self._enqueue_sinks(c, seq, "new" if first else "joined", now, incident_id=incident)
             c.execute("UPDATE jobs SET state='done', finished_at=? WHERE alert_id=?", (now, job.alert_id))
         return finding_id, True
@@ -798,32 +855,34 @@ class Store:
         """
         key = canonical_time(starts_at, "startsAt")
         with self._tx(durable=True) as c:
+            # The unique (fingerprint, starts_at_key) decides between replicas as well.
+            reserved = c.execute(
+                "INSERT INTO action_decisions (fingerprint, starts_at_key, alertname, action, outcome, decided_at)"
+                " VALUES (?,?,?,?, 'pending', ?) ON CONFLICT (fingerprint, starts_at_key) DO NOTHING RETURNING id",
+                (fingerprint, key, alertname, action, _now()),
+            ).fetchone()
+            if reserved is not None:
+                return None
+            # A cooldown refusal did nothing: it is reserved again (one replica wins the UPDATE).
+            retaken = c.execute(
+                "UPDATE action_decisions SET outcome='pending', reason=NULL, decided_at=?, finished_at=NULL"
+                " WHERE fingerprint=? AND starts_at_key=? AND outcome=? AND reason=? RETURNING id",
+                (_now(), fingerprint, key, *DEFERRED),
+            ).fetchone()
+            if retaken is not None:
+                return None
             row = c.execute(
                 "SELECT action, outcome, reason, decision, decided_at FROM action_decisions"
                 " WHERE fingerprint=? AND starts_at_key=?",
                 (fingerprint, key),
             ).fetchone()
-            if row is not None and (row["outcome"], row["reason"]) == DEFERRED:
-                c.execute(
-                    "UPDATE action_decisions SET outcome='pending', reason=NULL, decided_at=?, finished_at=NULL"
-                    " WHERE fingerprint=? AND starts_at_key=?",
-                    (_now(), fingerprint, key),
-                )
-                return None
-            if row is not None:
-                return {
-                    "action": row["action"],
-                    "outcome": row["outcome"],
-                    "reason": row["reason"],
-                    "decision": json.loads(row["decision"]) if row["decision"] else None,
-                    "decided_at": float(row["decided_at"]),
-                }
-            c.execute(
-                "INSERT INTO action_decisions (fingerprint, starts_at_key, alertname, action, outcome, decided_at)"
-                " VALUES (?,?,?,?, 'pending', ?)",
-                (fingerprint, key, alertname, action, _now()),
-            )
-        return None
+        return {
+            "action": row["action"],
+            "outcome": row["outcome"],
+            "reason": row["reason"],
+            "decision": json.loads(row["decision"]) if row["decision"] else None,
+            "decided_at": float(row["decided_at"]),
+        }
 
     def action_record(self, fingerprint: str, starts_at: str, outcome: str, reason: str, decision: Any) -> None:
         """Store how a reserved decision ended (taken, dry_run, refused, failed)."""
@@ -893,17 +952,28 @@ class Store:
         """Pending posts for one sink whose time has come, each only after the earlier events of
         its finding and of its incident (a thread reply needs its parent's reference)."""
         now = _now()
-        rows = self.conn.execute(
-            "SELECT o.id, o.event, o.attempts, o.finding_seq, o.incident_id, o.detail,"
+        sql = (
+            "SELECT o.id, o.event, o.attempts, o.finding_seq, o.incident_id, o.detail,"  # noqa: S608
             " COALESCE(ir.ref, r.ref) AS ref FROM outbox o"
             " LEFT JOIN sink_refs r ON r.finding_seq=o.finding_seq AND r.sink=o.sink"
             " LEFT JOIN incident_refs ir ON ir.incident_id=o.incident_id AND ir.sink=o.sink"
             " WHERE o.sink=? AND o.state='pending' AND o.next_attempt_at<=?"
             " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.sink=o.sink AND p.state='pending' AND p.id<o.id"
             "   AND (p.finding_seq=o.finding_seq OR p.incident_id=o.incident_id))"
-            " ORDER BY o.next_attempt_at, o.id LIMIT ?",
-            (sink, now, limit),
-        ).fetchall()
+            " ORDER BY o.next_attempt_at, o.id LIMIT ?" + self.conn.skip_locked("o")
+        )
+        if not self.conn.shared:
+            # The only process on this database: nobody to take them from, a plain read.
+            rows = self.conn.execute(sql, (sink, now, limit)).fetchall()
+        else:
+            with self._tx() as c:
+                rows = c.execute(sql, (sink, now, limit)).fetchall()
+                # Taken: due again only if this replica dies before it records the outcome
+                # (delivered, failed, dead-lettered), so another replica does not post them too.
+                c.executemany(
+                    "UPDATE outbox SET next_attempt_at=? WHERE id=?",
+                    [(now + DELIVERY_LEASE_SECONDS, int(row["id"])) for row in rows],
+                )
         items = []
         for row in rows:
             finding = self._finding_by_seq(int(row["finding_seq"]))
@@ -954,6 +1024,15 @@ class Store:
                     " ON CONFLICT (finding_seq, sink) DO UPDATE SET ref=excluded.ref",
                     (seq, item.sink, ref),
                 )
+
+    def release_deliveries(self, items: Sequence[OutboxItem]) -> None:
+        """Hand back taken posts that were not attempted (their batch stopped at a failure)."""
+        if not self.conn.shared:
+            return  # nothing was taken (due_deliveries): they are due as they were
+        with self._tx() as c:
+            c.executemany(
+                "UPDATE outbox SET next_attempt_at=? WHERE id=? AND state='pending'", [(_now(), i.id) for i in items]
+            )
 
     def delivery_failed(self, item: OutboxItem, error: str, retry_in: float) -> None:
         with self._tx() as c:
@@ -1008,7 +1087,7 @@ class Store:
 
     def _page(
         self, select: str, seq: str, where: list[str], args: list[Any], *, cursor: str | None, limit: int
-    ) -> tuple[list[sqlite3.Row], str | None]:
+    ) -> tuple[list[Any], str | None]:
         """One page of `select` under `where`, newest `seq` first, and the cursor of the next."""
         if cursor:
             where = [*where, f"{seq}<?"]
@@ -1095,7 +1174,7 @@ class Store:
                 c.execute("UPDATE findings SET ack=NULL, updated_at=? WHERE seq=?", (now, seq))
             self._enqueue_event(c, seqs[0], f"unacked:{secrets.token_hex(4)}", now, detail)
 
-    def _enqueue_event(self, c: sqlite3.Connection, seq: int, event: str, now: float, detail: dict[str, Any]) -> None:
+    def _enqueue_event(self, c: Database, seq: int, event: str, now: float, detail: dict[str, Any]) -> None:
         incident = c.execute("SELECT incident_id FROM findings WHERE seq=?", (seq,)).fetchone()[0]
         self._enqueue_sinks(c, seq, event, now, incident_id=incident, detail=redact_value("detail", detail))
 
@@ -1131,11 +1210,29 @@ class Store:
         """Raise StoreError if the database cannot be read (for /healthz)."""
         try:
             self.conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StoreError(str(exc)) from None
 
 
-def finding_json(row: sqlite3.Row) -> dict[str, Any]:
+def _migrate(db: Database) -> None:
+    """Create the schema, and add what databases created by older versions lack (both engines)."""
+    db.executescript(_SCHEMA)
+    if "action" not in db.columns("findings"):  # databases created before actions existed
+        db.execute("ALTER TABLE findings ADD COLUMN action TEXT")
+    # Databases created before reconciliation existed.
+    for table in ("findings", "alerts"):
+        if "resolved_reason" not in db.columns(table):
+            db.execute(f"ALTER TABLE {table} ADD COLUMN resolved_reason TEXT")
+    incidents.migrate(db)  # databases created before incidents existed
+    # Databases created before the GPU history: the GPU's identity on each finding.
+    for column in ("gpu_uuid", "gpu_serial"):
+        if column not in db.columns("findings"):
+            db.execute(f"ALTER TABLE findings ADD COLUMN {column} TEXT")
+    db.execute("CREATE INDEX IF NOT EXISTS findings_by_gpu_uuid ON findings (gpu_uuid, seq)")
+    db.execute("CREATE INDEX IF NOT EXISTS findings_by_gpu_serial ON findings (gpu_serial, seq)")
+
+
+def finding_json(row: Any) -> dict[str, Any]:
     """The API's (and the sinks') view of a finding."""
     return {
         "id": row["id"],
@@ -1169,7 +1266,7 @@ def finding_json(row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-def incident_fields(row: sqlite3.Row) -> dict[str, Any]:
+def incident_fields(row: Any) -> dict[str, Any]:
     """A finding's incident and acknowledgement (agent_webhook.incidents, agent_webhook.ack)."""
     ack = json.loads(row["ack"]) if row["ack"] else {}
     return {

@@ -22,9 +22,10 @@ if TYPE_CHECKING:
 
 
 def make_store(config: AgentConfig) -> Store:
-    """The findings store at `config.db` (not opened yet), with an outbox per configured sink."""
+    """The findings store at `config.db` (not opened yet), with an outbox per configured sink;
+    on the PostgreSQL server of `config.db_url` when one is set (replicas share it)."""
     return Store(
-        config.db,
+        config.db_url or config.db,
         synchronous=config.db_synchronous,
         sinks=[s.name for s in config.sinks],
         incident_window=config.incident_window_seconds,

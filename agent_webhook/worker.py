@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _IDLE_POLL_SECONDS = 1.0
 _STORE_RETRY_SECONDS = 2.0
+# A job's lease, renewed every third of it while its worker lives (an investigation, a playbook,
+# storing the finding): only a dead process's job expires, and replicas sharing a PostgreSQL
+# store take it over this long after the kill, not after the longest investigation.
+LEASE_SECONDS = 30.0
 
 
 class WorkerPool:
@@ -73,11 +77,9 @@ class WorkerPool:
         return bool(self._tasks) and not any(t.done() for t in self._tasks)
 
     async def _run(self, index: int) -> None:
-        # Lease long enough that only a dead process's jobs ever expire (a playbook included).
-        lease = self.timeout + 60 + (self.actions.lease_seconds if self.actions else 0.0)
         while True:
             try:
-                job = await self.store.run(self.store.claim, lease)
+                job = await self.store.run(self.store.claim, LEASE_SECONDS)
             except StoreError as exc:
                 log.error("cannot read the investigation queue", extra={"error": str(exc)})
                 await asyncio.sleep(_STORE_RETRY_SECONDS)
@@ -91,7 +93,19 @@ class WorkerPool:
                     await asyncio.wait_for(self.wake.wait(), _IDLE_POLL_SECONDS)
                 self.wake.clear()
                 continue
-            await self._handle(job)
+            renewer = asyncio.create_task(self._keep_lease(job))
+            try:
+                await self._handle(job)
+            finally:
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewer
+
+    async def _keep_lease(self, job: Job) -> None:
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 3)
+            with contextlib.suppress(Exception):  # a store hiccup: the next renewal, or another's takeover
+                await self.store.run(self.store.renew, job, LEASE_SECONDS)
 
     async def _investigate(self, job: Job) -> tuple[Diagnosis, str]:
         alert = job.alert

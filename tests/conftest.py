@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from agent_webhook.config import PREFIX_ENV
+from tests.harness.postgres import PostgresServer, start_postgres
+from tests.harness.postgres import remove as remove_postgres
 from tests.harness.processes import ProcessManager
 from tests.harness.promstack import (
     AlertmanagerServer,
@@ -98,3 +100,24 @@ def alertmanager_factory(procs: ProcessManager, tmp_path: Path) -> Callable[...,
             raise
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres_server(session_procs: ProcessManager) -> Iterator[PostgresServer]:
+    """One real PostgreSQL 15 for the session (loopback port, private socket); stopped by pid."""
+    try:
+        server = start_postgres(session_procs)
+    except MissingBinary as exc:
+        _fail_if_missing(exc)
+        raise
+    try:
+        yield server
+    finally:
+        server.process.stop()
+        remove_postgres(server)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh database on the session's PostgreSQL: its postgresql:// URL (with a password)."""
+    return postgres_server.create_database()

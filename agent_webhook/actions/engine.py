@@ -109,11 +109,6 @@ class ActionEngine:
             if not Path(self.inventory).exists():
                 raise ConfigError(f"actions.inventory: {self.inventory} does not exist")
 
-    @property
-    def lease_seconds(self) -> float:
-        """How much longer than an investigation a job may take when it also acts."""
-        return self.config.playbook_timeout_seconds + 60 if self.config.enabled else 0.0
-
     def start(self, on_posted: asyncio.Event | None = None) -> None:
         """Start deciding deferred alerts again (only when actions are enabled)."""
         self.on_posted = on_posted
@@ -154,8 +149,8 @@ class ActionEngine:
         decided: list[dict[str, Any]] = []
         for alert in await self.store.run(self.store.deferred_actions):
             decision = await self.handle(alert)
-            if decision is None:
-                continue
+            if decision is None or decision["reason"] == "duplicate":
+                continue  # another replica took it again first: its decision goes in the finding
             finding = await self.store.run(self.store.record_deferred_action, alert, decision)
             log.info(
                 "deferred scale decision made",

@@ -295,6 +295,20 @@ class Recorded:
 FakeHandler = Callable[[Recorded], Awaitable[web.StreamResponse] | web.StreamResponse]
 
 
+class SlowPrometheus:
+    """A FakeHTTP handler: a Prometheus with no data that answers each query after `delay`
+    seconds until `slow` is cleared, so investigations are in flight when a test kills an agent."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.slow = True
+
+    async def __call__(self, r: Recorded) -> web.Response:
+        if self.slow:
+            await asyncio.sleep(self.delay)
+        return web.json_response({"status": "success", "data": {"resultType": "vector", "result": []}})
+
+
 class FakeHTTP:
     """A loopback HTTP server that records requests and answers through `handler`."""
 
@@ -366,3 +380,14 @@ def fake_http() -> Iterator[Callable[..., FakeHTTP]]:
     for server in servers:
         with contextlib.suppress(Exception):
             server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a store-level test keeps its database, once per engine: a SQLite file, then a fresh
+    database on the session's real PostgreSQL (tests/harness/postgres.py). Reopening the same
+    target is a restart."""
+    if request.param == "sqlite":
+        return tmp_path / "agent.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url

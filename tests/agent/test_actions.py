@@ -319,8 +319,8 @@ def test_enabled_actions_need_the_playbook(tmp_path: Path) -> None:
 # -- the decision store -------------------------------------------------------------------
 
 
-def test_one_decision_per_alert_survives_a_restart(tmp_path: Path) -> None:
-    db = tmp_path / "agent.db"
+def test_one_decision_per_alert_survives_a_restart(store_target: str | Path) -> None:
+    db = store_target
     store = Store(db)
     store.open()
     assert store.action_claim("fp", "2026-11-23T10:00:00Z", "SlurmGPUQueueBacklog", "scale_up") is None
@@ -360,14 +360,14 @@ def test_disabled_actions_are_recorded_as_refused(
     assert 'agent_webhook_actions_not_taken_total{action="scale_up",reason="disabled"} 1.0' in metrics
 
 
-def test_an_interrupted_action_is_never_retried_and_starts_the_cooldown(tmp_path: Path) -> None:
+def test_an_interrupted_action_is_never_retried_and_starts_the_cooldown(store_target: str | Path) -> None:
     """kill -9 mid-playbook leaves a `pending` reservation: the re-run must not act again."""
     import asyncio
 
     from agent_webhook.actions import ActionEngine
     from agent_webhook.metrics import AgentMetrics
 
-    db = tmp_path / "agent.db"
+    db = store_target
     crashed = Store(db)
     crashed.open()
     assert crashed.action_claim(BACKLOG.fingerprint, BACKLOG.starts_at, BACKLOG.alertname, "scale_up") is None

@@ -233,20 +233,20 @@ def test_alertmanager_down_or_garbage_resolves_nothing(
     assert post_alerts(svc.url, make_payload([make_alert("fedcba9876543211")])).status == 202
 
 
-def test_absence_is_kept_across_a_restart_and_cleared_when_seen(tmp_path: Path) -> None:
-    """The store alone (a real SQLite file): reopening neither resets nor fakes an absence."""
+def test_absence_is_kept_across_a_restart_and_cleared_when_seen(store_target: str | Path) -> None:
+    """The store alone (a real SQLite file, a real PostgreSQL): reopening neither resets nor fakes an absence."""
     from agent_webhook.payload import parse_payload
 
     starts = "2026-11-22T23:41:07.512Z"
     (alert,) = parse_payload(json.dumps(make_payload([make_alert("aaaa", starts_at=starts)])).encode())
     key = ("aaaa", canonical_time(starts, "startsAt"))
-    store = Store(tmp_path / "a.db")
+    store = Store(store_target)
     store.open()
     store.ingest([alert])
     assert store.reconcile(set(), stale_after=3600) == []
     first = store.conn.execute("SELECT absent_since FROM alert_absence").fetchone()[0]
     store.close()
-    store = Store(tmp_path / "a.db")
+    store = Store(store_target)
     store.open()
     assert store.reconcile(set(), stale_after=3600) == []
     assert store.conn.execute("SELECT absent_since FROM alert_absence").fetchone()[0] == first
@@ -268,7 +268,7 @@ def test_findings_cli_line_shows_why_reconciliation_resolved_it() -> None:
 
 
 def test_a_new_startsat_in_alertmanager_keeps_the_finding_until_the_agent_has_the_newer_alert(
-    tmp_path: Path,
+    store_target: str | Path,
 ) -> None:
     """After a Prometheus restart Alertmanager holds the same alert under a new startsAt and need
     not notify it again: the condition still fires, so the agent's older row stays firing. Once
@@ -279,7 +279,7 @@ def test_a_new_startsat_in_alertmanager_keeps_the_finding_until_the_agent_has_th
     (old_alert,) = parse_payload(json.dumps(make_payload([make_alert("bbbb", starts_at=old)])).encode())
     (new_alert,) = parse_payload(json.dumps(make_payload([make_alert("bbbb", starts_at=new)])).encode())
     in_alertmanager = {("bbbb", canonical_time(new, "startsAt"))}
-    store = Store(tmp_path / "a.db")
+    store = Store(store_target)
     store.open()
     store.ingest([old_alert])
     for _ in range(3):

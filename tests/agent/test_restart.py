@@ -7,7 +7,6 @@ slowly, so the queue is full and investigations are in flight when the process i
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import sys
@@ -16,9 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
-from tests.agent.conftest import FakeHTTP, Recorded, get_json, make_alert, make_payload, post_alerts
+from tests.agent.conftest import FakeHTTP, SlowPrometheus, get_json, make_alert, make_payload, post_alerts
 from tests.harness.processes import ProcessManager, free_port, wait_until
 
 pytestmark = pytest.mark.slow
@@ -26,21 +24,12 @@ AGENT = str(Path(sys.executable).parent / "agent-webhook")
 ALERTS = 24
 
 
-SLOW = {"on": True}
-
-
-async def _slow_prometheus(r: Recorded) -> web.Response:
-    # Slow until the kill; after the restart, fast, whatever number of queries an investigation makes.
-    if SLOW["on"]:
-        await asyncio.sleep(0.6)
-    return web.json_response({"status": "success", "data": {"resultType": "vector", "result": []}})
-
-
 def test_kill_9_with_a_full_queue_then_restart(
     tmp_path: Path, procs: ProcessManager, token_file: Path, fake_http: Callable[..., FakeHTTP]
 ) -> None:
-    SLOW["on"] = True
-    prometheus = fake_http(_slow_prometheus)
+    # Slow until the kill; after the restart, fast, whatever number of queries an investigation makes.
+    slow = SlowPrometheus(0.6)
+    prometheus = fake_http(slow)
     sink = fake_http()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -67,7 +56,7 @@ def test_kill_9_with_a_full_queue_then_restart(
     # Investigations are in flight and most of the queue is still waiting.
     prometheus.wait_for(2)
     first.kill()
-    SLOW["on"] = False
+    slow.slow = False
     with sqlite3.connect(db) as conn:
         states = dict(conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
         done_before = int(conn.execute("SELECT COUNT(*) FROM findings").fetchone()[0])

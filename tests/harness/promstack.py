@@ -256,11 +256,15 @@ def start_alertmanager(
     timeout: float = 30.0,
     port: int | None = None,
     basic_auth_users: Mapping[str, str] | None = None,
+    cluster_port: int | None = None,
+    peers: Sequence[int] = (),
 ) -> AlertmanagerServer:
     """Start a single, non-clustered Alertmanager with `config` (a dict or YAML text).
 
     With the `port` (and `workdir`) of a stopped one, this is that Alertmanager restarted: same
     address and data directory (silences, notification log), and, as in production, no alerts.
+    With `cluster_port`, a member of an HA cluster instead: it gossips on that loopback port with
+    the members listening on `peers` (their cluster ports).
     """
     binary = find_binary(ALERTMANAGER_BINARIES, "prometheus-alertmanager")
     port = port or free_port()
@@ -276,7 +280,7 @@ def start_alertmanager(
             f"--config.file={config_path}",
             f"--storage.path={root / 'data'}",
             f"--web.listen-address={LOOPBACK}:{port}",
-            "--cluster.listen-address=",  # no gossip: a private, single instance
+            *_cluster_args(cluster_port, peers),
             "--log.level=info",
             *web_args,
         ],
@@ -284,6 +288,19 @@ def start_alertmanager(
     url = f"http://{LOOPBACK}:{port}"
     _wait_ready(proc, url, headers, timeout)
     return AlertmanagerServer(url=url, port=port, process=proc, config_path=config_path, headers=headers)
+
+
+def _cluster_args(cluster_port: int | None, peers: Sequence[int]) -> list[str]:
+    if cluster_port is None:
+        return ["--cluster.listen-address="]  # no gossip: a private, single instance
+    return [
+        f"--cluster.listen-address={LOOPBACK}:{cluster_port}",
+        f"--cluster.advertise-address={LOOPBACK}:{cluster_port}",
+        "--cluster.peer-timeout=2s",
+        "--cluster.gossip-interval=100ms",
+        "--cluster.pushpull-interval=2s",
+        *(f"--cluster.peer={LOOPBACK}:{p}" for p in peers),
+    ]
 
 
 def wait_seconds(seconds: float) -> None:

@@ -6,11 +6,15 @@ import copy
 from typing import Any
 
 
-def agent_receiver(config: dict[str, Any], receiver: str, url: str, credentials_file: str) -> dict[str, Any]:
+def agent_receiver(
+    config: dict[str, Any], receiver: str, url: str | list[str], credentials_file: str
+) -> dict[str, Any]:
     """A copy of `config` whose `receiver` sends to `url` with bearer credentials from a file.
 
     Other receivers, routes and inhibit rules are left as they are; a config without that
-    receiver gets it added (routes must name it to use it).
+    receiver gets it added (routes must name it to use it). A list of URLs (agent replicas on
+    PostgreSQL, docs/scaling.md) gets one webhook each, copied from the receiver's first: every
+    replica is notified, and the shared store makes one finding of the copies.
     """
     result = copy.deepcopy(config)
     receivers = result.setdefault("receivers", [])
@@ -19,8 +23,11 @@ def agent_receiver(config: dict[str, Any], receiver: str, url: str, credentials_
         target = {"name": receiver}
         receivers.append(target)
     hooks = target.get("webhook_configs") or [{"send_resolved": True}]
+    if not isinstance(url, str):
+        hooks = [{**copy.deepcopy(hooks[0]), "url": u} for u in url] or hooks
     for hook in hooks:
-        hook["url"] = url
+        if isinstance(url, str):
+            hook["url"] = url
         http_config = hook.setdefault("http_config", {})
         http_config.pop("bearer_token", None)
         http_config.pop("bearer_token_file", None)
