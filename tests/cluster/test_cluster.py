@@ -223,9 +223,15 @@ def test_agent_on_the_head_scales_down_idle_workers_never_a_busy_one_and_up_from
     busy, idle = nodes[0], nodes[1:]
     for node in idle:
         assert cluster.exec(cluster.head, "scancel", jobs[node]).returncode == 0
+
+    def taken(kind: str) -> list[dict[str, Any]]:
+        return [d for d in action_decisions(cluster, kind) if d["outcome"] == "taken"]
+
+    # A decision reaches its finding when its playbook ends: after the pod is gone, site.yml
+    # still reconfigures the cluster.
     wait_for(
-        f"the idle workers {idle} terminated by the agent",
-        lambda: set(worker_pods(cluster)) == {busy},
+        f"the idle workers {idle} terminated by the agent, its decisions recorded",
+        lambda: set(worker_pods(cluster)) == {busy} and len(taken("scale_down")) >= len(idle),
         1200,
         10,
     )
@@ -234,7 +240,7 @@ def test_agent_on_the_head_scales_down_idle_workers_never_a_busy_one_and_up_from
         {k: d.get(k) for k in ("outcome", "reason", "detail", "remove", "playbook", "decided_at")}
         for d in action_decisions(cluster, "scale_down")
     ]
-    downs = [d for d in action_decisions(cluster, "scale_down") if d["outcome"] == "taken"]
+    downs = taken("scale_down")
     assert sorted(name for d in downs for name in d["remove"]) == idle, every
     assert all(d["playbook"]["status"] == "successful" for d in downs), downs
     # Drained, then gone from Slurm's node list with their pods (site.yml from the head).
@@ -242,12 +248,12 @@ def test_agent_on_the_head_scales_down_idle_workers_never_a_busy_one_and_up_from
 
     # The last worker's job ends: idle, removed too: zero workers.
     assert cluster.exec(cluster.head, "scancel", jobs[busy]).returncode == 0
-    wait_for("zero workers", lambda: not worker_pods(cluster), 900, 10)
+    wait_for("zero workers, decided", lambda: not worker_pods(cluster) and len(taken("scale_down")) == 3, 900, 10)
 
     # A GPU job with no GPU node: pending, the backlog alert, the agent adds a worker that runs it.
     job = submit(cluster, "--wrap", "hostname")
     wait_for("the job run by a new worker", lambda: job_state(cluster, job) == "COMPLETED", 1200, 10)
-    ups = [d for d in action_decisions(cluster, "scale_up") if d["outcome"] == "taken"]
+    ups = taken("scale_up")
     assert ups and ups[-1]["workers_before"] == 0 and ups[-1]["workers_after"] == 1, ups
     assert set(worker_pods(cluster)) == {f"{cluster.cluster.prefix}-worker-1"}
 
