@@ -44,6 +44,7 @@ import psycopg
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.agent.conftest import make_payload
 from tests.harness.postgres import PostgresServer, start_postgres
 from tests.harness.postgres import remove as remove_postgres
 from tests.harness.processes import ManagedProcess, ProcessManager, free_port, http_get, wait_until
@@ -106,20 +107,8 @@ def alert(i: int) -> dict[str, Any]:
 
 
 def payload(alerts: list[dict[str, Any]]) -> bytes:
-    return json.dumps(
-        {
-            "version": "4",
-            "groupKey": "{}:{}",
-            "truncatedAlerts": 0,
-            "status": "firing",
-            "receiver": "gpu-watchdog",
-            "groupLabels": {},
-            "commonLabels": {},
-            "commonAnnotations": {},
-            "externalURL": "http://alertmanager.example:9093",
-            "alerts": alerts,
-        }
-    ).encode()
+    """An Alertmanager webhook body (the tests' own builder)."""
+    return json.dumps(make_payload(alerts)).encode()
 
 
 def _row(target: str, sql: str) -> tuple[Any, ...]:
