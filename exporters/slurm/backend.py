@@ -32,9 +32,12 @@ CLI_COMMANDS: dict[str, tuple[str, list[str], Callable[[str, float | None], Pars
 }
 
 
-# Commands whose output can never be empty on a working cluster: every cluster has a node, and
-# sdiag always prints its statistics. Nothing read from them means the output was not theirs.
-EXPECT_ITEMS = frozenset({"sinfo", "sdiag"})
+# Commands whose output is never empty on a working cluster (sdiag always prints its
+# statistics): nothing read from them means the output was not theirs. sinfo prints nothing
+# for a cluster with no node (an autoscaled cluster at zero workers): only lines of which none
+# is readable are not sinfo's.
+EXPECT_ITEMS = frozenset({"sdiag"})
+EXPECT_ITEMS_IN_LINES = frozenset({"sinfo"})
 
 
 class UnreadableOutput(CommandError):
@@ -56,7 +59,7 @@ def check_readable(command: str, parsed: Parsed[Any]) -> None:
     """UnreadableOutput when nothing was read where something was expected, or most lines failed."""
     bad = min(parsed.errors, parsed.lines)
     why = ""
-    if command in EXPECT_ITEMS and not parsed.items:
+    if not parsed.items and (command in EXPECT_ITEMS or (command in EXPECT_ITEMS_IN_LINES and parsed.lines)):
         why = f"nothing readable in {parsed.lines} lines"
     elif command in USER_TEXT:
         if parsed.records == 0 and parsed.errors:

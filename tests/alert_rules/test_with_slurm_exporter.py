@@ -101,6 +101,9 @@ def test_gpu_backlog_with_zero_workers_from_real_slurm(
         # What the exporter says about an empty partition: jobs pending on PartitionConfig, no GPUs.
         prom.wait_for('slurm_jobs_pending{job="slurm",partition="gpu",reason="PartitionConfig"} == 1', timeout=60)
         assert prom.query('slurm_partition_gpus{partition="gpu"}') == []
+        # An empty sinfo is a cluster with no node, not unreadable output: the poll succeeded (a
+        # failed one would keep serving the GPUs of the last worker, and the backlog never fires).
+        assert [r["value"][1] for r in prom.query('slurm_up{job="slurm"}')] == ["1"]
         assert prom.query("slurm_jobs_pending_gpus") == []
         time.sleep(15)  # past the compressed `for:` with only a CPU job waiting
         assert [a for a in prom.alerts() if a["labels"]["alertname"] == "SlurmGPUQueueBacklog"] == []

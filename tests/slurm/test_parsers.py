@@ -327,8 +327,11 @@ def test_unreadable_output_is_an_error() -> None:
     check_readable("squeue", squeue.parse(fixture("24.11", "squeue")))  # one bad line in five is fine
     with pytest.raises(UnreadableOutput, match="3 of 3 lines unreadable"):
         check_readable("squeue", squeue.parse("error: junk\n" * 3))
+    check_readable("sinfo", sinfo.parse(""))  # no node: a cluster at zero workers
+    with pytest.raises(UnreadableOutput, match="nothing readable in 2 lines"):
+        check_readable("sinfo", sinfo.parse("<html>\n502 Bad Gateway\n"))
     with pytest.raises(UnreadableOutput, match="nothing readable in 0 lines"):
-        check_readable("sinfo", sinfo.parse(""))  # a cluster always has a node
+        check_readable("sdiag", sdiag.parse(""))  # sdiag always prints its statistics
     with pytest.raises(UnreadableOutput, match="no job record"):
         check_readable("scontrol", scontrol_jobs.parse("<html>502</html>\n"))
     # Many records refused for injected text (users can submit those) never fail the poll.
