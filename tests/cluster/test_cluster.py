@@ -176,10 +176,14 @@ def job_state(c: RunningCluster, job_id: str) -> str:
     return match.group(1) if match else "GONE"
 
 
-def submit(c: RunningCluster, *args: str) -> str:
-    out = c.exec(c.head, "sbatch", "--parsable", "--gres=gpu:1", *args)
+def submit(c: RunningCluster, *args: str, gpus: int = 1) -> str:
+    out = c.exec(c.head, "sbatch", "--parsable", f"--gres=gpu:{gpus}", *args)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().split(";")[0]
+
+
+def job_node(c: RunningCluster, job_id: str) -> str:
+    return c.exec(c.head, "squeue", "--noheader", "--jobs", job_id, "--format", "%N").stdout.strip()
 
 
 def action_decisions(c: RunningCluster, kind: str) -> list[dict[str, Any]]:
@@ -192,11 +196,18 @@ def test_agent_on_the_head_scales_down_idle_workers_never_a_busy_one_and_up_from
     to zero; then a GPU job's SlurmGPUQueueBacklog makes the head's agent add a worker that runs it.
     The agent runs scale.yml on the head itself: the playbooks, the inventory and an SSH key that
     site.yml put there, the RunPod API at the emulator's bridge address."""
+    started = time.monotonic()
+
+    def phase(what: str) -> None:
+        print(f"[agent test] {time.monotonic() - started:6.0f} s: {what}", flush=True)
+
     nodes = sorted(w["slurm_node"] for w in cluster.endpoints["workers"])
     assert len(nodes) == 3, nodes
     # Every worker busy first, so that no idle alert fired before the actions were on (an
     # alert is decided once: one that fired while actions were off is not acted on later).
-    jobs = {node: submit(cluster, "-w", node, "--wrap", "sleep 3000") for node in nodes}
+    # Each job takes all 4 GPUs of a node, so Slurm puts one on each; not `-w node`: a job
+    # that named a node holds the removal of the last one for MinJobAge (slurm_head role).
+    submitted = [submit(cluster, "--wrap", "sleep 3000", gpus=4) for _ in nodes]
     # The simulated GPUs show a steady load by default; these jobs use none (as `sleep` would).
     for worker in cluster.endpoints["workers"]:
         for gpu in range(4):
@@ -204,8 +215,11 @@ def test_agent_on_the_head_scales_down_idle_workers_never_a_busy_one_and_up_from
                 worker["container"], "gpu-watchdog", "sim", "inject", "--gpu", str(gpu), "utilization", "0"
             )
             assert inject.returncode == 0, inject.stderr
-    wait_for("a job on every worker", lambda: all(job_state(cluster, j) == "RUNNING" for j in jobs.values()), 120)
+    wait_for("a job on every worker", lambda: all(job_state(cluster, j) == "RUNNING" for j in submitted), 120)
+    jobs = {job_node(cluster, j): j for j in submitted}
+    assert sorted(jobs) == nodes, jobs
     wait_for("no RunPodPodIdle firing", lambda: not cluster.query('ALERTS{alertname="RunPodPodIdle"}'), 180, 5)
+    phase("every worker busy, no idle alert")
 
     actions = {
         "enabled": True,
@@ -219,6 +233,7 @@ def test_agent_on_the_head_scales_down_idle_workers_never_a_busy_one_and_up_from
         "playbook_timeout_seconds": 900,
     }
     cluster.cluster.playbook("monitoring.yml", {"agent_webhook_config": {"actions": actions}}, quiet=True)
+    phase("actions on")
 
     busy, idle = nodes[0], nodes[1:]
     for node in idle:
@@ -245,14 +260,21 @@ def test_agent_on_the_head_scales_down_idle_workers_never_a_busy_one_and_up_from
     assert all(d["playbook"]["status"] == "successful" for d in downs), downs
     # Drained, then gone from Slurm's node list with their pods (site.yml from the head).
     wait_for("Slurm lists only the busy worker", lambda: set(cluster.sinfo()) == {busy}, 120)
+    phase(f"idle workers {idle} removed")
 
     # The last worker's job ends: idle, removed too: zero workers.
     assert cluster.exec(cluster.head, "scancel", jobs[busy]).returncode == 0
     wait_for("zero workers, decided", lambda: not worker_pods(cluster) and len(taken("scale_down")) == 3, 900, 10)
+    phase("zero workers")
 
     # A GPU job with no GPU node: pending, the backlog alert, the agent adds a worker that runs it.
     job = submit(cluster, "--wrap", "hostname")
     wait_for("the job run by a new worker", lambda: job_state(cluster, job) == "COMPLETED", 1200, 10)
+    phase("the GPU job ran on a new worker")
+    # Its decision is recorded when scale.yml ends, after site.yml has configured the worker
+    # (the job can run as soon as its slurmd registers, before the playbook is over).
+    wait_for("the scale-up decision recorded", lambda: taken("scale_up"), 600, 10)
+    phase("scale-up decision recorded")
     ups = taken("scale_up")
     assert ups and ups[-1]["workers_before"] == 0 and ups[-1]["workers_after"] == 1, ups
     assert set(worker_pods(cluster)) == {f"{cluster.cluster.prefix}-worker-1"}
