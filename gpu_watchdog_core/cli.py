@@ -136,12 +136,18 @@ class ExporterParts:
     on_shutdown: Callable[[], None] | None = None
 
 
-def collection_process_option(envvar_prefix: str) -> Callable[[F], F]:
-    """--collection-process/--no-collection-process ($<PREFIX>_COLLECTION_PROCESS)."""
+def collection_process_option(
+    envvar_prefix: str, default: bool | None = True, default_text: str = ""
+) -> Callable[[F], F]:
+    """--collection-process/--no-collection-process ($<PREFIX>_COLLECTION_PROCESS).
+
+    `default=None` leaves the choice to the exporter (None when neither flag is given);
+    `default_text` then says what it picks."""
     return click.option(
         "--collection-process/--no-collection-process",
-        default=True,
+        default=default,
         envvar=f"{envvar_prefix}_COLLECTION_PROCESS",
+        show_default=default_text or True,
         help="Collect, render and gzip in a separate process that hands the server finished bytes, "
         "so scrapes never wait for collection (restarted if it dies or hangs). Off: a thread.",
     )

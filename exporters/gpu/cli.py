@@ -38,6 +38,31 @@ log = logging.getLogger("exporters.gpu")
 DEFAULT_SIM_FAULTS = ".run/sim-faults.yml"
 SWITCH_INTERVAL_S = 0.0005
 GC_THRESHOLDS = (10_000, 20, 100)
+# Above this many GPUs the exporter collects in a separate process by default; at or below it,
+# in a thread. bench/gpu_scrape.py: in a thread, a cycle at 8 GPUs is short enough that scrape
+# p99 stays within 2x a plain server's, and one interpreter is ~30 MiB less than two; at 64 GPUs
+# a thread's cycle holds the GIL long enough to take p99 to 4-12x (docs/gpu-exporter.md).
+COLLECTION_PROCESS_ABOVE_GPUS = 16
+NVIDIA_PROC_GPUS = "/proc/driver/nvidia/gpus"
+
+
+def gpus_on_node(backend_name: str, sim_gpus: int, proc_gpus: str = NVIDIA_PROC_GPUS) -> int | None:
+    """How many GPUs the exporter will read, known without opening NVML (the serving process
+    never loads it): the driver lists one directory per GPU (by PCI address) under /proc.
+    None when the driver's directory cannot be read."""
+    if backend_name == "sim":
+        return sim_gpus
+    try:
+        return sum(1 for _ in os.scandir(proc_gpus))
+    except OSError:
+        return None
+
+
+def wants_collection_process(chosen: bool | None, gpus: int | None) -> bool:
+    """The flag when given; else a separate process only where the GPU count needs one (or is unknown)."""
+    if chosen is not None:
+        return chosen
+    return gpus is None or gpus > COLLECTION_PROCESS_ABOVE_GPUS
 
 
 def default_faults_path() -> str:
@@ -157,7 +182,11 @@ def open_backend(backend_name: str, sim_gpus: int, sim_faults: str | None) -> tu
     envvar="GPU_EXPORTER_NVLINK_PER_LINK",
     help="NVLink error counters per link (18 links x 3 types per H100) instead of summed per GPU.",
 )
-@collection_process_option("GPU_EXPORTER")
+@collection_process_option(
+    "GPU_EXPORTER",
+    default=None,
+    default_text=f"on above {COLLECTION_PROCESS_ABOVE_GPUS} GPUs or when the GPU count is unknown, else off",
+)
 def main(  # noqa: PLR0917 - click passes every flag
     listen: str,
     web_config_path: str | None,
@@ -171,7 +200,7 @@ def main(  # noqa: PLR0917 - click passes every flag
     nvml_timeout: float | None,
     nvml_parallelism: int,
     nvlink_per_link: bool,
-    collection_process: bool,
+    collection_process: bool | None,
 ) -> None:
     """Export NVIDIA GPU metrics for Prometheus from a background NVML poll."""
     # The collection thread renders thousands of series per cycle in pure Python; with the
@@ -191,7 +220,12 @@ def main(  # noqa: PLR0917 - click passes every flag
         gpu_backend, proc_roots = open_backend(backend, sim_gpus, sim_faults)
         timeout = nvml_timeout if nvml_timeout is not None else interval / 2
         ctx, chosen = build(
-            gpu_backend, classes, timeout=timeout, proc_roots=proc_roots, nvlink_per_link=nvlink_per_link
+            gpu_backend,
+            classes,
+            timeout=timeout,
+            proc_roots=proc_roots,
+            nvlink_per_link=nvlink_per_link,
+            parallelism=nvml_parallelism,
         )
         log.info(
             "GPUs found",
@@ -200,6 +234,7 @@ def main(  # noqa: PLR0917 - click passes every flag
                 "gpus": gpu_backend.count,
                 "driver": gpu_backend.driver_version,
                 "collectors": ",".join(c.name for c in chosen),
+                "collection": "separate process" if is_child() else "thread",
             },
         )
         if ctx.xid is not None:
@@ -227,6 +262,8 @@ def main(  # noqa: PLR0917 - click passes every flag
 
         return ExporterParts(list(chosen), health, shutdown)
 
+    # Decided in the serving process only; the collection process it starts just collects.
+    separate = not is_child() and wants_collection_process(collection_process, gpus_on_node(backend, sim_gpus))
     serve_exporter(
         prefix="gpu_exporter",
         title="gpu-exporter",
@@ -236,5 +273,5 @@ def main(  # noqa: PLR0917 - click passes every flag
         web_config_path=web_config_path,
         log_level=log_level,
         log_format=log_format,
-        collection_process=collection_process,
+        collection_process=separate,
     )

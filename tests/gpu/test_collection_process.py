@@ -1,5 +1,6 @@
 """The collection process (gpu_watchdog_core/childproc.py) of the real `gpu-exporter`: killed,
-hung and SIGTERM cases, and gzip of both formats as one gzip member."""
+hung and SIGTERM cases, gzip of both formats as one gzip member, and which mode the GPU count
+picks when no flag is given."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from exporters.gpu.cli import COLLECTION_PROCESS_ABOVE_GPUS, gpus_on_node, wants_collection_process
 from tests.gpu.conftest import Exporter, script, sim_cli, value
 from tests.harness.processes import LOOPBACK, ProcessManager, free_port, http_get
 
@@ -47,15 +49,23 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 
 def start(procs: ProcessManager, tmp_path: Path, hang_after: float | None = None, *extra: str) -> Exporter:
+    """A sim exporter with 4 GPUs, collecting in a separate process unless `extra` says otherwise
+    (4 GPUs alone would pick a thread)."""
     port = free_port()
     faults = tmp_path / "faults.yml"
+    mode = (
+        []
+        if any(arg.startswith(("--sim-gpus", "--no-collection-process", "--collection-process")) for arg in extra)
+        else ["--collection-process"]
+    )
     argv = [
         script("gpu-exporter"),
         "--backend=sim",
-        "--sim-gpus=4",
+        *([] if any(arg.startswith("--sim-gpus") for arg in extra) else ["--sim-gpus=4"]),
         f"--sim-faults={faults}",
         "--interval=0.5",
         f"--listen={LOOPBACK}:{port}",
+        *mode,
         *extra,
     ]
     env = {"GPU_WATCHDOG_COLLECTION_HANG_AFTER": str(hang_after)} if hang_after else {}
@@ -133,6 +143,32 @@ def test_in_process_collection_still_available(procs: ProcessManager, tmp_path: 
     text = exp.metrics()
     assert value(text, "nvidia_gpu_up", gpu="0") == 1
     assert value(text, "gpu_exporter_collection_process_up") is None
+
+
+@pytest.mark.parametrize(
+    ("gpus", "separate"), [(COLLECTION_PROCESS_ABOVE_GPUS, False), (COLLECTION_PROCESS_ABOVE_GPUS + 1, True)]
+)
+def test_gpu_count_picks_the_mode_when_no_flag_is_given(
+    procs: ProcessManager, tmp_path: Path, gpus: int, separate: bool
+) -> None:
+    exp = start(procs, tmp_path, None, f"--sim-gpus={gpus}")
+    assert len(children(exp.proc.pid)) == (1 if separate else 0)
+    text = exp.metrics()
+    assert value(text, "nvidia_gpu_up", gpu=str(gpus - 1)) == 1
+    assert (value(text, "gpu_exporter_collection_process_up") == 1) is separate
+
+
+def test_driver_gpu_list_counts_gpus_without_nvml(tmp_path: Path) -> None:
+    listed = tmp_path / "gpus"
+    for n in range(3):
+        (listed / f"0000:{n:02x}:00.0").mkdir(parents=True)
+    assert gpus_on_node("nvml", 8, str(listed)) == 3
+    assert gpus_on_node("nvml", 8, str(tmp_path / "no-driver")) is None
+    assert gpus_on_node("sim", 8, str(listed)) == 8
+    assert not wants_collection_process(None, 3)
+    assert wants_collection_process(None, None)  # unknown: the mode that is safe at any count
+    assert wants_collection_process(None, COLLECTION_PROCESS_ABOVE_GPUS + 1)
+    assert wants_collection_process(True, 1) and not wants_collection_process(False, 64)
 
 
 @pytest.mark.parametrize("openmetrics", [False, True])
