@@ -265,6 +265,7 @@ services_for_role() {
 
 # ----------------------------------------------------------------------------- supervisor
 declare -A PID=() STARTED=() FAILS=() NEXT=() RELOADING=()
+SLEEPER=""
 SHUTDOWN=""
 RELOAD=0
 
@@ -352,6 +353,8 @@ shutdown() {
     for name in "${SERVICES[@]}"; do
         [[ -n ${PID[$name]:-} ]] && { wait "${PID[$name]}" 2>/dev/null || true; }
     done
+    # The last nap's sleep ends within one poll interval: leave nothing behind.
+    if [[ -n $SLEEPER ]]; then wait "$SLEEPER" 2>/dev/null || true; fi
     if [[ -n $STATE_DIR ]] && compgen -G "$SUPERVISE_RUN_DIR/*.pid" >/dev/null; then
         supervise_cmd stop --all >/dev/null 2>&1 || true
     fi
@@ -370,10 +373,19 @@ reload() {
     signal_children TERM
 }
 
+# Sleep one poll interval; a trapped signal ends it at once (bash documents that a trapped
+# signal makes `wait` return immediately). Before, this was a `read -t` on an idle pipe, which
+# that promise does not cover; in a loaded CI run the supervisor went silent with a SIGHUP
+# pending (nothing logged, reaped or reloaded for 30 s), and that read was its only blocking
+# call. Where it stopped was not caught; the test now prints the supervisor's kernel state.
+nap() {
+    sleep "$POLL" &
+    SLEEPER=$!
+    wait "$SLEEPER" || true
+}
+
 supervise() {
     local name
-    # A pipe nobody writes to: reading it with a timeout is a sleep without a process.
-    exec {TICK_FD}<> <(:)
     trap 'SHUTDOWN=TERM' TERM
     trap 'SHUTDOWN=INT' INT
     trap 'RELOAD=1' HUP
@@ -384,8 +396,7 @@ supervise() {
             RELOAD=0
             reload
         fi
-        # A builtin sleep (no child to reap or report); a trapped signal cuts it short.
-        read -r -t "$POLL" -u "$TICK_FD" _ || true
+        nap
         [[ -n $SHUTDOWN ]] && shutdown "$SHUTDOWN"
         reap
         start_due

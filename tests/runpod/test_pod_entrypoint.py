@@ -61,6 +61,22 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def kernel_state(pid: int) -> str:
+    """Where a process is as the kernel sees it (state, the wait channel, the syscall it is in,
+    signals pending and caught), for a supervisor that stopped answering."""
+    parts = []
+    for name in ("stat", "wchan", "syscall", "status"):
+        try:
+            text = Path(f"/proc/{pid}/{name}").read_text()
+        except OSError as exc:
+            parts.append(f"{name}: {exc.strerror}")
+            continue
+        if name == "status":
+            text = " ".join(line for line in text.splitlines() if line.startswith(("State", "Sig", "Shd")))
+        parts.append(f"{name}: {text.strip()}")
+    return "; ".join(parts)
+
+
 class Pod:
     def __init__(self, root: Path, proc: ManagedProcess) -> None:
         self.root = root
@@ -213,7 +229,10 @@ def test_crashed_child_is_restarted_with_backoff_and_sighup_restarts_all(start_p
     try:
         wait_until(lambda: pod.pid_of("munged") != first_munged and len(pod.running()) == 3, 30, what="reload")
     except TimeoutError as exc:
-        raise AssertionError(f"{exc}; running {sorted(pod.running())}; calls: {pod.calls()[-12:]}") from exc
+        raise AssertionError(
+            f"{exc}; supervisor: {kernel_state(pod.proc.pid)}; running {sorted(pod.running())}; "
+            f"calls: {pod.calls()[-12:]}; log: {pod.proc.log_tail(3000)}"
+        ) from exc
     assert pod.proc.alive()
     pod.proc.popen.send_signal(signal.SIGTERM)
     assert pod.proc.popen.wait(30) == 0
