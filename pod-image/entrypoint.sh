@@ -10,6 +10,15 @@
 # Its own children run under a small supervisor that restarts them with backoff, forwards
 # SIGTERM/SIGINT and exits once they are gone. SIGHUP restarts every child.
 set -euo pipefail
+# A shell cannot trap a signal that was ignored when it started (POSIX): `trap ... HUP` then
+# does nothing, silently. Started under nohup (SIGHUP ignored) or as a background job of a
+# script (SIGINT ignored), the supervisor below would neither reload on SIGHUP nor forward
+# SIGINT. So start once more with the three at their defaults (`env --default-signal`: coreutils
+# 8.31 or later, as in Debian 12 and Ubuntu 22.04+).
+if [[ -z ${WATCHDOG_SIGNALS_RESET:-} ]] && [[ "$(trap -p HUP INT TERM)" == *"trap -- ''"* ]]; then
+    export WATCHDOG_SIGNALS_RESET=1
+    exec env --default-signal=HUP,INT,TERM bash "$0" "$@"
+fi
 # Job control: children get their own process groups and, unlike plain background jobs of a
 # script, do not ignore SIGINT, so forwarding it works.
 set -m
@@ -265,7 +274,6 @@ services_for_role() {
 
 # ----------------------------------------------------------------------------- supervisor
 declare -A PID=() STARTED=() FAILS=() NEXT=() RELOADING=()
-SLEEPER=""
 SHUTDOWN=""
 RELOAD=0
 
@@ -353,8 +361,6 @@ shutdown() {
     for name in "${SERVICES[@]}"; do
         [[ -n ${PID[$name]:-} ]] && { wait "${PID[$name]}" 2>/dev/null || true; }
     done
-    # The last nap's sleep ends within one poll interval: leave nothing behind.
-    if [[ -n $SLEEPER ]]; then wait "$SLEEPER" 2>/dev/null || true; fi
     if [[ -n $STATE_DIR ]] && compgen -G "$SUPERVISE_RUN_DIR/*.pid" >/dev/null; then
         supervise_cmd stop --all >/dev/null 2>&1 || true
     fi
@@ -373,19 +379,10 @@ reload() {
     signal_children TERM
 }
 
-# Sleep one poll interval; a trapped signal ends it at once (bash documents that a trapped
-# signal makes `wait` return immediately). Before, this was a `read -t` on an idle pipe, which
-# that promise does not cover; in a loaded CI run the supervisor went silent with a SIGHUP
-# pending (nothing logged, reaped or reloaded for 30 s), and that read was its only blocking
-# call. Where it stopped was not caught; the test now prints the supervisor's kernel state.
-nap() {
-    sleep "$POLL" &
-    SLEEPER=$!
-    wait "$SLEEPER" || true
-}
-
 supervise() {
     local name
+    # A pipe nobody writes to: reading it with a timeout is a sleep without a process.
+    exec {TICK_FD}<> <(:)
     trap 'SHUTDOWN=TERM' TERM
     trap 'SHUTDOWN=INT' INT
     trap 'RELOAD=1' HUP
@@ -396,7 +393,8 @@ supervise() {
             RELOAD=0
             reload
         fi
-        nap
+        # A builtin sleep (no child to reap or report); a trapped signal cuts it short.
+        read -r -t "$POLL" -u "$TICK_FD" _ || true
         [[ -n $SHUTDOWN ]] && shutdown "$SHUTDOWN"
         reap
         start_due

@@ -42,7 +42,7 @@ GC_THRESHOLDS = (10_000, 20, 100)
 # in a thread. bench/gpu_scrape.py: in a thread, a cycle at 8 GPUs is short enough that scrape
 # p99 stays within 2x a plain server's, and one interpreter is ~30 MiB less than two; at 64 GPUs
 # a thread's cycle holds the GIL long enough to take p99 to 4-12x (docs/gpu-exporter.md).
-COLLECTION_PROCESS_ABOVE_GPUS = 16
+COLLECTION_PROCESS_ABOVE_GPUS = 8
 NVIDIA_PROC_GPUS = "/proc/driver/nvidia/gpus"
 
 

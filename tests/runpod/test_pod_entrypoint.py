@@ -104,7 +104,7 @@ class Pod:
 
 @pytest.fixture
 def start_pod(procs: ProcessManager, tmp_path: Path) -> Callable[..., Pod]:
-    def start(**env: str) -> Pod:
+    def start(launcher: tuple[str, ...] = (), **env: str) -> Pod:
         root = tmp_path / f"pod{len(procs.processes)}"
         bindir = root / "bin"
         bindir.mkdir(parents=True)
@@ -126,7 +126,7 @@ def start_pod(procs: ProcessManager, tmp_path: Path) -> Callable[..., Pod]:
             "WATCHDOG_NODE_NAME": "gw-test",
             **env,
         }
-        proc = procs.start("entrypoint", ["bash", str(ENTRYPOINT)], env=full_env)
+        proc = procs.start("entrypoint", [*launcher, "bash", str(ENTRYPOINT)], env=full_env)
         return Pod(root, proc)
 
     return start
@@ -236,6 +236,27 @@ def test_crashed_child_is_restarted_with_backoff_and_sighup_restarts_all(start_p
     assert pod.proc.alive()
     pod.proc.popen.send_signal(signal.SIGTERM)
     assert pod.proc.popen.wait(30) == 0
+
+
+def test_signals_work_when_started_with_them_ignored(start_pod: Callable[..., Pod]) -> None:
+    """Under nohup (SIGHUP ignored) or as a script's background job (SIGINT ignored), bash could
+    not trap them: the entrypoint starts again with them at their defaults."""
+    pod = start_pod(
+        launcher=("/usr/bin/env", "--ignore-signal=HUP,INT"),
+        WATCHDOG_ROLE="worker",
+        WATCHDOG_HEAD_ADDR="head",
+        MUNGE_KEY=MUNGE_KEY_B64,
+    )
+    wait_running(pod, {"munged", "slurmd", "gpu-exporter"})
+    first_munged = pod.pid_of("munged")
+    ignored = int(re.search(r"SigIgn:\s*(\S+)", Path(f"/proc/{pod.proc.pid}/status").read_text()).group(1), 16)
+    assert ignored & (1 << (signal.SIGHUP - 1) | 1 << (signal.SIGINT - 1)) == 0, kernel_state(pod.proc.pid)
+
+    os.kill(pod.proc.pid, signal.SIGHUP)
+    wait_until(lambda: pod.pid_of("munged") != first_munged and len(pod.running()) == 3, 30, what="reload")
+    os.kill(pod.proc.pid, signal.SIGINT)
+    assert pod.proc.popen.wait(30) == 0
+    assert not pod.running()
 
 
 @pytest.mark.parametrize(
