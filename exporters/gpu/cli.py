@@ -40,8 +40,8 @@ SWITCH_INTERVAL_S = 0.0005
 GC_THRESHOLDS = (10_000, 20, 100)
 # Above this many GPUs the exporter collects in a separate process by default; at or below it,
 # in a thread. bench/gpu_scrape.py: in a thread, a cycle at 8 GPUs is short enough that scrape
-# p99 stays within 2x a plain server's, and one interpreter is ~30 MiB less than two; at 64 GPUs
-# a thread's cycle holds the GIL long enough to take p99 to 4-12x (docs/gpu-exporter.md).
+# p99 stays near a plain server's (1.5-2.4x), and one interpreter is ~30 MiB less than two; at
+# 20 GPUs a thread's cycle already took p99 to 6.7x, at 64 GPUs 4-12x (docs/gpu-exporter.md).
 COLLECTION_PROCESS_ABOVE_GPUS = 8
 NVIDIA_PROC_GPUS = "/proc/driver/nvidia/gpus"
 
