@@ -5,7 +5,8 @@
 Prints, side by side with vpenso/prometheus-slurm-exporter's per-scrape command set run on the
 same cluster:
 
-* our poll time (one background poll: sinfo, squeue, scontrol, sdiag, sshare),
+* our poll time (one background poll: sinfo, squeue, scontrol, sdiag, sshare), the first (every
+  shared GPU job's detail read) and a later one (only jobs started since),
 * scrape latency p50/p99 of the real `slurm-exporter` over HTTP,
 * slurmctld read RPCs per minute (sdiag deltas) with 2 (and 4) Prometheus-like scrapers
   scraping every 15 s,
@@ -23,7 +24,8 @@ as long as the real commands took on the 100,000-job bench cluster before printi
 the exporter still reads and parses every byte). It runs the exporter with and without
 `--read-ahead` (and with collection in a thread, `--no-collection-process`) side by side and prints
 poll time, scrape p99 (scrapes sent with `Accept-Encoding: gzip`, as Prometheus does) and
-job-table reads per poll.
+job-table reads per poll. `--started-per-poll` running GPU jobs are new at every poll (two squeue
+variants alternate): up to 8 are read one by one, more take the full dump.
 """
 
 from __future__ import annotations
@@ -181,6 +183,16 @@ def align_to_poll(url: str, interval: float) -> None:
     time.sleep(interval / 2)
 
 
+def poll_figures(url: str) -> tuple[float, dict[str, float]]:
+    """The exporter's last poll: its duration and each command's (only commands it ran)."""
+    cycle = metric(url, "slurm_exporter_cycle_duration_seconds")[0][1]
+    per_command = {
+        labels.split("=")[1].strip('"}'): seconds
+        for labels, seconds in metric(url, "slurm_exporter_collect_duration_seconds")
+    }
+    return cycle, per_command
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -204,8 +216,18 @@ case "$*" in
     *"show config"*) echo "ClusterName             = shapes"; exit 0 ;;
     *"show reservation"*) cat "{dir}/reservations.out"; exit 0 ;;
     *"show license"*) cat "{dir}/licenses.out"; exit 0 ;;
+    *"show job "*)
+        # One job's record: as fast as a real single-job read (~10 ms), no sleep.
+        if [ -f "{dir}/jobs/$4.out" ]; then cat "{dir}/jobs/$4.out"; exit 0; fi
+        echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1 ;;
 esac
 sleep {delay}
+if [ "{name}" = squeue ]; then
+    # The running jobs of the first --started-per-poll slots change each poll (two variants
+    # alternate): that many jobs started since the last poll.
+    n=$(grep -c "/squeue " "{dir}/calls.log")
+    cat "{dir}/squeue.$((n % 2)).out"; exit 0
+fi
 cat "{dir}/{name}.out"
 """
 
@@ -242,11 +264,19 @@ _SHAPE_RECORD = """JobId={id} JobName=job{id}
 """
 
 
-def write_shapes(directory: Path, nodes: int, jobs: int, shared: int) -> None:
-    """Hand-written shapes of 22.05 output: `shared` running 4-GPU jobs, two per 8-GPU node."""
+def write_shapes(directory: Path, nodes: int, jobs: int, shared: int, started: int = 0) -> None:
+    """Hand-written shapes of 22.05 output: `shared` running 4-GPU jobs, two per 8-GPU node.
+
+    squeue comes in two variants that the stand-in alternates between polls: in the second the
+    first `started` running jobs have other job ids (the same nodes and GPUs), so each poll sees
+    that many jobs it has not seen run. The dump holds the records of both variants' jobs (as
+    a dump taken a moment before or after squeue would), and each running job's record is also
+    written on its own for single-job reads.
+    """
     fixtures = REPO / "tests" / "slurm" / "fixtures" / "22.05"
     for name in ("sdiag", "sshare", "reservations", "licenses"):
         (directory / f"{name}.out").write_text((fixtures / f"{name}.txt").read_text())
+    (directory / "jobs").mkdir(exist_ok=True)
     busy = (shared + 1) // 2
     sinfo_lines = []
     for n in range(nodes):
@@ -256,30 +286,41 @@ def write_shapes(directory: Path, nodes: int, jobs: int, shared: int) -> None:
             f"gpu{n:05d}|gpu*|{state}|{state}|16/112/0/128|1024000|131072|gpu:h100:8|{used}|Unknown|none|\n"
         )
     (directory / "sinfo.out").write_text("".join(sinfo_lines))
-    squeue_lines, records = [], []
+    variants: tuple[list[str], list[str]] = ([], [])
+    records = []
+
+    def running(slot: int, job_id: int) -> str:
+        user, acct, node = slot % 97, slot % 13, f"gpu{slot // 2:05d}"
+        first = 4 * (slot % 2)
+        detail = f"     Nodes={node} CPU_IDs={first}-{first + 7} Mem=65536 GRES=gpu:h100:4(IDX:{first}-{first + 3})\n"
+        fields = {"state": "RUNNING", "reason": "None", "start": "2026-11-23T09:50:00", "nodes": node}
+        fields |= {"batch": node, "job_gres": "gpu:h100:4", "detail": detail}
+        record = _SHAPE_RECORD.format(id=job_id, user=user, acct=acct, **fields)
+        (directory / "jobs" / f"{job_id}.out").write_text(record)
+        records.append(record)
+        return (
+            f"{job_id}|{job_id}|gpu|user{user}|acct{acct}|RUNNING|2026-11-23T09:44:31|2026-11-23T09:50:00|"
+            f"2026-11-24T09:50:00|1|1|cpu=8,mem=64G,node=1,billing=8,gres/gpu=4|gres:gpu:4|N/A|N/A|{node}|None|\n"
+        )
+
     for i in range(jobs):
         job_id, user, acct = 1000 + i, i % 97, i % 13
         if i < shared:
-            node = f"gpu{i // 2:05d}"
-            squeue_lines.append(
-                f"{job_id}|{job_id}|gpu|user{user}|acct{acct}|RUNNING|2026-11-23T09:44:31|2026-11-23T09:50:00|"
-                f"2026-11-24T09:50:00|1|1|cpu=8,mem=64G,node=1,billing=8,gres/gpu=4|gres:gpu:4|N/A|N/A|{node}|None|\n"
-            )
-            first = 4 * (i % 2)
-            detail = (
-                f"     Nodes={node} CPU_IDs={first}-{first + 7} Mem=65536 GRES=gpu:h100:4(IDX:{first}-{first + 3})\n"
-            )
-            fields = {"state": "RUNNING", "reason": "None", "start": "2026-11-23T09:50:00", "nodes": node}
-            fields |= {"batch": node, "job_gres": "gpu:h100:4", "detail": detail}
+            line = running(i, job_id)
+            variants[0].append(line)
+            variants[1].append(running(i, 1000 + jobs + i) if i < started else line)
         else:
-            squeue_lines.append(
+            line = (
                 f"{job_id}|{job_id}|gpu|user{user}|acct{acct}|PENDING|2026-11-23T09:44:31|N/A|N/A|1|1|"
                 f"cpu=8,mem=64G,node=1,billing=8|gres:gpu:4|N/A|N/A||Priority|\n"
             )
+            variants[0].append(line)
+            variants[1].append(line)
             fields = {"state": "PENDING", "reason": "Priority", "start": "Unknown", "nodes": "(null)"}
             fields |= {"batch": "(null)", "job_gres": "(null)", "detail": ""}
-        records.append(_SHAPE_RECORD.format(id=job_id, user=user, acct=acct, **fields))
-    (directory / "squeue.out").write_text("".join(squeue_lines))
+            records.append(_SHAPE_RECORD.format(id=job_id, user=user, acct=acct, **fields))
+    for number, lines in enumerate(variants):
+        (directory / f"squeue.{number}.out").write_text("".join(lines))
     (directory / "scontrol.out").write_text("".join(records))
 
 
@@ -295,14 +336,17 @@ def shapes_main(args: argparse.Namespace) -> int:
     """Exporter with and without --read-ahead over stand-ins replaying shapes (see the docstring)."""
     directory = Path(mkdtemp(prefix="slurm-shapes-"))
     t0 = time.perf_counter()
-    write_shapes(directory, args.nodes, args.jobs, args.shared_gpu_jobs)
-    sizes = {name: (directory / f"{name}.out").stat().st_size / 1e6 for name in ("squeue", "scontrol", "sinfo")}
+    write_shapes(directory, args.nodes, args.jobs, args.shared_gpu_jobs, args.started_per_poll)
+    sizes = {name: (directory / f"{name}.out").stat().st_size / 1e6 for name in ("squeue.0", "scontrol", "sinfo")}
     print(
         f"shapes: {args.nodes} nodes, {args.jobs} jobs, {args.shared_gpu_jobs} running GPU jobs two per node "
-        f"(squeue {sizes['squeue']:.1f} MB, scontrol {sizes['scontrol']:.1f} MB, sinfo {sizes['sinfo']:.1f} MB; "
+        f"(squeue {sizes['squeue.0']:.1f} MB, scontrol {sizes['scontrol']:.1f} MB, sinfo {sizes['sinfo']:.1f} MB; "
         f"written in {time.perf_counter() - t0:.0f}s)"
     )
-    print(f"stand-in command time: squeue {args.squeue_seconds:g}s, scontrol {args.scontrol_seconds:g}s")
+    print(
+        f"stand-in command time: squeue {args.squeue_seconds:g}s, scontrol {args.scontrol_seconds:g}s; "
+        f"{args.started_per_poll} GPU jobs started per poll"
+    )
     shape_standins(directory, args.squeue_seconds, args.scontrol_seconds)
     procs = ProcessManager(Path(mkdtemp(prefix="slurm-shapes-logs-")))
     results = {}
@@ -333,12 +377,15 @@ def shapes_main(args: argparse.Namespace) -> int:
             calls = (directory / "calls.log").read_text().splitlines()
             exporter.stop()
             table_reads = sum(1 for c in calls if "/squeue " in c or c.endswith("show job"))
+            dumps = sum(1 for c in calls if c.endswith("show job"))
+            single = sum(1 for c in calls if " show job " in c)
             results[mode] = (cycles, latencies, rows, table_reads / max(polls_seen, 1))
             print(
                 f"{mode:23s} poll {min(cycles) * 1000:6.0f}-{max(cycles) * 1000:6.0f} ms over {len(cycles)} polls "
                 f"(after the first); scrape p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
                 f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms; job_gpu_info rows {rows}; "
-                f"job-table reads per poll ~{table_reads / max(polls_seen, 1):.1f}"
+                f"per poll ~{table_reads / polls_seen:.1f} job-table reads ({dumps / polls_seen:.1f} dumps), "
+                f"~{single / polls_seen:.1f} single-job reads"
             )
         # The baseline: a plain aiohttp server (no collection) serving the bytes the exporter
         # served last, scraped the same way: what the body's size and the client cost alone.
@@ -380,6 +427,13 @@ def main() -> int:
     )
     parser.add_argument("--shapes", action="store_true", help="replay shapes through stand-ins (no cluster)")
     parser.add_argument("--shared-gpu-jobs", type=int, default=4000, help="--shapes: running GPU jobs, 2 per node")
+    parser.add_argument(
+        "--started-per-poll",
+        type=int,
+        default=4,
+        help="--shapes: running GPU jobs that started since the last poll, each poll (the job-to-GPU map reads "
+        "their detail; more than 8 take the full dump)",
+    )
     parser.add_argument("--squeue-seconds", type=float, default=1.77, help="--shapes: stand-in squeue's time")
     parser.add_argument("--scontrol-seconds", type=float, default=3.75, help="--shapes: stand-in scontrol's time")
     parser.add_argument("--polls", type=int, default=3, help="--shapes: polls measured per mode")
@@ -389,6 +443,8 @@ def main() -> int:
         parser.error("--nodes >= 1, --jobs >= 0, --duration and --scrape-interval > 0")
     if args.shapes and not 0 <= args.shared_gpu_jobs <= min(args.jobs, 2 * args.nodes):
         parser.error("--shared-gpu-jobs must fit in --jobs and two per node of --nodes")
+    if args.shapes and not 0 <= args.started_per_poll <= args.shared_gpu_jobs:
+        parser.error("--started-per-poll must be between 0 and --shared-gpu-jobs")
     if args.dry_run:
         print(f"ok: {args.nodes} nodes, {args.jobs} jobs, {args.duration:g}s phases")
         return 0
@@ -436,12 +492,7 @@ def main() -> int:
         )
         exporter.wait_http(f"{url}/metrics", timeout=180)
         time.sleep(1)
-        cycle = metric(url, "slurm_exporter_cycle_duration_seconds")[0][1]
-        per_command = metric(url, "slurm_exporter_collect_duration_seconds")
-        print(f"our poll time: {cycle * 1000:.0f} ms per {args.scrape_interval:g}s interval")
-        for labels, seconds in per_command:
-            command = labels.split("=")[1].strip('"}')
-            print(f"    {command:10s} {seconds * 1000:8.0f} ms")
+        first_poll = poll_figures(url)
 
         latencies = []
         with ThreadPoolExecutor(2) as pool:
@@ -463,6 +514,8 @@ def main() -> int:
         ours_2 = rpc_phase(cluster, 2, args.scrape_interval, periods, lambda: scrape_once(url))
         align_to_poll(url, args.scrape_interval)
         ours_4 = rpc_phase(cluster, 4, args.scrape_interval, periods, lambda: scrape_once(url))
+        align_to_poll(url, args.scrape_interval)
+        later_poll = poll_figures(url)
         exporter.stop()
         idle = rpc_phase(cluster, 0, args.scrape_interval, periods, lambda: 0.0)
         vpenso = Scrapers(2, args.scrape_interval, vpenso_scrape)
@@ -472,6 +525,18 @@ def main() -> int:
         vpenso_rpm = (read_rpcs(cluster) - before - 1) * 60.0 / (periods * args.scrape_interval)
         vpenso_scrape_s = statistics.median(vpenso.latencies) if vpenso.latencies else float("nan")
         polls_per_min = 60.0 / args.scrape_interval
+
+        # The first poll reads every shared GPU job's detail; later ones only jobs that started since.
+        print(
+            f"our poll time per {args.scrape_interval:g}s interval: first poll {first_poll[0] * 1000:.0f} ms, "
+            f"a later poll {later_poll[0] * 1000:.0f} ms"
+        )
+        for command in sorted(first_poll[1].keys() | later_poll[1].keys()):
+            first_ms, later_ms = (
+                f"{figures[1][command] * 1000:8.0f} ms" if command in figures[1] else f"{'-':>11s}"
+                for figures in (first_poll, later_poll)
+            )
+            print(f"    {command:12s} {first_ms} {later_ms}")
 
         print()
         window = periods * args.scrape_interval
@@ -487,10 +552,11 @@ def main() -> int:
             f"  {'vpenso per-scrape commands, 2 scrapers':38s} {vpenso_rpm:9.1f} "
             f"{vpenso_scrape_s * 1000:10.0f}ms (median)"
         )
-        ok = p99 <= 0.010
+        slowest = max(first_poll[0], later_poll[0])
+        ok = p99 <= 0.010 and slowest <= 5.0
         print(
-            f"floor scrape p99 <= 10 ms: {'PASS' if ok else 'FAIL'}; "
-            f"RPC load 2 vs 4 scrapers: {ours_2:.1f} vs {ours_4:.1f}/min"
+            f"aims scrape p99 <= 10 ms, poll <= 5 s: {'PASS' if ok else 'FAIL'}; "
+            f"RPC load 2 vs 4 scrapers: {ours_2:.1f} vs {ours_4:.1f}/min (vpenso, 2 scrapers: {vpenso_rpm:.1f})"
         )
         return 0 if ok else 1
     finally:

@@ -26,3 +26,15 @@ def test_bad_arguments_are_rejected() -> None:
     )
     assert result.returncode == 2
     assert "--duration" in result.stderr
+
+
+def test_shapes_churn_must_fit_the_running_jobs() -> None:
+    argv = ["--dry-run", "--shapes", "--nodes", "2000", "--jobs", "100000", "--shared-gpu-jobs", "4000"]
+    result = subprocess.run(
+        [sys.executable, str(BENCH), *argv, "--started-per-poll", "4001"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and "--started-per-poll" in result.stderr
+    result = subprocess.run(
+        [sys.executable, str(BENCH), *argv, "--started-per-poll", "20"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from exporters.slurm.backend import BackendError, CliBackend, select_backend
-from exporters.slurm.collectors.gpus import GpuSeconds
+from exporters.slurm.collectors.gpus import GpusCollector, GpuSeconds
 from exporters.slurm.collectors.jobs import WaitTimes
 from exporters.slurm.commands import CommandError, CommandRunner
 from exporters.slurm.parsers.squeue import Job
@@ -148,3 +148,92 @@ def test_a_failed_dump_read_ahead_fails_the_command(tmp_path: Path) -> None:
     source.begin("gpus")
     state = source.get("scontrol", ["1", "2"])
     assert not state.fresh and "Unable to contact" in state.error and state.data is not None
+
+
+def _poll_gpus(gpus: GpusCollector, source: SlurmSource, bin_dir: Path) -> tuple[set[tuple[str, str, str]], list[str]]:
+    """One poll of the GPU collector: its job-to-GPU rows and the jobs scontrol was asked about."""
+    before = len(calls(bin_dir))
+    families = list(gpus.collect())
+    source.end_cycle()
+    asked = [c for c in calls(bin_dir)[before:] if " show job" in c]
+    rows = {
+        (s.labels["job_id"], s.labels["node"], s.labels["gpu"])
+        for family in families
+        if family.name == "slurm_job_gpu_info"
+        for s in family.samples
+    }
+    return rows, sorted(c.split()[-1] for c in asked)
+
+
+def test_gpu_indices_are_read_once_per_allocation(tmp_path: Path) -> None:
+    bin_dir = make_standins(tmp_path / "bin", "23.11")
+    source = SlurmSource(CliBackend(CommandRunner(bin_dir=str(bin_dir))))
+    gpus = GpusCollector(source)
+    first, asked = _poll_gpus(gpus, source, bin_dir)
+    assert asked == ["4101", "4102", "4103", "4104"]  # the jobs sharing nodes, one read each
+    assert {job for job, _, _ in first} == {"4101", "4102", "4103"} and len(first) == 15
+
+    # Same allocations: nothing read again, except 4104, which scontrol's output lacks (the
+    # fixture's squeue and scontrol were taken moments apart): a job without rows is not known.
+    second, asked = _poll_gpus(gpus, source, bin_dir)
+    assert asked == ["4104"] and second == first
+
+    # 4101 was requeued and runs again (another start time): it is read again.
+    squeue = bin_dir / "squeue.out"
+    requeued = "|2024-05-01T10:45:00|2024-05-02T10:45:00|"
+    squeue.write_text(squeue.read_text().replace("|2024-05-01T10:05:00|2024-05-02T10:05:00|", requeued))
+    third, asked = _poll_gpus(gpus, source, bin_dir)
+    assert asked == ["4101", "4104"] and third == first
+
+    # 4102 ended: its GPUs leave the map at once, with no read.
+    squeue.write_text("".join(line for line in squeue.read_text().splitlines(True) if not line.startswith("4102|")))
+    fourth, asked = _poll_gpus(gpus, source, bin_dir)
+    assert asked == ["4104"] and {job for job, _, _ in fourth} == {"4101", "4103"} and len(fourth) == 12
+
+
+def test_a_job_whose_record_gave_no_gpus_is_read_again(tmp_path: Path) -> None:
+    """Read just before it started (or refused as forged), a job is not remembered without GPUs."""
+    bin_dir = make_standins(tmp_path / "bin", "23.11")
+    dump = bin_dir / "scontrol.out"
+    real = dump.read_text()
+    dump.write_text(real.replace("JobState=RUNNING", "JobState=PENDING"))  # as scontrol saw them a moment earlier
+    source = SlurmSource(CliBackend(CommandRunner(bin_dir=str(bin_dir))))
+    gpus = GpusCollector(source)
+    first, asked = _poll_gpus(gpus, source, bin_dir)
+    assert len(asked) == 4 and first == set()
+    dump.write_text(real)
+    second, asked = _poll_gpus(gpus, source, bin_dir)
+    assert asked == ["4101", "4102", "4103", "4104"] and len(second) == 15
+    third, asked = _poll_gpus(gpus, source, bin_dir)
+    assert asked == ["4104"] and third == second
+
+
+def test_no_dump_is_read_ahead_once_every_job_is_known(tmp_path: Path) -> None:
+    bin_dir = make_standins(tmp_path / "bin", "23.11")
+    squeue = bin_dir / "squeue.out"  # without 4104, which the dump lacks (it would be read every poll)
+    squeue.write_text("".join(line for line in squeue.read_text().splitlines(True) if not line.startswith("4104|")))
+    source = SlurmSource(CliBackend(CommandRunner(bin_dir=str(bin_dir)), detail_limit=0))
+    gpus = GpusCollector(source)
+    first, _ = _poll_gpus(gpus, source, bin_dir)  # nothing known: the full dump
+    assert len(_dumps(bin_dir)) == 1 and len(first) == 15
+    second, _ = _poll_gpus(gpus, source, bin_dir)  # read ahead (the last poll needed it), not used
+    assert second == first and "scontrol" not in source.ran_this_cycle()
+    time.sleep(0.5)
+    dumps = len(_dumps(bin_dir))
+    third, _ = _poll_gpus(gpus, source, bin_dir)
+    time.sleep(0.5)
+    assert third == first and len(_dumps(bin_dir)) == dumps  # no longer read ahead
+
+
+def test_a_job_that_started_after_the_read_began_is_read_again(tmp_path: Path) -> None:
+    """The dump may show a requeued job's previous allocation: only what ran before it is kept."""
+    bin_dir = make_standins(tmp_path / "bin", "23.11")
+    squeue = bin_dir / "squeue.out"
+    later = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + 3600))  # after any read here
+    squeue.write_text(squeue.read_text().replace("|2024-05-01T10:05:00|2024-05-02T10:05:00|", f"|{later}|N/A|"))
+    source = SlurmSource(CliBackend(CommandRunner(bin_dir=str(bin_dir))))
+    gpus = GpusCollector(source)
+    first, asked = _poll_gpus(gpus, source, bin_dir)
+    assert asked == ["4101", "4102", "4103", "4104"] and len(first) == 15  # this poll maps it all the same
+    second, asked = _poll_gpus(gpus, source, bin_dir)
+    assert asked == ["4101", "4104"] and second == first
