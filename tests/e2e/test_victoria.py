@@ -14,6 +14,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from tests.e2e.conftest import record
 from tests.e2e.test_pipeline import FLOOR_SECONDS, _check_finding, _check_resolved
 from tests.grafana.dashboard_queries import dashboards, panel_queries, query_variables, regex_value, substitute
 from tests.harness.processes import ProcessManager, http_get, wait_until
-from tests.harness.promstack import MissingBinary
+from tests.harness.promstack import MissingBinary, PrometheusServer
 from tests.harness.slurm import SlurmUnavailable
 from tests.harness.stack import BIN, FAULTS, Stack, clear_until_resolved, inject_until_finding, start_stack
 
@@ -165,13 +166,18 @@ def test_dashboard_queries_answer_alike(stack: Stack) -> None:
             values[var.name] = regex_value(prom[0]) if prom else ".*"
         for query in (q for q in panel_queries() if q.dashboard == name):
             expr = substitute(query.expr, values)
-            if query.instant:
-                prom_result, vm_result = stack.prometheus.query(expr), stack.victoria.query(expr)
-            else:
-                now = time.time()
-                prom_result = stack.prometheus.query_range(expr, now - 20, now, 2)
-                vm_result = stack.victoria.query_range(expr, now - 20, now, 2)
-            if prom_result:
+            # Both asked about the same moment, a few seconds back: VictoriaMetrics hides its newest
+            # second (-search.latencyOffset) and receives samples a moment after Prometheus
+            # (remote write), so an alert that began firing just now is in one and not yet the other.
+            end = time.time() - 3
+
+            def ask(server: PrometheusServer, expr: str = expr, end: float = end, instant: bool = query.instant) -> Any:
+                return server.query(expr, at=end) if instant else server.query_range(expr, end - 20, end, 2)
+
+            if ask(stack.prometheus):
                 compared += 1
+                deadline = time.monotonic() + 10
+                while not (vm_result := ask(stack.victoria)) and time.monotonic() < deadline:
+                    time.sleep(0.5)
                 assert vm_result, f"no data from VictoriaMetrics for {query.key}: {expr}"
     assert compared >= 10, compared

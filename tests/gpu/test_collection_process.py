@@ -48,25 +48,26 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.05)
 
 
-def start(procs: ProcessManager, tmp_path: Path, hang_after: float | None = None, *extra: str) -> Exporter:
-    """A sim exporter with 4 GPUs, collecting in a separate process unless `extra` says otherwise
-    (4 GPUs alone would pick a thread)."""
+def start(
+    procs: ProcessManager,
+    tmp_path: Path,
+    *,
+    hang_after: float | None = None,
+    gpus: int = 4,
+    mode: str | None = "--collection-process",
+) -> Exporter:
+    """A sim exporter with `gpus` GPUs, collecting in a separate process by default (4 GPUs alone
+    would pick a thread); `mode=None` leaves the choice to the exporter."""
     port = free_port()
     faults = tmp_path / "faults.yml"
-    mode = (
-        []
-        if any(arg.startswith(("--sim-gpus", "--no-collection-process", "--collection-process")) for arg in extra)
-        else ["--collection-process"]
-    )
     argv = [
         script("gpu-exporter"),
         "--backend=sim",
-        *([] if any(arg.startswith("--sim-gpus") for arg in extra) else ["--sim-gpus=4"]),
+        f"--sim-gpus={gpus}",
         f"--sim-faults={faults}",
         "--interval=0.5",
         f"--listen={LOOPBACK}:{port}",
-        *mode,
-        *extra,
+        *([mode] if mode else []),
     ]
     env = {"GPU_WATCHDOG_COLLECTION_HANG_AFTER": str(hang_after)} if hang_after else {}
     proc = procs.start(f"gpu-exporter-{port}", argv, extra_env=env)
@@ -138,7 +139,7 @@ def test_serving_process_killed_takes_the_collection_process_with_it(procs: Proc
 
 
 def test_in_process_collection_still_available(procs: ProcessManager, tmp_path: Path) -> None:
-    exp = start(procs, tmp_path, None, "--no-collection-process")
+    exp = start(procs, tmp_path, mode="--no-collection-process")
     assert children(exp.proc.pid) == []
     text = exp.metrics()
     assert value(text, "nvidia_gpu_up", gpu="0") == 1
@@ -151,7 +152,7 @@ def test_in_process_collection_still_available(procs: ProcessManager, tmp_path: 
 def test_gpu_count_picks_the_mode_when_no_flag_is_given(
     procs: ProcessManager, tmp_path: Path, gpus: int, separate: bool
 ) -> None:
-    exp = start(procs, tmp_path, None, f"--sim-gpus={gpus}")
+    exp = start(procs, tmp_path, gpus=gpus, mode=None)
     assert len(children(exp.proc.pid)) == (1 if separate else 0)
     text = exp.metrics()
     assert value(text, "nvidia_gpu_up", gpu=str(gpus - 1)) == 1
