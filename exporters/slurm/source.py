@@ -29,6 +29,7 @@ class CommandState:
     fresh: bool = False  # data came from this cycle
     generation: int = 0  # +1 per successful fetch; stateful metrics count each result once
     last_success: float | None = None  # unix time
+    last_began: float | None = None  # unix time the run that gave `data` started (read-ahead: its own start)
     last_duration: float = 0.0
     failures: int = 0
     parse_errors: int = 0
@@ -49,7 +50,7 @@ class SlurmSource:
         # squeue, and the GPU collector takes its result. A dump not needed after all is dropped.
         self.read_ahead = read_ahead
         self._want_dump = False
-        self._ahead: Future[tuple[Parsed[Any], float]] | None = None
+        self._ahead: Future[tuple[Parsed[Any], float, float]] | None = None
         self.states: dict[str, CommandState] = {}
         self._ran_this_cycle: set[str] = set()
         self._consumers: set[str] = set()
@@ -70,16 +71,16 @@ class SlurmSource:
         """Start the full job dump in the background when the last poll needed it."""
         if not (self.read_ahead and self._want_dump) or self._ahead is not None:
             return
-        future: Future[tuple[Parsed[Any], float]] = Future()
+        future: Future[tuple[Parsed[Any], float, float]] = Future()
 
         def run() -> None:
-            started = time.perf_counter()
+            began, started = time.time(), time.perf_counter()
             try:
                 parsed = self.backend.fetch(AHEAD)
             except BaseException as exc:  # handed to the collector, which fails the command
                 future.set_exception(exc)
             else:
-                future.set_result((parsed, time.perf_counter() - started))
+                future.set_result((parsed, time.perf_counter() - started, began))
 
         self._ahead = future
         threading.Thread(target=run, name="slurm-read-ahead", daemon=True).start()
@@ -113,7 +114,7 @@ class SlurmSource:
             if command in self._ran_this_cycle:
                 return state
             self._ran_this_cycle.add(command)
-            started = time.perf_counter()
+            began, started = time.time(), time.perf_counter()
             try:
                 if self._unreachable:
                     # Every client retries a dead controller for ~9 s: pay that once per cycle.
@@ -125,7 +126,7 @@ class SlurmSource:
                     ahead, self._ahead = (self._ahead, None) if full else (None, self._ahead)
                 if ahead is not None:
                     # The command timeout already bounds the dump's own run.
-                    parsed, ran_for = ahead.result()
+                    parsed, ran_for, began = ahead.result()
                     started = time.perf_counter() - ran_for
                 elif job_ids is not None:
                     parsed = self.backend.fetch(command, job_ids)
@@ -147,7 +148,7 @@ class SlurmSource:
                     log.info("slurm command recovered", extra={"command": command})
                 state.data, state.fresh, state.error = parsed, True, ""
                 state.generation += 1
-                state.last_success = time.time()
+                state.last_success, state.last_began = time.time(), began
                 state.parse_errors += parsed.errors
                 if parsed.errors:
                     log.warning(

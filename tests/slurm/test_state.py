@@ -113,6 +113,7 @@ def test_job_dump_is_read_ahead_only_while_needed(tmp_path: Path) -> None:
     assert len(_dumps(bin_dir)) == 1
     source.end_cycle()
 
+    begun = time.time()
     source.begin("gpus")  # the last poll needed the dump: it starts now, before squeue
     deadline = time.monotonic() + 10
     while len(_dumps(bin_dir)) < 2 and time.monotonic() < deadline:
@@ -120,9 +121,13 @@ def test_job_dump_is_read_ahead_only_while_needed(tmp_path: Path) -> None:
     assert len(_dumps(bin_dir)) == 2
     squeue_runs = sum("/squeue " in c for c in calls(bin_dir))
     assert squeue_runs == 1  # the dump did not wait for squeue
+    time.sleep(1)  # the dump is done well before it is asked for
     source.get("squeue")
     second = source.get("scontrol", ["1", "2"])
     assert second.fresh and second.data is not None and second.data.items
+    # When the read began is the dump's own start, not when it was taken (job detail memory relies on it).
+    assert second.last_began is not None and second.last_success is not None
+    assert begun <= second.last_began <= begun + 0.5 < second.last_success
     assert len(_dumps(bin_dir)) == 2  # the dump read ahead was used, not run again
     source.end_cycle()
 
@@ -148,6 +153,12 @@ def test_a_failed_dump_read_ahead_fails_the_command(tmp_path: Path) -> None:
     source.begin("gpus")
     state = source.get("scontrol", ["1", "2"])
     assert not state.fresh and "Unable to contact" in state.error and state.data is not None
+
+
+def _without_job(squeue: Path, job_id: str) -> None:
+    squeue.write_text(
+        "".join(line for line in squeue.read_text().splitlines(True) if not line.startswith(f"{job_id}|"))
+    )
 
 
 def _poll_gpus(gpus: GpusCollector, source: SlurmSource, bin_dir: Path) -> tuple[set[tuple[str, str, str]], list[str]]:
@@ -186,7 +197,7 @@ def test_gpu_indices_are_read_once_per_allocation(tmp_path: Path) -> None:
     assert asked == ["4101", "4104"] and third == first
 
     # 4102 ended: its GPUs leave the map at once, with no read.
-    squeue.write_text("".join(line for line in squeue.read_text().splitlines(True) if not line.startswith("4102|")))
+    _without_job(squeue, "4102")
     fourth, asked = _poll_gpus(gpus, source, bin_dir)
     assert asked == ["4104"] and {job for job, _, _ in fourth} == {"4101", "4103"} and len(fourth) == 12
 
@@ -210,8 +221,7 @@ def test_a_job_whose_record_gave_no_gpus_is_read_again(tmp_path: Path) -> None:
 
 def test_no_dump_is_read_ahead_once_every_job_is_known(tmp_path: Path) -> None:
     bin_dir = make_standins(tmp_path / "bin", "23.11")
-    squeue = bin_dir / "squeue.out"  # without 4104, which the dump lacks (it would be read every poll)
-    squeue.write_text("".join(line for line in squeue.read_text().splitlines(True) if not line.startswith("4104|")))
+    _without_job(bin_dir / "squeue.out", "4104")  # the dump lacks it: it would be read every poll
     source = SlurmSource(CliBackend(CommandRunner(bin_dir=str(bin_dir)), detail_limit=0))
     gpus = GpusCollector(source)
     first, _ = _poll_gpus(gpus, source, bin_dir)  # nothing known: the full dump

@@ -137,8 +137,8 @@ class GpusCollector(SourceCollector):
         state = self.source.get("scontrol", unknown)
         if state.data is None:
             raise NoData(f"scontrol has not succeeded yet: {state.error or 'not run'}")
-        if state.fresh and state.last_success is not None:
-            self.known.learn(state.data.items, running, read_began=state.last_success - state.last_duration)
+        if state.fresh and state.last_began is not None:
+            self.known.learn(state.data.items, running, read_began=state.last_began)
         wanted = set(unknown)
         return rows + [row for row in state.data.items if row.job_id in wanted]
 
